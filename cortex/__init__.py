@@ -1,0 +1,67 @@
+"""cortex: one OpenAI- and Anthropic-compatible API over a fleet of GPU hosts.
+
+This module is the public API that plugins and embedding applications import.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from cortex.config import (
+    GatewayConfig,
+    ModelProfile,
+    NeuronConfig,
+    load_gateway_config,
+    load_neuron_config,
+)
+from cortex.dialect import Dialect
+from cortex.errors import ConfigError, CortexError, PluginError
+from cortex.evictor import EvictionPolicy
+from cortex.harness import (
+    Done,
+    Engine,
+    GenerationEvent,
+    Harness,
+    ResolvedModel,
+    TextDelta,
+    ToolCalls,
+)
+from cortex.hookspecs import hookimpl
+from cortex.plugins import Plugins, build_plugin_manager
+from cortex.records import FleetEvent, RequestRecord
+from cortex.router import RoutingStrategy
+from cortex.types import GPU, MemoryEstimate
+
+try:
+    __version__ = version("cortex")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0"
+
+__all__ = [
+    "GPU",
+    "ConfigError",
+    "CortexError",
+    "Dialect",
+    "Done",
+    "Engine",
+    "EvictionPolicy",
+    "FleetEvent",
+    "GatewayConfig",
+    "GenerationEvent",
+    "Harness",
+    "MemoryEstimate",
+    "ModelProfile",
+    "NeuronConfig",
+    "PluginError",
+    "Plugins",
+    "RequestRecord",
+    "ResolvedModel",
+    "RoutingStrategy",
+    "TextDelta",
+    "ToolCalls",
+    "__version__",
+    "build_plugin_manager",
+    "hookimpl",
+    "load_gateway_config",
+    "load_neuron_config",
+]

@@ -1,0 +1,242 @@
+"""Configuration types for cortex.toml, models.toml and neuron.toml.
+
+TOML is parsed by msgspec (on top of the standard library's tomllib) straight into
+these Structs; unknown keys are rejected. Every error is re-raised as a ConfigError
+whose message names the file, the key and the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import msgspec
+
+from cortex.errors import ConfigError
+
+__all__ = [
+    "AuthConfig",
+    "EvictionConfig",
+    "GatewayConfig",
+    "GatewaySection",
+    "ModelProfile",
+    "ModelsFile",
+    "NeuronConfig",
+    "NeuronEntry",
+    "RoutingConfig",
+    "decode_config",
+    "load_gateway_config",
+    "load_models_file",
+    "load_neuron_config",
+    "parse_bytes",
+    "split_listen",
+]
+
+T = TypeVar("T")
+
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+
+
+class Base(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Config base: unknown keys are an error, snake_case keys as written in TOML."""
+
+
+class ModelProfile(Base, kw_only=True):
+    """One model a fleet can serve: where its weights come from and how to run them.
+
+    Used in models.toml (gateway) and sent verbatim to a neuron's /models/load.
+    `source` is a path (inside the neuron's model_dirs), `hf://owner/repo/file.gguf`,
+    `hf://owner/repo:Q4_K_M` (a quant pattern; split GGUFs included) or
+    `bundled:gemma3-270m` (a model shipped as a Python package).
+    """
+
+    id: Annotated[str, msgspec.Meta(min_length=1)]
+    source: Annotated[str, msgspec.Meta(min_length=1)]
+    aliases: list[str] = []
+    harness: str = "llamacpp"
+    n_ctx: PositiveInt = 4096
+    slots: PositiveInt = 1
+    n_gpu_layers: int = -1
+    n_threads: int | None = None
+    n_batch: PositiveInt = 512
+    chat_format: str | None = None
+    chat_template: str | None = None
+    embeddings: bool = False
+    max_tokens: PositiveInt | None = None
+    priority: int = 0
+    pinned: bool = False
+    neurons: list[str] = []
+    ttl: NonNegative | None = None
+
+    def __post_init__(self) -> None:
+        if self.chat_format and self.chat_template:
+            raise ValueError("set chat_format or chat_template, not both")
+
+
+class ModelsFile(Base, kw_only=True):
+    models: list[ModelProfile] = []
+
+
+class NeuronConfig(Base, kw_only=True):
+    """neuron.toml. Every key has a default, so the daemon runs with no file at all."""
+
+    listen: str = "0.0.0.0:13131"
+    name: str = ""
+    model_dirs: list[str] = []
+    cache_dir: str = "~/.cache/cortex"
+    hf_cache: str | None = None
+    memory_budget: int | str | None = None
+    memory_headroom: int | str = "512MiB"
+    overhead_bytes: int | str = "256MiB"
+    secret: str | None = None
+    preload: list[ModelProfile] = []
+    harness: dict[str, dict[str, Any]] = {}
+
+    def __post_init__(self) -> None:
+        split_listen(self.listen)
+        for key in ("memory_budget", "memory_headroom", "overhead_bytes"):
+            value = getattr(self, key)
+            if value is not None:
+                parse_bytes(value)
+
+    @property
+    def node_name(self) -> str:
+        return self.name or socket.gethostname()
+
+
+class GatewaySection(Base, kw_only=True):
+    listen: str = "0.0.0.0:31313"
+    metrics_listen: str = "0.0.0.0:31314"
+    load_timeout: NonNegative = 600.0
+    request_timeout: NonNegative = 600.0
+    queue_limit: PositiveInt = 64
+    poll_interval: Annotated[float, msgspec.Meta(gt=0)] = 2.0
+    down_after: PositiveInt = 3
+    keepalive_interval: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    retries: Annotated[int, msgspec.Meta(ge=0)] = 2
+    connect_timeout: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+
+
+class EvictionConfig(Base, kw_only=True):
+    strategy: str = "lru"
+    defrag_after_cycles: int = 0
+    options: dict[str, Any] = {}
+
+
+class RoutingConfig(Base, kw_only=True):
+    strategy: str = "affinity"
+    options: dict[str, Any] = {}
+
+
+class NeuronEntry(Base, kw_only=True):
+    name: Annotated[str, msgspec.Meta(min_length=1)]
+    endpoint: Annotated[str, msgspec.Meta(min_length=1)]
+    secret: str | None = None
+
+
+class AuthConfig(Base, kw_only=True):
+    api_keys: list[str] = []
+    api_keys_file: str | None = None
+    admin_keys: list[str] = []
+
+
+class GatewayConfig(Base, kw_only=True):
+    """cortex.toml. `models` names a models.toml (relative to this file) or is inline."""
+
+    gateway: GatewaySection = msgspec.field(default_factory=GatewaySection)
+    eviction: EvictionConfig = msgspec.field(default_factory=EvictionConfig)
+    routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
+    neurons: list[NeuronEntry] = []
+    auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
+    models: str | list[ModelProfile] = []
+
+
+_PATH_RE = re.compile(r"^(?P<reason>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+
+
+def decode_config(data: bytes | str, kind: type[T], *, source: str) -> T:
+    """Decode TOML into `kind`; errors become ConfigError("file: key: reason")."""
+    try:
+        return msgspec.toml.decode(data, type=kind)
+    except msgspec.ValidationError as exc:
+        match = _PATH_RE.match(str(exc))
+        assert match is not None
+        key = (match.group("path") or "").lstrip(".") or "(top level)"
+        reason = match.group("reason").replace("`", "")
+        raise ConfigError(f"{source}: {key}: {reason}") from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{source}: invalid TOML: {exc}") from None
+
+
+def _read(path: str | os.PathLike[str]) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def load_neuron_config(path: str | os.PathLike[str] | None) -> NeuronConfig:
+    if path is None:
+        return NeuronConfig()
+    return decode_config(_read(path), NeuronConfig, source=str(path))
+
+
+def load_models_file(path: str | os.PathLike[str]) -> list[ModelProfile]:
+    return decode_config(_read(path), ModelsFile, source=str(path)).models
+
+
+def load_gateway_config(path: str | os.PathLike[str]) -> tuple[GatewayConfig, list[ModelProfile]]:
+    """Read cortex.toml and the models it points at; check that ids and aliases are unique."""
+    config = decode_config(_read(path), GatewayConfig, source=str(path))
+    if isinstance(config.models, str):
+        models_path = Path(path).parent / config.models
+        profiles = load_models_file(models_path)
+        where = str(models_path)
+    else:
+        profiles = config.models
+        where = str(path)
+    seen: dict[str, str] = {}
+    for index, profile in enumerate(profiles):
+        for name in (profile.id, *profile.aliases):
+            if name in seen:
+                raise ConfigError(
+                    f"{where}: models[{index}].id: `{name}` is already used by `{seen[name]}`")
+            seen[name] = profile.id
+    names = [n.name for n in config.neurons]
+    for index, name in enumerate(names):
+        if names.index(name) != index:
+            raise ConfigError(f"{path}: neurons[{index}].name: duplicate neuron name `{name}`")
+    return config, profiles
+
+
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3,
+          "gb": 1000**3, "t": 1000**4, "tb": 1000**4, "kib": 1024, "mib": 1024**2,
+          "gib": 1024**3, "tib": 1024**4}
+_BYTES_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_bytes(value: int | str) -> int:
+    """Turn 8589934592, "8GiB" or "512 MB" into bytes."""
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a size cannot be negative")
+        return value
+    match = _BYTES_RE.match(value)
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in _UNITS:
+        raise ValueError(f"`{value}` is not a size (try 8GiB, 512MB or a number of bytes)")
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """Split "host:port" (IPv6 as "[::1]:port")."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"listen must be host:port, got `{listen}`")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+

@@ -1,0 +1,21 @@
+"""One client API (OpenAI, Anthropic): its routes, decoding, encoding and errors."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import msgspec
+
+__all__ = ["Dialect"]
+
+
+class Dialect:
+    """Base class; plugins subclass it and return it from their register hook."""
+
+    name: ClassVar[str]
+
+    class Options(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+        """The plugin's own settings, validated when config is loaded."""
+
+    def __init__(self, options: Options | None = None) -> None:
+        self.options = options if options is not None else self.Options()

@@ -1,0 +1,199 @@
+"""One error hierarchy for the gateway, the neuron and the library.
+
+Every error knows its HTTP status and how it reads in each client dialect, so a
+failure anywhere reaches the client in its own envelope::
+
+    CortexError                      500 api_error / server_error
+    ├── ConfigError                  (start-up only: names file, key and reason)
+    ├── PluginError                  (start-up only: duplicate or unknown plugin names)
+    ├── InvalidRequest               400 invalid_request_error
+    │   ├── ContextLengthExceeded    400 context_length_exceeded
+    │   └── UnsupportedFeature       400 (e.g. chat on a model with no chat template)
+    ├── AuthenticationFailed         401 authentication_error
+    ├── PermissionDenied             403 permission_error
+    ├── NotFound                     404 not_found_error
+    │   └── ModelNotFound            404 model_not_found
+    ├── Conflict                     409 (e.g. unload of a model that is loading)
+    ├── PayloadTooLarge              413 request_too_large
+    ├── RateLimited                  429 rate_limit_error (carries Retry-After)
+    ├── InsufficientMemory           507 (a load that does not fit the node's budget)
+    ├── UpstreamError                502 api_error (a neuron failed)
+    ├── Unavailable                  503 overloaded / unavailable (carries Retry-After)
+    └── Timeout                      504 timeout_error
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "AuthenticationFailed",
+    "ConfigError",
+    "Conflict",
+    "ContextLengthExceeded",
+    "CortexError",
+    "InsufficientMemory",
+    "InvalidRequest",
+    "ModelNotFound",
+    "NotFound",
+    "PayloadTooLarge",
+    "PermissionDenied",
+    "PluginError",
+    "RateLimited",
+    "Timeout",
+    "Unavailable",
+    "UnsupportedFeature",
+    "UpstreamError",
+    "from_openai_envelope",
+]
+
+
+class CortexError(Exception):
+    status: ClassVar[int] = 500
+    openai_type: ClassVar[str] = "server_error"
+    anthropic_type: ClassVar[str] = "api_error"
+    code: ClassVar[str | None] = None
+
+    def __init__(self, message: str, *, param: str | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.retry_after = retry_after
+
+    def openai_envelope(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.openai_type,
+                          "param": self.param, "code": self.code}}
+
+    def anthropic_envelope(self) -> dict[str, Any]:
+        return {"type": "error", "error": {"type": self.anthropic_type, "message": self.message}}
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after is None:
+            return {}
+        return {"retry-after": str(max(1, round(self.retry_after)))}
+
+
+class ConfigError(CortexError):
+    """Raised while reading configuration; the message names file, key and reason."""
+
+
+class PluginError(CortexError):
+    """Raised while building the plugin manager or picking a plugin by name."""
+
+
+class InvalidRequest(CortexError):
+    status = 400
+    openai_type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
+
+
+class ContextLengthExceeded(InvalidRequest):
+    code = "context_length_exceeded"
+
+    def __init__(self, prompt_tokens: int, n_ctx: int, *, max_tokens: int = 0) -> None:
+        # Claude Code recognises this exact wording ("prompt is too long: N tokens > M maximum").
+        super().__init__(
+            f"prompt is too long: {prompt_tokens} tokens > {n_ctx} maximum"
+            + (f" (with max_tokens {max_tokens})" if max_tokens else ""),
+            param="messages",
+        )
+        self.prompt_tokens = prompt_tokens
+        self.n_ctx = n_ctx
+
+
+class UnsupportedFeature(InvalidRequest):
+    code = "unsupported"
+
+
+class AuthenticationFailed(CortexError):
+    status = 401
+    openai_type = "authentication_error"
+    anthropic_type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class PermissionDenied(CortexError):
+    status = 403
+    openai_type = "permission_error"
+    anthropic_type = "permission_error"
+
+
+class NotFound(CortexError):
+    status = 404
+    openai_type = "invalid_request_error"
+    anthropic_type = "not_found_error"
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"The model `{model}` does not exist or is not served here.",
+                         param="model")
+        self.model = model
+
+
+class Conflict(CortexError):
+    status = 409
+    openai_type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
+    code = "conflict"
+
+
+class PayloadTooLarge(CortexError):
+    status = 413
+    openai_type = "invalid_request_error"
+    anthropic_type = "request_too_large"
+    code = "request_too_large"
+
+
+class RateLimited(CortexError):
+    status = 429
+    openai_type = "rate_limit_error"
+    anthropic_type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class InsufficientMemory(CortexError):
+    status = 507
+    openai_type = "server_error"
+    anthropic_type = "api_error"
+    code = "insufficient_memory"
+
+
+class UpstreamError(CortexError):
+    status = 502
+    code = "upstream_error"
+
+
+class Unavailable(CortexError):
+    status = 503
+    openai_type = "server_error"
+    anthropic_type = "overloaded_error"
+    code = "unavailable"
+
+
+class Timeout(CortexError):
+    status = 504
+    openai_type = "timeout_error"
+    anthropic_type = "timeout_error"
+    code = "timeout"
+
+
+_BY_STATUS: dict[int, type[CortexError]] = {
+    400: InvalidRequest, 401: AuthenticationFailed, 403: PermissionDenied, 404: NotFound,
+    409: Conflict, 413: PayloadTooLarge, 429: RateLimited, 502: UpstreamError,
+    503: Unavailable, 504: Timeout, 507: InsufficientMemory,
+}
+
+
+def from_openai_envelope(status: int, body: Any) -> CortexError:
+    """Rebuild the error a neuron answered with, so the gateway can re-emit it in any dialect."""
+    message = f"upstream answered HTTP {status}"
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        message = str(body["error"].get("message") or message)
+    cls = _BY_STATUS.get(status, UpstreamError if status >= 500 else InvalidRequest)
+    err = cls(message)
+    return err

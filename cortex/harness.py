@@ -1,0 +1,126 @@
+"""Harness: how a neuron runs one kind of model in-process.
+
+A Harness estimates and loads; the Engine it returns serves requests. Engines speak
+in GenerationEvents, and the neuron app turns those into OpenAI chunks, so a harness
+never formats wire output itself.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncGenerator, Callable
+from typing import ClassVar
+
+import msgspec
+
+from cortex.config import ModelProfile
+from cortex.types import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    MemoryEstimate,
+    TokenizeRequest,
+    ToolCall,
+)
+
+__all__ = ["Done", "Engine", "GenerationEvent", "Harness", "ResolvedModel", "TextDelta",
+           "ToolCalls"]
+
+
+class ResolvedModel(msgspec.Struct, kw_only=True):
+    """A model source resolved to local files (the first of a split GGUF comes first)."""
+
+    files: list[str]
+    total_bytes: int
+    origin: str
+    chat_template: str | None = None
+    # Repos whose tokenizer_config.json was looked at for a fallback chat template, in order.
+    template_repos_tried: list[str] = []
+
+    @property
+    def path(self) -> str:
+        return self.files[0]
+
+
+class TextDelta(msgspec.Struct):
+    text: str
+
+
+class ToolCalls(msgspec.Struct):
+    calls: list[ToolCall]
+
+
+class Done(msgspec.Struct, kw_only=True):
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+GenerationEvent = TextDelta | ToolCalls | Done
+
+
+class Engine(abc.ABC):
+    """One loaded model. Blocking work runs off the event loop; methods are async."""
+
+    chat_supported: bool = True
+    embeddings: bool = False
+
+    @property
+    @abc.abstractmethod
+    def in_flight(self) -> int:
+        """Requests being generated now."""
+
+    @property
+    @abc.abstractmethod
+    def queued(self) -> int:
+        """Requests accepted but waiting for a slot."""
+
+    @property
+    def measured_bytes(self) -> int | None:
+        """Memory the loaded model really holds, when the harness can tell."""
+        return None
+
+    @abc.abstractmethod
+    def chat(self, request: ChatCompletionRequest
+             ) -> AsyncGenerator[GenerationEvent, None]:
+        """Generate a chat reply. Closing the iterator cancels generation."""
+
+    @abc.abstractmethod
+    def complete(self, request: CompletionRequest
+                 ) -> AsyncGenerator[GenerationEvent, None]:
+        """Generate a text completion. Closing the iterator cancels generation."""
+
+    @abc.abstractmethod
+    async def embed(self, inputs: list[str]) -> tuple[list[list[float]], int]:
+        """Return one vector per input and the number of tokens read."""
+
+    @abc.abstractmethod
+    async def tokenize(self, request: TokenizeRequest) -> list[int]:
+        """Tokens of `text`, or of `messages` (and tools) rendered by the chat template."""
+
+    @abc.abstractmethod
+    def abort(self, message: str) -> None:
+        """End every queued and running request with an error (a forced unload)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Free the model. Called once nothing is in flight (or after cancelling it)."""
+
+
+class Harness(abc.ABC):
+    name: ClassVar[str]
+
+    class Options(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+        """Settings from neuron.toml's `[harness.<name>]` table."""
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+
+    @abc.abstractmethod
+    def estimate(self, profile: ModelProfile, model: ResolvedModel,
+                 overhead: int) -> MemoryEstimate:
+        """Memory the model will need, read from file metadata only. Blocking."""
+
+    @abc.abstractmethod
+    def load(self, profile: ModelProfile, model: ResolvedModel,
+             progress: Callable[[float], None]) -> Engine:
+        """Load the weights and return an Engine. Blocking; called in a worker thread."""

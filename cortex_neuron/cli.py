@@ -1,0 +1,125 @@
+"""`neuron`: serve this host's models, show its GPUs, list what a running neuron holds."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+import urllib.error
+import urllib.request
+from typing import Any
+
+import click
+import msgspec
+
+import cortex
+from cortex import NeuronConfig, Plugins, build_plugin_manager, load_neuron_config
+from cortex.config import split_listen
+from cortex.defaults import BUNDLED_GEMMA
+from cortex.errors import ConfigError
+
+__all__ = ["main", "serve_app"]
+
+
+def serve_app(app: Any, listen: str) -> None:
+    """Run an ASGI app under hypercorn until SIGINT or SIGTERM."""
+    from hypercorn.asyncio import serve
+    from hypercorn.config import Config
+
+    host, port = split_listen(listen)
+    hyper = Config()
+    hyper.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    hyper.accesslog = None
+    hyper.graceful_timeout = 30
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(app, hyper, shutdown_trigger=stop.wait)
+
+    asyncio.run(run())
+
+
+def _load_config(path: str | None) -> NeuronConfig:
+    try:
+        return load_neuron_config(path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group()
+@click.version_option(cortex.__version__, prog_name="neuron")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+def main(log_level: str) -> None:
+    """The cortex neuron: runs GGUF models on this host and serves them over HTTP."""
+    logging.basicConfig(level=log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="neuron.toml (every key has a default)")
+@click.option("--listen", help="host:port, overrides the config (default 0.0.0.0:13131)")
+@click.option("--bundled", is_flag=True, help="load the bundled Gemma 3 270M model at start")
+def serve(config_path: str | None, listen: str | None, bundled: bool) -> None:
+    """Serve the lifecycle and inference API."""
+    from cortex_neuron.app import create_app
+
+    config = _load_config(config_path)
+    if listen:
+        config = msgspec.structs.replace(config, listen=listen)
+    if bundled and all(p.id != BUNDLED_GEMMA.id for p in config.preload):
+        config = msgspec.structs.replace(config, preload=[*config.preload, BUNDLED_GEMMA])
+    serve_app(create_app(config, Plugins(build_plugin_manager())), config.listen)
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def gpus(config_path: str | None, as_json: bool) -> None:
+    """Show the GPUs this host reports (NVML), or that it is CPU-only."""
+    from cortex_neuron.hardware import Hardware
+
+    config = _load_config(config_path)
+    hardware = Hardware(config, build_plugin_manager().hook)
+    found = hardware.gpus()
+    if as_json:
+        click.echo(json.dumps({"cpu_only": hardware.cpu_only,
+                               "budget_bytes": hardware.budget_bytes,
+                               "gpus": msgspec.to_builtins(found)}, indent=2))
+        return
+    if not found:
+        click.echo(f"CPU-only node; budget {hardware.budget_bytes / 2**30:.1f} GiB of system RAM")
+        return
+    for gpu in found:
+        click.echo(f"{gpu.index}  {gpu.name:<28} {gpu.memory_used / 2**30:6.1f} / "
+                   f"{gpu.memory_total / 2**30:6.1f} GiB  util {gpu.utilization}%  "
+                   f"driver {gpu.driver}")
+    click.echo(f"budget {hardware.budget_bytes / 2**30:.1f} GiB")
+
+
+@main.command()
+@click.option("--url", default="http://127.0.0.1:13131", show_default=True)
+def models(url: str) -> None:
+    """List the models a running neuron holds."""
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/models", timeout=10) as reply:
+            data = json.load(reply)
+    except (urllib.error.URLError, OSError) as exc:
+        raise click.ClickException(f"cannot reach {url}: {exc}") from None
+    rows = data.get("models", [])
+    if not rows:
+        click.echo("no models loaded")
+    for m in rows:
+        estimate = (m.get("estimate") or {}).get("total", 0)
+        click.echo(f"{m['id']:<32} {m['state']:<10} n_ctx {m.get('n_ctx', 0):<6} "
+                   f"{estimate / 2**30:5.2f} GiB  in-flight {m.get('in_flight', 0)}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
