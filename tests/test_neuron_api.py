@@ -307,3 +307,35 @@ def test_bundled_profile_is_valid_for_the_neuron(client: httpx.Client) -> None:
     reply = client.post("/models/load", json={"profile": profile})
     assert reply.status_code == 200, reply.text
     assert client.post("/models/unload", json={"model": BUNDLED_GEMMA.id}).status_code == 200
+
+
+def test_embeddings_for_a_profile_loaded_with_them(client: httpx.Client) -> None:
+    profile = {"id": "gemma-embed", "source": "bundled:gemma3-270m", "n_ctx": 256,
+               "embeddings": True}
+    assert client.post("/models/load", json={"profile": profile}).status_code == 200
+    reply = client.post("/v1/embeddings", json={"model": "gemma-embed",
+                                                "input": ["a cat", "a cat", "stock prices"]})
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    vectors = [d["embedding"] for d in body["data"]]
+    assert [d["index"] for d in body["data"]] == [0, 1, 2]
+    assert len(vectors[0]) == 640  # Gemma 3 270M's embedding width
+    assert vectors[0] == vectors[1] and vectors[0] != vectors[2]
+    assert abs(sum(x * x for x in vectors[0]) - 1.0) < 1e-3  # normalised
+    assert body["usage"]["prompt_tokens"] > 0
+    not_loaded_for_it = client.post("/v1/embeddings", json={"model": "gemma", "input": "x"})
+    assert not_loaded_for_it.status_code == 400
+    client.post("/models/unload", json={"model": "gemma-embed"})
+
+
+def test_secret_guards_everything_but_health(start_neuron: Any) -> None:
+    neuron = start_neuron({"secret": "s3cret"})
+    with httpx.Client(base_url=neuron.url, timeout=30) as anonymous:
+        assert anonymous.get("/health").status_code == 200
+        refused = anonymous.get("/status")
+        assert refused.status_code == 401
+        assert refused.json()["error"]["type"] == "authentication_error"
+        wrong = anonymous.get("/status", headers={"authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        right = anonymous.get("/status", headers={"authorization": "Bearer s3cret"})
+        assert right.status_code == 200

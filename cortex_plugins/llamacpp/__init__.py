@@ -74,12 +74,21 @@ class LlamaCppHarness(Harness):
 
     def load(self, profile: ModelProfile, model: ResolvedModel,
              progress: Callable[[float], None]) -> LlamaEngine:
+        import llama_cpp
         from llama_cpp import Llama, llama_model_size
 
         threads = profile.n_threads or self.options.n_threads or physical_cores()
         progress(0.0)
+        pooling = llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED
+        if profile.embeddings:
+            meta = read_metadata(model.path)
+            arch = meta.get("general.architecture", "")
+            if f"{arch}.pooling_type" not in meta:
+                # A generative model names no pooling; mean-pool so that each input
+                # gets one vector, as OpenAI's API promises.
+                pooling = llama_cpp.LLAMA_POOLING_TYPE_MEAN
         try:
-            llama = Llama(model_path=model.path, n_ctx=profile.n_ctx,
+            llama = Llama(model_path=model.path, n_ctx=profile.n_ctx, pooling_type=pooling,
                           n_gpu_layers=profile.n_gpu_layers, n_threads=threads,
                           n_threads_batch=threads, n_batch=profile.n_batch,
                           embedding=profile.embeddings, use_mmap=self.options.use_mmap,
