@@ -339,3 +339,46 @@ def test_secret_guards_everything_but_health(start_neuron: Any) -> None:
         assert wrong.status_code == 401
         right = anonymous.get("/status", headers={"authorization": "Bearer s3cret"})
         assert right.status_code == 200
+
+
+TOOL_TEMPLATE = ("{% if tools %}Tools: {% for t in tools %}{{ t.function.name }} "
+                 "{% endfor %}\n{% endif %}{% for m in messages %}<start_of_turn>{{ m.role }}\n"
+                 "{{ m.content }}<end_of_turn>\n{% endfor %}<start_of_turn>model\n")
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "Weather for a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                   "required": ["city"]}}}
+
+
+def test_tools_reach_the_template_and_tool_calls_come_back(client: httpx.Client) -> None:
+    profile = {"id": "gemma-tools", "source": "bundled:gemma3-270m", "n_ctx": 512,
+               "chat_template": TOOL_TEMPLATE}
+    assert client.post("/models/load", json={"profile": profile}).status_code == 200
+    messages = [{"role": "user", "content": "Weather in Paris?"}]
+    plain = client.post("/tokenize", json={"model": "gemma-tools", "messages": messages})
+    with_tools = client.post("/tokenize", json={"model": "gemma-tools", "messages": messages,
+                                                "tools": [WEATHER_TOOL]})
+    assert with_tools.json()["count"] > plain.json()["count"]
+    # A JSON-schema grammar makes the small base model answer with a call, for real.
+    schema = {"type": "object", "properties": {
+        "name": {"const": "get_weather"},
+        "arguments": {"type": "object", "properties": {"city": {"const": "Paris"}},
+                      "required": ["city"]}}, "required": ["name", "arguments"]}
+    request = {"model": "gemma-tools", "messages": messages, "tools": [WEATHER_TOOL],
+               "max_tokens": 60, "temperature": 0,
+               "response_format": {"type": "json_object", "schema": schema}}
+    reply = client.post("/v1/chat/completions", json=request).json()
+    choice = reply["choices"][0]
+    assert choice["finish_reason"] == "tool_calls", reply
+    call = choice["message"]["tool_calls"][0]
+    assert call["function"]["name"] == "get_weather"
+    assert json.loads(call["function"]["arguments"]) == {"city": "Paris"}
+    with client.stream("POST", "/v1/chat/completions",
+                       json={**request, "stream": True}) as streamed:
+        frames = [f for f in _sse(streamed) if isinstance(f, dict)]
+    deltas = [f["choices"][0]["delta"] for f in frames if f["choices"]]
+    assert not any(d.get("content") for d in deltas)
+    calls = [c for d in deltas for c in d.get("tool_calls") or []]
+    assert [c["function"]["name"] for c in calls] == ["get_weather"]
+    assert frames[-1]["choices"][0]["finish_reason"] == "tool_calls"
+    client.post("/models/unload", json={"model": "gemma-tools"})

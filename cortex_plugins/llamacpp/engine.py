@@ -10,12 +10,13 @@ import threading
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from cortex import Done, Engine, GenerationEvent, TextDelta
+from cortex import Done, Engine, GenerationEvent, TextDelta, ToolCalls
 from cortex.errors import ContextLengthExceeded, InvalidRequest, UnsupportedFeature
 from cortex.types import ChatCompletionRequest, CompletionRequest, TokenizeRequest
 
 from .render import Prompt, Renderer
 from .stops import StopMatcher
+from .tools import ToolCallParser
 from .worker import Emit, Worker
 
 __all__ = ["LlamaEngine", "Sampling"]
@@ -139,8 +140,24 @@ class LlamaEngine(Engine):
         tokens, template_stops = await asyncio.to_thread(prepare)
         sampling.stop = sampling.stop + [s for s in template_stops if s not in sampling.stop]
         self._check_fits(tokens, sampling.max_tokens)
-        async for event in self._worker.stream(
-                lambda emit, cancel: self._generate(tokens, sampling, emit, cancel)):
+        events = self._worker.stream(
+            lambda emit, cancel: self._generate(tokens, sampling, emit, cancel))
+        if not request.tools or request.tool_choice == "none":
+            async for event in events:
+                yield event
+            return
+        parser = ToolCallParser()
+        async for event in events:
+            if isinstance(event, TextDelta):
+                if text := parser.feed(event.text):
+                    yield TextDelta(text)
+                continue
+            if isinstance(event, Done):
+                rest, calls = parser.finish()
+                if rest:
+                    yield TextDelta(rest)
+                if calls:
+                    yield ToolCalls(calls)
             yield event
 
     async def complete(self, request: CompletionRequest

@@ -1,0 +1,110 @@
+"""Tool calls out of generated text, for models whose chat template offers tools.
+
+Models announce tool calls in a few textual conventions; we recognise the common ones
+and turn them into OpenAI `tool_calls`:
+
+- Hermes / Qwen: `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` (repeatable)
+- Mistral: `[TOOL_CALLS][{"name": ..., "arguments": {...}}, ...]`
+- Llama 3.x and others: the whole reply is `{"name": ..., "parameters"|"arguments": ...}`
+
+While streaming, text is passed through until a marker appears; from then on the rest
+is held and parsed when generation ends. Text that does not parse is returned as text.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from typing import Any
+
+from cortex.types import ToolCall, ToolCallFunction
+
+__all__ = ["ToolCallParser"]
+
+_MARKERS = ("<tool_call>", "[TOOL_CALLS]")
+_HERMES = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.S)
+
+
+def _call(obj: Any) -> ToolCall | None:
+    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
+        return None
+    args = obj.get("arguments", obj.get("parameters", {}))
+    arguments = args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)
+    return ToolCall(id=f"call_{uuid.uuid4().hex[:24]}",
+                    function=ToolCallFunction(name=obj["name"], arguments=arguments))
+
+
+def _calls(objs: list[Any]) -> list[ToolCall] | None:
+    calls = [_call(o) for o in objs]
+    return None if not calls or any(c is None for c in calls) else [c for c in calls if c]
+
+
+def parse_tool_calls(text: str) -> tuple[str, list[ToolCall]]:
+    """Split a finished reply into leading text and tool calls (none if nothing parses)."""
+    for marker in _MARKERS:
+        at = text.find(marker)
+        if at < 0:
+            continue
+        head, tail = text[:at], text[at:]
+        try:
+            if marker == "<tool_call>":
+                objs = [json.loads(m) for m in _HERMES.findall(tail)]
+            else:
+                loaded = json.loads(tail[len(marker):].strip())
+                objs = loaded if isinstance(loaded, list) else [loaded]
+        except ValueError:
+            return text, []
+        calls = _calls(objs)
+        return (head.rstrip(), calls) if calls else (text, [])
+    stripped = text.strip()
+    if stripped.startswith(("{", "[")):
+        try:
+            loaded = json.loads(stripped)
+        except ValueError:
+            return text, []
+        calls = _calls(loaded if isinstance(loaded, list) else [loaded])
+        if calls:
+            return "", calls
+    return text, []
+
+
+class ToolCallParser:
+    """Streaming filter: feed text pieces, get back text that is safe to show now."""
+
+    def __init__(self) -> None:
+        self._held = ""
+        self._holding = False
+        self._seen_text = False
+
+    def feed(self, text: str) -> str:
+        if self._holding:
+            self._held += text
+            return ""
+        buffer = self._held + text
+        for marker in _MARKERS:
+            at = buffer.find(marker)
+            if at >= 0:
+                self._holding = True
+                self._held = buffer[at:]
+                return self._emit(buffer[:at])
+        if not self._seen_text and buffer.lstrip()[:1] in ("{", "["):
+            self._holding = True  # the whole reply may be one JSON tool call
+            self._held = buffer
+            return ""
+        keep = max((k for m in _MARKERS for k in range(len(m) - 1, 0, -1)
+                    if buffer.endswith(m[:k])), default=0)
+        self._held = buffer[len(buffer) - keep:] if keep else ""
+        return self._emit(buffer[: len(buffer) - keep])
+
+    def _emit(self, text: str) -> str:
+        if text.strip():
+            self._seen_text = True
+        return text
+
+    def finish(self) -> tuple[str, list[ToolCall]]:
+        """Text still held, and the tool calls found in it."""
+        held, self._held = self._held, ""
+        if not self._holding:
+            return held, []
+        return parse_tool_calls(held)

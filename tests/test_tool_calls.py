@@ -1,0 +1,56 @@
+"""Tool calls parsed out of generated text, whole and streamed piece by piece."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cortex_plugins.llamacpp.tools import ToolCallParser, parse_tool_calls
+
+
+def stream(pieces: list[str]) -> tuple[str, list[tuple[str, dict[str, object]]]]:
+    parser = ToolCallParser()
+    shown = "".join(parser.feed(p) for p in pieces)
+    rest, calls = parser.finish()
+    return shown + rest, [(c.function.name, json.loads(c.function.arguments)) for c in calls]
+
+
+def test_hermes_calls_streamed_in_pieces() -> None:
+    pieces = ["Let me check.", "\n<tool", "_call>\n{\"name\": \"get_weather\", ",
+              "\"arguments\": {\"city\": \"Paris\"}}\n</tool_call>",
+              "<tool_call>{\"name\": \"get_time\", \"arguments\": {}}</tool_call>"]
+    # The newline before the marker was already shown when the marker began.
+    assert stream(pieces) == ("Let me check.\n",
+                              [("get_weather", {"city": "Paris"}), ("get_time", {})])
+
+
+def test_mistral_calls() -> None:
+    text = '[TOOL_CALLS][{"name": "add", "arguments": {"a": 1, "b": 2}}]'
+    assert stream([text[:5], text[5:]]) == ("", [("add", {"a": 1, "b": 2})])
+
+
+def test_bare_json_reply_with_parameters() -> None:
+    assert stream(['{"name": "lookup", ', '"parameters": {"q": "x"}}']) == (
+        "", [("lookup", {"q": "x"})])
+
+
+def test_plain_text_passes_through_even_with_a_false_start() -> None:
+    assert stream(["a <tool", " tip> b"]) == ("a <tool tip> b", [])
+
+
+def test_unparseable_call_is_returned_as_text() -> None:
+    text = "<tool_call>{not json}</tool_call>"
+    assert stream([text]) == (text, [])
+
+
+@pytest.mark.parametrize("text", ['{"answer": 42}', "[1, 2]"])
+def test_json_that_is_not_a_call_stays_text(text: str) -> None:
+    assert parse_tool_calls(text) == (text, [])
+
+
+def test_call_ids_are_unique_and_arguments_are_json_strings() -> None:
+    _, calls = parse_tool_calls('<tool_call>{"name": "f", "arguments": {"x": "é"}}</tool_call>'
+                                '<tool_call>{"name": "f", "arguments": "{}"}</tool_call>')
+    assert calls[0].id != calls[1].id and calls[0].id.startswith("call_")
+    assert calls[0].function.arguments == '{"x": "é"}' and calls[1].function.arguments == "{}"
