@@ -81,9 +81,9 @@ class LlamaCppHarness(Harness):
         progress(0.0)
         pooling = llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED
         if profile.embeddings:
-            meta = read_metadata(model.path)
-            arch = meta.get("general.architecture", "")
-            if f"{arch}.pooling_type" not in meta:
+            header = read_metadata(model.path)
+            arch = header.get("general.architecture", "")
+            if f"{arch}.pooling_type" not in header:
                 # A generative model names no pooling; mean-pool so that each input
                 # gets one vector, as OpenAI's API promises.
                 pooling = llama_cpp.LLAMA_POOLING_TYPE_MEAN
