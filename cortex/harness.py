@@ -53,6 +53,7 @@ class Done(msgspec.Struct, kw_only=True):
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0  # prompt tokens whose KV cache was reused, not prefilled
 
 
 GenerationEvent = TextDelta | ToolCalls | Done

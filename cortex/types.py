@@ -35,6 +35,7 @@ __all__ = [
     "ModelState",
     "ModelStatus",
     "NodeStatus",
+    "PromptTokensDetails",
     "ResponseMessage",
     "StreamOptions",
     "TokenizeRequest",
@@ -155,10 +156,15 @@ class EmbeddingRequest(Wire, kw_only=True):
 
 # --- OpenAI-shaped responses --------------------------------------------------------------
 
+class PromptTokensDetails(msgspec.Struct, kw_only=True):
+    cached_tokens: int = 0
+
+
 class Usage(msgspec.Struct, kw_only=True):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | UnsetType = UNSET
 
 
 class ResponseMessage(msgspec.Struct, kw_only=True):

@@ -18,6 +18,7 @@ from cortex.types import (
     Completion,
     CompletionChoice,
     Delta,
+    PromptTokensDetails,
     ResponseMessage,
     ToolCallDelta,
     Usage,
@@ -40,7 +41,8 @@ def sse_error(exc: CortexError) -> bytes:
 
 def _usage(done: Done) -> Usage:
     return Usage(prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens,
-                 total_tokens=done.prompt_tokens + done.completion_tokens)
+                 total_tokens=done.prompt_tokens + done.completion_tokens,
+                 prompt_tokens_details=PromptTokensDetails(cached_tokens=done.cached_tokens))
 
 
 def _finish(done: Done) -> str:

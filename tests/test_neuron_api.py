@@ -382,3 +382,24 @@ def test_tools_reach_the_template_and_tool_calls_come_back(client: httpx.Client)
     assert [c["function"]["name"] for c in calls] == ["get_weather"]
     assert frames[-1]["choices"][0]["finish_reason"] == "tool_calls"
     client.post("/models/unload", json={"model": "gemma-tools"})
+
+
+def test_streamed_text_equals_whole_text_and_is_clean(client: httpx.Client) -> None:
+    whole = _greedy(client, "The capital of France is", 24)["choices"][0]["text"]
+    with client.stream("POST", "/v1/completions", json={
+            "model": "gemma", "prompt": "The capital of France is", "max_tokens": 24,
+            "temperature": 0, "stream": True}) as reply:
+        pieces = [f["choices"][0]["text"] for f in _sse(reply)
+                  if isinstance(f, dict) and f["choices"]]
+    assert "".join(pieces) == whole
+    assert "\x00" not in whole and whole.strip()
+
+
+def test_estimate_without_loading(client: httpx.Client) -> None:
+    reply = client.post("/models/estimate", json={"profile": {**PROFILE, "id": "planned",
+                                                              "n_ctx": 2048, "slots": 2}})
+    assert reply.status_code == 200, reply.text
+    estimate = reply.json()
+    assert estimate["kv_cache"] == 18 * 512 * 2 * 2048 * 2
+    assert estimate["total"] == estimate["weights"] + estimate["kv_cache"] + estimate["overhead"]
+    assert _model(client, "planned") is None

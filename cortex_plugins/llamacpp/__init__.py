@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from cortex import Harness, MemoryEstimate, ModelProfile, ResolvedModel, hookimpl
 from cortex.errors import InvalidRequest
@@ -40,6 +41,7 @@ class LlamaCppHarness(Harness):
         flash_attn: bool = False
         use_mmap: bool = True
         verbose: bool = False
+        prefill_chunk: int = 128
 
     options: Options
 
@@ -52,13 +54,13 @@ class LlamaCppHarness(Harness):
         except (ValueError, KeyError) as exc:
             raise InvalidRequest(f"{model.path} is not a usable GGUF: {exc}") from None
 
-    def _renderer(self, profile: ModelProfile, model: ResolvedModel, llama: object,
+    def _renderer(self, profile: ModelProfile, model: ResolvedModel, llama_model: Any,
                   meta: dict[str, str]) -> tuple[Renderer | None, str]:
         def jinja(template: str, origin: str) -> JinjaRenderer:
-            get_text = llama._model.token_get_text  # type: ignore[attr-defined]
-            bos, eos = llama.token_bos(), llama.token_eos()  # type: ignore[attr-defined]
-            return JinjaRenderer(template, bos_token=get_text(bos) if bos >= 0 else "",
-                                 eos_token=get_text(eos) if eos >= 0 else "", origin=origin)
+            bos, eos = llama_model.token_bos(), llama_model.token_eos()
+            return JinjaRenderer(
+                template, bos_token=llama_model.token_get_text(bos) if bos >= 0 else "",
+                eos_token=llama_model.token_get_text(eos) if eos >= 0 else "", origin=origin)
 
         if profile.chat_template:
             return jinja(profile.chat_template, "profile chat_template"), ""
@@ -75,31 +77,61 @@ class LlamaCppHarness(Harness):
     def load(self, profile: ModelProfile, model: ResolvedModel,
              progress: Callable[[float], None]) -> LlamaEngine:
         import llama_cpp
-        from llama_cpp import Llama, llama_model_size
+        from llama_cpp._internals import LlamaContext, LlamaModel
+        from llama_cpp._logger import set_verbose
 
+        llama_cpp.llama_backend_init()
+        set_verbose(self.options.verbose)  # llama.cpp's log is process-wide
         threads = profile.n_threads or self.options.n_threads or physical_cores()
-        progress(0.0)
-        pooling = llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED
-        if profile.embeddings:
-            header = read_metadata(model.path)
-            arch = header.get("general.architecture", "")
-            if f"{arch}.pooling_type" not in header:
-                # A generative model names no pooling; mean-pool so that each input
-                # gets one vector, as OpenAI's API promises.
-                pooling = llama_cpp.LLAMA_POOLING_TYPE_MEAN
+        model_params = llama_cpp.llama_model_default_params()
+        model_params.n_gpu_layers = 0x7FFFFFFF if profile.n_gpu_layers < 0 \
+            else profile.n_gpu_layers
+        model_params.use_mmap = self.options.use_mmap
+
+        @llama_cpp.llama_progress_callback
+        def on_progress(fraction: float, user_data: Any) -> bool:
+            progress(float(fraction))
+            return True
+
+        model_params.progress_callback = on_progress
         try:
-            llama = Llama(model_path=model.path, n_ctx=profile.n_ctx, pooling_type=pooling,
-                          n_gpu_layers=profile.n_gpu_layers, n_threads=threads,
-                          n_threads_batch=threads, n_batch=profile.n_batch,
-                          embedding=profile.embeddings, use_mmap=self.options.use_mmap,
-                          flash_attn=self.options.flash_attn, verbose=self.options.verbose)
+            llama_model = LlamaModel(path_model=model.path, params=model_params,
+                                     verbose=self.options.verbose)
         except ValueError as exc:
             raise InvalidRequest(f"llama.cpp could not load {model.path}: {exc}") from None
-        meta: dict[str, str] = dict(llama.metadata)
-        renderer, reason = self._renderer(profile, model, llama, meta)
-        measured = int(llama_model_size(llama.model)) + llama.n_ctx() * kv_bytes_per_token(meta)
+        meta = llama_model.metadata()
+        slots = 1 if profile.embeddings else profile.slots
+        ctx_params = llama_cpp.llama_context_default_params()
+        ctx_params.n_ctx = profile.n_ctx * slots
+        ctx_params.n_seq_max = slots
+        ctx_params.kv_unified = False  # each slot gets its own n_ctx
+        ctx_params.swa_full = True  # sliding-window layers keep every cell: prefix reuse works
+        ctx_params.n_threads = ctx_params.n_threads_batch = threads
+        # Pooled embeddings need a whole input in one batch.
+        n_batch = profile.n_ctx if profile.embeddings else profile.n_batch
+        ctx_params.n_batch = ctx_params.n_ubatch = n_batch
+        ctx_params.flash_attn_type = int(self.options.flash_attn)
+        if profile.embeddings:
+            ctx_params.embeddings = True
+            arch = meta.get("general.architecture", "")
+            # A generative model names no pooling; mean-pool so that each input gets
+            # one vector, as OpenAI's API promises.
+            ctx_params.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED \
+                if f"{arch}.pooling_type" in meta else llama_cpp.LLAMA_POOLING_TYPE_MEAN
+        try:
+            ctx = LlamaContext(model=llama_model, params=ctx_params,
+                               verbose=self.options.verbose)
+        except ValueError as exc:
+            llama_model.close()
+            raise InvalidRequest(f"llama.cpp could not make a context for {model.path} "
+                                 f"(n_ctx {profile.n_ctx} x {slots} slots): {exc}") from None
+        renderer, reason = self._renderer(profile, model, llama_model, meta)
+        measured = int(llama_cpp.llama_model_size(llama_model.model)) + \
+            ctx.n_ctx() * kv_bytes_per_token(meta)
         progress(1.0)
-        return LlamaEngine(llama, model_id=profile.id, n_ctx=llama.n_ctx(), renderer=renderer,
+        return LlamaEngine(model=llama_model, ctx=ctx, model_id=profile.id, slots=slots,
+                           n_ctx=ctx.n_ctx() // slots, n_batch=n_batch,
+                           prefill_chunk=self.options.prefill_chunk, renderer=renderer,
                            no_template_reason=reason, embeddings=profile.embeddings,
                            max_tokens_cap=profile.max_tokens, measured_bytes=measured)
 

@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import codecs
+import contextlib
 import json
-import random
-import threading
-from collections.abc import AsyncGenerator
-from typing import Any
+import math
+from collections.abc import AsyncGenerator, Callable
+from typing import Any, TypeVar
 
 from cortex import Done, Engine, GenerationEvent, TextDelta, ToolCalls
 from cortex.errors import ContextLengthExceeded, InvalidRequest, UnsupportedFeature
 from cortex.types import ChatCompletionRequest, CompletionRequest, TokenizeRequest
 
+from .batch import END, Scheduler, Sequence
 from .render import Prompt, Renderer
-from .stops import StopMatcher
 from .tools import ToolCallParser
-from .worker import Emit, Worker
 
 __all__ = ["LlamaEngine", "Sampling"]
+
+T = TypeVar("T")
 
 def _or(value: float | None, default: float) -> float:
     return default if value is None else value
@@ -71,31 +71,34 @@ def _grammar(response_format: dict[str, Any] | None) -> Any:
 
 
 class LlamaEngine(Engine):
-    def __init__(self, llama: Any, *, model_id: str, n_ctx: int, renderer: Renderer | None,
+    """A GGUF model and its context. Generation goes through the batching Scheduler; a
+    profile loaded for embeddings serves only embeddings, one input at a time."""
+
+    def __init__(self, *, model: Any, ctx: Any, model_id: str, slots: int, n_ctx: int,
+                 n_batch: int, prefill_chunk: int, renderer: Renderer | None,
                  no_template_reason: str, embeddings: bool, max_tokens_cap: int | None,
                  measured_bytes: int | None) -> None:
-        import llama_cpp
-
-        self._llama = llama
-        self._lib = llama_cpp
-        self._vocab = llama._model.vocab
+        self._model = model
+        self._ctx = ctx
         self._model_id = model_id
         self._n_ctx = n_ctx
         self._renderer = renderer
         self._no_template_reason = no_template_reason
         self._cap = max_tokens_cap
         self._measured = measured_bytes
-        self._worker = Worker(f"llama:{model_id}")
         self.embeddings = embeddings
-        self.chat_supported = renderer is not None
+        self.chat_supported = renderer is not None and not embeddings
+        self._scheduler = Scheduler(model=model, ctx=ctx, slots=slots, n_ctx_slot=n_ctx,
+                                    n_batch=n_batch, prefill_chunk=prefill_chunk,
+                                    name=f"llama:{model_id}")
 
     @property
     def in_flight(self) -> int:
-        return self._worker.in_flight
+        return self._scheduler.counts()[0]
 
     @property
     def queued(self) -> int:
-        return self._worker.queued
+        return self._scheduler.counts()[1]
 
     @property
     def measured_bytes(self) -> int | None:
@@ -116,20 +119,45 @@ class LlamaEngine(Engine):
         return self._renderer.render(request.messages, tools, add_generation_prompt)
 
     def _tokens(self, text: str, add_bos: bool) -> list[int]:
-        tokens: list[int] = self._llama.tokenize(text.encode("utf-8"), add_bos=add_bos,
-                                                 special=True)
+        tokens: list[int] = self._model.tokenize(text.encode("utf-8"), add_bos, True)
         return tokens
 
-    def _check_fits(self, prompt_tokens: list[int], max_tokens: int | None) -> None:
+    def _check_fits(self, prompt_tokens: list[int]) -> None:
         if not prompt_tokens:
             raise InvalidRequest("the prompt is empty", param="prompt")
         if len(prompt_tokens) >= self._n_ctx:
             raise ContextLengthExceeded(len(prompt_tokens), self._n_ctx)
 
+    def _no_generation(self) -> None:
+        if self.embeddings:
+            raise UnsupportedFeature(
+                f"model `{self._model_id}` is loaded for embeddings; load another profile "
+                "of it to generate text")
+
     # --- generation ---------------------------------------------------------------------
+
+    async def _generate(self, prompt: list[int], sampling: Sampling
+                        ) -> AsyncGenerator[GenerationEvent, None]:
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Any] = asyncio.Queue()
+
+        def emit(event: Any) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed under us
+                loop.call_soon_threadsafe(events.put_nowait, event)
+
+        seq = Sequence(prompt, sampling, emit)
+        self._scheduler.submit(seq)
+        try:
+            while (event := await events.get()) is not END:
+                if isinstance(event, BaseException):
+                    raise event
+                yield event
+        finally:
+            seq.cancel.set()  # a client that left frees its slot at the next step
 
     async def chat(self, request: ChatCompletionRequest
                    ) -> AsyncGenerator[GenerationEvent, None]:
+        self._no_generation()
         sampling = Sampling(request, max_tokens=request.token_limit(), cap=self._cap)
         sampling.grammar = _grammar(request.response_format)
 
@@ -139,9 +167,8 @@ class LlamaEngine(Engine):
 
         tokens, template_stops = await asyncio.to_thread(prepare)
         sampling.stop = sampling.stop + [s for s in template_stops if s not in sampling.stop]
-        self._check_fits(tokens, sampling.max_tokens)
-        events = self._worker.stream(
-            lambda emit, cancel: self._generate(tokens, sampling, emit, cancel))
+        self._check_fits(tokens)
+        events = self._generate(tokens, sampling)
         if not request.tools or request.tool_choice == "none":
             async for event in events:
                 yield event
@@ -162,6 +189,7 @@ class LlamaEngine(Engine):
 
     async def complete(self, request: CompletionRequest
                        ) -> AsyncGenerator[GenerationEvent, None]:
+        self._no_generation()
         sampling = Sampling(request, max_tokens=request.max_tokens, cap=self._cap)
         prompt: str | list[str | int] = request.prompt
         if isinstance(prompt, list) and all(isinstance(p, str) for p in prompt):
@@ -175,68 +203,56 @@ class LlamaEngine(Engine):
         else:
             raise InvalidRequest("prompt must be a string or a list of token ids",
                                  param="prompt")
-        self._check_fits(tokens, sampling.max_tokens)
-        echo = request.echo and isinstance(prompt, str)
-        if echo:
-            yield TextDelta(str(prompt))
-        async for event in self._worker.stream(
-                lambda emit, cancel: self._generate(tokens, sampling, emit, cancel)):
+        self._check_fits(tokens)
+        if request.echo and isinstance(prompt, str):
+            yield TextDelta(prompt)
+        async for event in self._generate(tokens, sampling):
             yield event
 
-    def _generate(self, prompt: list[int], sampling: Sampling, emit: Emit,
-                  cancel: threading.Event) -> None:
-        """The token loop; runs on the model's thread. Checks for cancellation every token."""
-        llama = self._llama
-        llama.set_seed(sampling.seed if sampling.seed is not None else random.getrandbits(32))
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        stops = StopMatcher(sampling.stop)
-        generated: list[int] = []
-        budget = self._n_ctx - len(prompt)
-        if sampling.max_tokens is not None:
-            budget = min(budget, sampling.max_tokens)
-        finish = "length"
-        for token in llama.generate(
-                prompt, top_k=sampling.top_k, top_p=sampling.top_p, min_p=sampling.min_p,
-                temp=sampling.temperature, repeat_penalty=sampling.repeat_penalty,
-                frequency_penalty=sampling.frequency_penalty,
-                presence_penalty=sampling.presence_penalty, grammar=sampling.grammar):
-            if cancel.is_set():
-                finish = "cancelled"
-                break
-            if self._lib.llama_vocab_is_eog(self._vocab, token):
-                finish = "stop"
-                break
-            piece = llama.detokenize([token], prev_tokens=prompt + generated)
-            generated.append(token)
-            text, hit = stops.feed(decoder.decode(piece))
-            if text:
-                emit(TextDelta(text))
-            if hit:
-                finish = "stop"
-                break
-            if len(generated) >= budget:
-                break
-        if finish != "stop":
-            tail = stops.flush() + decoder.decode(b"", final=True)
-            if tail:
-                emit(TextDelta(tail))
-        emit(Done(finish_reason=finish, prompt_tokens=len(prompt),
-                  completion_tokens=len(generated)))
-
     # --- other work ---------------------------------------------------------------------
+
+    async def _on_thread(self, fn: Callable[[], T]) -> T:
+        """Run fn on the context's own thread, between batches."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[T] = loop.create_future()
+
+        def run() -> None:
+            try:
+                result = fn()
+            except BaseException as exc:
+                loop.call_soon_threadsafe(done.set_exception, exc)
+            else:
+                loop.call_soon_threadsafe(done.set_result, result)
+
+        self._scheduler.call(run)
+        return await done
 
     async def embed(self, inputs: list[str]) -> tuple[list[list[float]], int]:
         if not self.embeddings:
             raise UnsupportedFeature(
                 f"model `{self._model_id}` was not loaded with embeddings = true")
-        for text in inputs:
-            count = len(await asyncio.to_thread(self._tokens, text, True))
-            if count >= self._n_ctx:
-                raise ContextLengthExceeded(count, self._n_ctx)
-        result = await self._worker.call(
-            lambda: self._llama.embed(inputs, normalize=True, return_count=True))
-        vectors, count = result
-        return [list(map(float, v)) for v in vectors], int(count)
+        batches = [await asyncio.to_thread(self._tokens, text, True) for text in inputs]
+        for tokens in batches:
+            if len(tokens) >= self._n_ctx:
+                raise ContextLengthExceeded(len(tokens), self._n_ctx)
+        vectors = await self._on_thread(lambda: [self._embed_one(t) for t in batches])
+        return vectors, sum(len(t) for t in batches)
+
+    def _embed_one(self, tokens: list[int]) -> list[float]:
+        import llama_cpp
+        from llama_cpp._internals import LlamaBatch
+
+        llama_cpp.llama_memory_clear(self._ctx.memory, True)
+        batch = LlamaBatch(n_tokens=len(tokens), embd=0, n_seq_max=1, verbose=False)
+        try:
+            batch.set_batch(tokens, 0, True)
+            self._ctx.decode(batch)
+        finally:
+            batch.close()
+        pointer = llama_cpp.llama_get_embeddings_seq(self._ctx.ctx, 0)
+        vector = [float(pointer[i]) for i in range(self._model.n_embd())]
+        norm = math.sqrt(sum(x * x for x in vector)) or 1.0
+        return [x / norm for x in vector]
 
     async def tokenize(self, request: TokenizeRequest) -> list[int]:
         def run() -> list[int]:
@@ -248,16 +264,18 @@ class LlamaEngine(Engine):
         return await asyncio.to_thread(run)
 
     def abort(self, message: str) -> None:
-        self._worker.abort_all(message)
+        self._scheduler.abort_all(message)
 
     async def close(self) -> None:
-        done = asyncio.get_running_loop().create_future()
+        await self._on_thread(lambda: None)  # let running sequences end first
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
 
-        def final() -> None:
-            try:
-                self._llama.close()
-            finally:
-                done.get_loop().call_soon_threadsafe(done.set_result, None)
+        def free() -> None:
+            self._ctx.close()
+            self._model.close()
+            loop.call_soon_threadsafe(done.set_result, None)
 
-        self._worker.stop(final)
+        self._scheduler.call(free)
+        self._scheduler.stop()
         await done

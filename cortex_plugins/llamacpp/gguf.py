@@ -24,7 +24,7 @@ def read_metadata(path: str) -> dict[str, str]:
         metadata: dict[str, str] = model.metadata()
         return metadata
     finally:
-        model.close()  # type: ignore[no-untyped-call]
+        model.close()
 
 
 def _int(meta: dict[str, Any], key: str, default: int | None = None) -> int:

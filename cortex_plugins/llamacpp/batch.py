@@ -1,0 +1,307 @@
+"""Continuous batching: several sequences decoded together in one llama.cpp context.
+
+One thread owns the context and runs the scheduler loop. Each step it puts one token
+per generating sequence and a bounded chunk of each waiting prompt into one batch,
+calls llama_decode once, and samples every sequence that has logits. New requests join
+free slots between steps and finished ones leave, so a long prompt never stalls the
+streams already running for more than one chunk.
+
+Each slot keeps the tokens its KV cells hold after a request ends; a new request takes
+the free slot sharing the longest prefix with its prompt and prefills only the rest.
+"""
+
+from __future__ import annotations
+
+import codecs
+import collections
+import ctypes
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from cortex import Done, TextDelta
+from cortex.errors import Unavailable
+
+from .stops import StopMatcher
+
+__all__ = ["END", "Scheduler", "Sequence"]
+
+Emit = Callable[[Any], None]
+END = object()  # the last thing a sequence emits
+_PENALTY_LAST_N = 64
+
+
+class Sequence:
+    """One request's generation state while it waits for, or holds, a slot."""
+
+    def __init__(self, prompt: list[int], sampling: Any, emit: Emit) -> None:
+        self.prompt = prompt
+        self.sampling = sampling
+        self.emit = emit
+        self.cancel = threading.Event()
+        self.abort_message: str | None = None
+        self.slot = -1
+        self.pos = 0
+        self.pending: list[int] = []
+        self.generated: list[int] = []
+        self.last = -1
+        self.row = -1
+        self.sampler: Any = None
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.stops = StopMatcher(sampling.stop)
+        self.budget = 0
+        self.cached = 0
+
+
+class Scheduler:
+    """Owns a llama.cpp context; every method but submit/abort_all/stop runs on its thread."""
+
+    def __init__(self, *, model: Any, ctx: Any, slots: int, n_ctx_slot: int, n_batch: int,
+                 prefill_chunk: int, name: str) -> None:
+        import llama_cpp
+        from llama_cpp._internals import LlamaBatch
+
+        self._lib = llama_cpp
+        self._model = model
+        self._ctx = ctx
+        self._vocab = model.vocab
+        self._n_vocab = model.n_vocab()
+        self._n_ctx_slot = n_ctx_slot
+        self._n_batch = n_batch
+        self._chunk = max(1, min(prefill_chunk, n_batch))
+        self._batch = LlamaBatch(n_tokens=n_batch, embd=0, n_seq_max=1, verbose=False)
+        self._slots: list[Sequence | None] = [None] * slots
+        self._cached: list[list[int]] = [[] for _ in range(slots)]
+        self._waiting: collections.deque[Sequence] = collections.deque()
+        self._inbox: queue.SimpleQueue[Sequence | Callable[[], None] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._all: set[Sequence] = set()
+        self.steps = 0
+        self._buf = ctypes.create_string_buffer(64)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    # --- called from other threads ------------------------------------------------------
+
+    def submit(self, seq: Sequence) -> None:
+        with self._lock:
+            self._all.add(seq)
+        self._inbox.put(seq)
+
+    def call(self, fn: Callable[[], None]) -> None:
+        """Run fn on the scheduler thread once no sequence is generating."""
+        self._inbox.put(fn)
+
+    def counts(self) -> tuple[int, int]:
+        """(in flight, queued) as seen now; a snapshot, not a promise."""
+        with self._lock:
+            active = sum(1 for s in self._slots if s is not None)
+            return active, max(0, len(self._all) - active)
+
+    def abort_all(self, message: str) -> None:
+        with self._lock:
+            victims = list(self._all)
+        for seq in victims:
+            seq.abort_message = message
+            seq.cancel.set()
+
+    def stop(self) -> None:
+        self._inbox.put(None)
+
+    # --- the scheduler thread -----------------------------------------------------------
+
+    def _warm_up(self) -> None:
+        """Decode one token once, so the first request does not pay for graph set-up."""
+        batch = self._batch.batch
+        batch.token[0] = max(self._model.token_bos(), 0)
+        batch.pos[0], batch.n_seq_id[0], batch.seq_id[0][0], batch.logits[0] = 0, 1, 0, True
+        batch.n_tokens = 1
+        self._lib.llama_decode(self._ctx.ctx, batch)
+        self._lib.llama_memory_seq_rm(self._ctx.memory, 0, -1, -1)
+
+    def _run(self) -> None:
+        self._warm_up()
+        deferred: list[Callable[[], None]] = []
+        while True:
+            busy = any(s is not None for s in self._slots) or bool(self._waiting)
+            if not busy and deferred:
+                for fn in deferred:
+                    fn()
+                deferred.clear()
+            for item in self._drain(block=not busy):
+                if item is None:
+                    self._shutdown(deferred)
+                    return
+                if isinstance(item, Sequence):
+                    self._waiting.append(item)
+                else:
+                    deferred.append(item)
+            self._admit()
+            if any(s is not None for s in self._slots):
+                self._step()
+
+    def _drain(self, *, block: bool) -> list[Sequence | Callable[[], None] | None]:
+        """Everything in the inbox; waits for the first item only when idle."""
+        items = [self._inbox.get()] if block else []
+        while True:
+            try:
+                items.append(self._inbox.get_nowait())
+            except queue.Empty:
+                return items
+
+    def _shutdown(self, deferred: list[Callable[[], None]]) -> None:
+        for seq in list(self._waiting) + [s for s in self._slots if s is not None]:
+            self._end(seq, None, error=Unavailable("the model was unloaded"))
+        for fn in deferred:
+            fn()
+        self._batch.close()
+
+    def _admit(self) -> None:
+        while self._waiting and None in self._slots:
+            seq = self._waiting.popleft()
+            if seq.cancel.is_set():
+                self._end(seq, None)
+                continue
+            free = [i for i, s in enumerate(self._slots) if s is None]
+            slot = max(free, key=lambda i: _common_prefix(self._cached[i], seq.prompt))
+            keep = min(_common_prefix(self._cached[slot], seq.prompt), len(seq.prompt) - 1)
+            mem = self._ctx.memory
+            if not self._lib.llama_memory_seq_rm(mem, slot, keep, -1):
+                self._lib.llama_memory_seq_rm(mem, slot, -1, -1)
+                keep = 0
+            self._cached[slot] = seq.prompt[:keep]
+            seq.slot, seq.pos, seq.pending, seq.cached = slot, keep, seq.prompt[keep:], keep
+            room = self._n_ctx_slot - len(seq.prompt)
+            seq.budget = room if seq.sampling.max_tokens is None else \
+                min(room, seq.sampling.max_tokens)
+            seq.sampler = self._sampler(seq.sampling)
+            self._slots[slot] = seq
+
+    def _sampler(self, sampling: Any) -> Any:
+        import random
+
+        from llama_cpp._internals import LlamaSampler
+
+        sampler = LlamaSampler()
+        sampler.add_penalties(self._n_vocab, _PENALTY_LAST_N, sampling.repeat_penalty,
+                              sampling.frequency_penalty, sampling.presence_penalty)
+        if sampling.grammar is not None:
+            sampler.add_grammar(self._model, sampling.grammar)
+        if sampling.temperature <= 0:
+            sampler.add_greedy()
+        else:
+            sampler.add_top_k(sampling.top_k)
+            sampler.add_top_p(sampling.top_p, 1)
+            sampler.add_min_p(sampling.min_p, 1)
+            sampler.add_temp(sampling.temperature)
+            seed = sampling.seed if sampling.seed is not None else random.getrandbits(32)
+            sampler.add_dist(seed & 0xFFFFFFFF)
+        return sampler
+
+    def _step(self) -> None:
+        batch = self._batch.batch
+        n = 0
+
+        def add(token: int, pos: int, slot: int, logits: bool) -> None:
+            nonlocal n
+            batch.token[n] = token
+            batch.pos[n] = pos
+            batch.n_seq_id[n] = 1
+            batch.seq_id[n][0] = slot
+            batch.logits[n] = logits
+            n += 1
+
+        running = [s for s in self._slots if s is not None]
+        for seq in running:
+            seq.row = -1
+            if seq.cancel.is_set():
+                self._end(seq, "cancelled")
+            elif not seq.pending:
+                seq.row = n
+                add(seq.last, seq.pos, seq.slot, True)
+                self._cached[seq.slot].append(seq.last)
+                seq.pos += 1
+        prefilling = [s for s in running if s.pending and not s.cancel.is_set()]
+        # A lone prompt takes the whole batch; beside running streams, one chunk at a time.
+        chunk = self._n_batch if n == 0 and len(prefilling) == 1 else self._chunk
+        for seq in prefilling:
+            take = min(len(seq.pending), chunk, self._n_batch - n)
+            if take <= 0:
+                break
+            part, seq.pending = seq.pending[:take], seq.pending[take:]
+            for i, token in enumerate(part):
+                last = not seq.pending and i == take - 1
+                if last:
+                    seq.row = n
+                add(token, seq.pos, seq.slot, last)
+                seq.pos += 1
+            self._cached[seq.slot].extend(part)
+        if n == 0:
+            return
+        batch.n_tokens = n
+        code = self._lib.llama_decode(self._ctx.ctx, batch)
+        self.steps += 1
+        if code != 0:
+            for seq in running:
+                if self._slots[seq.slot] is seq:
+                    self._end(seq, None, error=Unavailable(f"llama_decode failed ({code})"))
+            return
+        for seq in running:
+            if seq.row >= 0 and self._slots[seq.slot] is seq:
+                self._sample(seq)
+
+    def _sample(self, seq: Sequence) -> None:
+        token = seq.sampler.sample(self._ctx, seq.row)
+        if self._lib.llama_vocab_is_eog(self._vocab, token):
+            self._end(seq, "stop")
+            return
+        seq.generated.append(token)
+        seq.last = token
+        piece = self._piece(token)
+        text, hit = seq.stops.feed(seq.decoder.decode(piece))
+        if text:
+            seq.emit(TextDelta(text))
+        if hit:
+            self._end(seq, "stop")
+        elif len(seq.generated) >= seq.budget:
+            self._end(seq, "length")
+
+    def _piece(self, token: int) -> bytes:
+        """The token's bytes (llama-cpp-python's wrapper returns its whole 32-byte buffer)."""
+        n = self._lib.llama_token_to_piece(self._vocab, token, self._buf, len(self._buf), 0,
+                                           False)
+        if n < 0:  # a longer piece than the buffer: grow it and ask again
+            self._buf = ctypes.create_string_buffer(-n)
+            n = self._lib.llama_token_to_piece(self._vocab, token, self._buf, len(self._buf),
+                                               0, False)
+        return self._buf.raw[:n]
+
+    def _end(self, seq: Sequence, finish: str | None, *,
+             error: Exception | None = None) -> None:
+        if seq.slot >= 0 and self._slots[seq.slot] is seq:
+            self._slots[seq.slot] = None
+        if seq.abort_message is not None:
+            error = Unavailable(seq.abort_message)
+        if error is not None:
+            seq.emit(error)
+        elif finish is not None and finish != "cancelled":
+            if finish != "stop":
+                tail = seq.stops.flush() + seq.decoder.decode(b"", final=True)
+                if tail:
+                    seq.emit(TextDelta(tail))
+            seq.emit(Done(finish_reason=finish, prompt_tokens=len(seq.prompt),
+                          completion_tokens=len(seq.generated), cached_tokens=seq.cached))
+        seq.emit(END)
+        with self._lock:
+            self._all.discard(seq)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
