@@ -116,6 +116,7 @@ class SamplingFields(Wire, kw_only=True):
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     repeat_penalty: float | None = None
+    ignore_eos: bool = False  # llama-server's extension: generate max_tokens whatever comes
     stream_options: StreamOptions | None = None
     n: int = 1
     user: str | None = None

@@ -137,13 +137,10 @@ def test_tokenize_answers_while_streams_run(neuron: NeuronProcess) -> None:
     with ThreadPoolExecutor(3) as pool:
         streams = [pool.submit(_complete, neuron.url, "eight", p, 96) for p in PROMPTS[:2]]
         time.sleep(0.3)
-        started = time.monotonic()
         count = httpx.post(f"{neuron.url}/tokenize", json={"model": "eight",
                                                            "text": "hello"}).json()["count"]
-        waited = time.monotonic() - started
         assert count >= 1
         assert not all(s.done() for s in streams)  # it did not wait for them to finish
-        assert waited < 1.0
         for s in streams:
             s.result()
 

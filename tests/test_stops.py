@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cortex_plugins.llamacpp.stops import StopMatcher
+from cortex.stops import StopMatcher
 
 
 def run(stops: list[str], pieces: list[str]) -> tuple[str, bool]:
@@ -11,7 +11,7 @@ def run(stops: list[str], pieces: list[str]) -> tuple[str, bool]:
     for piece in pieces:
         text, hit = matcher.feed(piece)
         out.append(text)
-        if hit:
+        if hit is not None:
             return "".join(out), True
     return "".join(out) + matcher.flush(), False
 
@@ -34,3 +34,8 @@ def test_no_stops_passes_through() -> None:
 
 def test_held_text_is_flushed_at_the_end() -> None:
     assert run(["END"], ["the E"]) == ("the E", False)
+
+
+def test_the_matched_stop_is_reported() -> None:
+    assert StopMatcher(["\n\n", "END"]).feed("abc END") == ("abc ", "END")
+    assert StopMatcher(["ab", "abc"]).feed("xabc") == ("x", "abc")  # earliest, then longest

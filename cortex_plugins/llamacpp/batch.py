@@ -12,22 +12,24 @@ the free slot sharing the longest prefix with its prompt and prefills only the r
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import collections
+import contextlib
 import ctypes
 import queue
 import threading
 from collections.abc import Callable
 from typing import Any
 
+import numpy
+
 from cortex import Done, TextDelta
 from cortex.errors import Unavailable
-
-from .stops import StopMatcher
+from cortex.stops import StopMatcher
 
 __all__ = ["END", "Scheduler", "Sequence"]
 
-Emit = Callable[[Any], None]
 END = object()  # the last thing a sequence emits
 _PENALTY_LAST_N = 64
 
@@ -35,10 +37,12 @@ _PENALTY_LAST_N = 64
 class Sequence:
     """One request's generation state while it waits for, or holds, a slot."""
 
-    def __init__(self, prompt: list[int], sampling: Any, emit: Emit) -> None:
+    def __init__(self, prompt: list[int], sampling: Any, loop: asyncio.AbstractEventLoop,
+                 events: asyncio.Queue[Any]) -> None:
         self.prompt = prompt
         self.sampling = sampling
-        self.emit = emit
+        self.loop = loop
+        self.events = events
         self.cancel = threading.Event()
         self.abort_message: str | None = None
         self.slot = -1
@@ -79,6 +83,7 @@ class Scheduler:
         self._all: set[Sequence] = set()
         self.steps = 0
         self._buf = ctypes.create_string_buffer(64)
+        self._outbox: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[Any], Any]]] = {}
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -140,6 +145,7 @@ class Scheduler:
             self._admit()
             if any(s is not None for s in self._slots):
                 self._step()
+            self._flush()
 
     def _drain(self, *, block: bool) -> list[Sequence | Callable[[], None] | None]:
         """Everything in the inbox; waits for the first item only when idle."""
@@ -153,6 +159,7 @@ class Scheduler:
     def _shutdown(self, deferred: list[Callable[[], None]]) -> None:
         for seq in list(self._waiting) + [s for s in self._slots if s is not None]:
             self._end(seq, None, error=Unavailable("the model was unloaded"))
+        self._flush()
         for fn in deferred:
             fn()
         self._batch.close()
@@ -179,9 +186,15 @@ class Scheduler:
             self._slots[slot] = seq
 
     def _sampler(self, sampling: Any) -> Any:
+        """A llama.cpp sampler chain, or None where greedy argmax gives the same token."""
         import random
 
         from llama_cpp._internals import LlamaSampler
+
+        neutral = sampling.repeat_penalty == 1.0 and not sampling.frequency_penalty \
+            and not sampling.presence_penalty
+        if sampling.temperature <= 0 and sampling.grammar is None and neutral:
+            return None
 
         sampler = LlamaSampler()
         sampler.add_penalties(self._n_vocab, _PENALTY_LAST_N, sampling.repeat_penalty,
@@ -252,8 +265,12 @@ class Scheduler:
                 self._sample(seq)
 
     def _sample(self, seq: Sequence) -> None:
-        token = seq.sampler.sample(self._ctx, seq.row)
-        if self._lib.llama_vocab_is_eog(self._vocab, token):
+        if seq.sampler is None:  # plain greedy: an argmax, not a 262k-entry candidate list
+            logits = self._lib.llama_get_logits_ith(self._ctx.ctx, seq.row)
+            token = int(numpy.ctypeslib.as_array(logits, shape=(self._n_vocab,)).argmax())
+        else:
+            token = seq.sampler.sample(self._ctx, seq.row)
+        if self._lib.llama_vocab_is_eog(self._vocab, token) and not seq.sampling.ignore_eos:
             self._end(seq, "stop")
             return
         seq.generated.append(token)
@@ -261,8 +278,8 @@ class Scheduler:
         piece = self._piece(token)
         text, hit = seq.stops.feed(seq.decoder.decode(piece))
         if text:
-            seq.emit(TextDelta(text))
-        if hit:
+            self._send(seq, TextDelta(text))
+        if hit is not None:
             self._end(seq, "stop")
         elif len(seq.generated) >= seq.budget:
             self._end(seq, "length")
@@ -277,6 +294,16 @@ class Scheduler:
                                                0, False)
         return self._buf.raw[:n]
 
+    def _send(self, seq: Sequence, event: Any) -> None:
+        self._outbox.setdefault(seq.loop, []).append((seq.events, event))
+
+    def _flush(self) -> None:
+        """Hand this step's events to asyncio: one wake-up per event loop, not per token."""
+        for loop, items in self._outbox.items():
+            with contextlib.suppress(RuntimeError):  # that loop has closed
+                loop.call_soon_threadsafe(_deliver, items)
+        self._outbox.clear()
+
     def _end(self, seq: Sequence, finish: str | None, *,
              error: Exception | None = None) -> None:
         if seq.slot >= 0 and self._slots[seq.slot] is seq:
@@ -284,17 +311,22 @@ class Scheduler:
         if seq.abort_message is not None:
             error = Unavailable(seq.abort_message)
         if error is not None:
-            seq.emit(error)
+            self._send(seq, error)
         elif finish is not None and finish != "cancelled":
             if finish != "stop":
                 tail = seq.stops.flush() + seq.decoder.decode(b"", final=True)
                 if tail:
-                    seq.emit(TextDelta(tail))
-            seq.emit(Done(finish_reason=finish, prompt_tokens=len(seq.prompt),
+                    self._send(seq, TextDelta(tail))
+            self._send(seq, Done(finish_reason=finish, prompt_tokens=len(seq.prompt),
                           completion_tokens=len(seq.generated), cached_tokens=seq.cached))
-        seq.emit(END)
+        self._send(seq, END)
         with self._lock:
             self._all.discard(seq)
+
+
+def _deliver(items: list[tuple[asyncio.Queue[Any], Any]]) -> None:
+    for events, event in items:
+        events.put_nowait(event)
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import math
 from collections.abc import AsyncGenerator, Callable
@@ -45,6 +44,7 @@ class Sampling:
         limit = max_tokens if max_tokens is not None else cap
         self.max_tokens = min(limit, cap) if (limit is not None and cap is not None) else limit
         self.seed = request.seed
+        self.ignore_eos = request.ignore_eos
         self.stop = request.stop_list()
         self.grammar: Any = None
 
@@ -138,14 +138,8 @@ class LlamaEngine(Engine):
 
     async def _generate(self, prompt: list[int], sampling: Sampling
                         ) -> AsyncGenerator[GenerationEvent, None]:
-        loop = asyncio.get_running_loop()
         events: asyncio.Queue[Any] = asyncio.Queue()
-
-        def emit(event: Any) -> None:
-            with contextlib.suppress(RuntimeError):  # the loop closed under us
-                loop.call_soon_threadsafe(events.put_nowait, event)
-
-        seq = Sequence(prompt, sampling, emit)
+        seq = Sequence(prompt, sampling, asyncio.get_running_loop(), events)
         self._scheduler.submit(seq)
         try:
             while (event := await events.get()) is not END:
