@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from cortex.catalogue import CatalogueEntry
 from cortex.config import (
     GatewayConfig,
     ModelProfile,
@@ -14,9 +15,9 @@ from cortex.config import (
     load_gateway_config,
     load_neuron_config,
 )
-from cortex.dialect import Dialect
-from cortex.errors import ConfigError, CortexError, PluginError
-from cortex.evictor import EvictionPolicy
+from cortex.dialect import Call, Dialect, GatewayAPI, sse_frame
+from cortex.errors import ConfigError, CortexError, InvalidRequest, PluginError
+from cortex.evictor import EvictionPolicy, Evictor
 from cortex.harness import (
     Done,
     Engine,
@@ -29,7 +30,8 @@ from cortex.harness import (
 from cortex.hookspecs import hookimpl
 from cortex.plugins import Plugins, build_plugin_manager
 from cortex.records import FleetEvent, RequestRecord
-from cortex.router import RoutingStrategy
+from cortex.router import Decision, Placement, Replica, Router, RouteRequest, RoutingStrategy
+from cortex.snapshot import FleetSnapshot, ModelView, NodeView
 from cortex.types import GPU, MemoryEstimate
 
 try:
@@ -39,23 +41,36 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 __all__ = [
     "GPU",
+    "Call",
+    "CatalogueEntry",
     "ConfigError",
     "CortexError",
+    "Decision",
     "Dialect",
     "Done",
     "Engine",
     "EvictionPolicy",
+    "Evictor",
     "FleetEvent",
+    "FleetSnapshot",
+    "GatewayAPI",
     "GatewayConfig",
     "GenerationEvent",
     "Harness",
+    "InvalidRequest",
     "MemoryEstimate",
     "ModelProfile",
+    "ModelView",
     "NeuronConfig",
+    "NodeView",
+    "Placement",
     "PluginError",
     "Plugins",
+    "Replica",
     "RequestRecord",
     "ResolvedModel",
+    "RouteRequest",
+    "Router",
     "RoutingStrategy",
     "TextDelta",
     "ToolCalls",
@@ -64,4 +79,5 @@ __all__ = [
     "hookimpl",
     "load_gateway_config",
     "load_neuron_config",
+    "sse_frame",
 ]

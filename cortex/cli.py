@@ -1,20 +1,293 @@
-"""`cortex`: the gateway's command line."""
+"""`cortex`: serve the gateway, and inspect or steer a running one over its admin API."""
 
 from __future__ import annotations
 
+import importlib
+import json
+import logging
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Sequence
+from typing import Any
+
 import click
+import msgspec
 
 import cortex
-from cortex.config import load_gateway_config
+from cortex.config import (
+    GatewayConfig,
+    GatewaySection,
+    ModelProfile,
+    NeuronConfig,
+    NeuronEntry,
+    load_gateway_config,
+)
 from cortex.errors import ConfigError
 
 __all__ = ["main"]
 
+DEFAULT_URL = "http://127.0.0.1:31313"
+EMBEDDED_NEURON = "127.0.0.1:13131"
+url_option = click.option("--url", envvar="CORTEX_URL", default=DEFAULT_URL, show_default=True,
+                          help="the gateway to talk to (env CORTEX_URL)")
+
 
 @click.group()
 @click.version_option(cortex.__version__, prog_name="cortex")
-def main() -> None:
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+def main(log_level: str) -> None:
     """cortex: one OpenAI- and Anthropic-compatible API over a fleet of neurons."""
+    logging.basicConfig(level=log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+# --- serve -------------------------------------------------------------------------------
+
+def _load(path: str) -> tuple[GatewayConfig, list[ModelProfile]]:
+    try:
+        return load_gateway_config(path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def embedded_config(listen: str | None, neuron_listen: str
+                    ) -> tuple[GatewayConfig, list[ModelProfile], NeuronConfig]:
+    """No config: one neuron on loopback serving the bundled Gemma 3 270M."""
+    from cortex.defaults import BUNDLED_GEMMA
+
+    section = GatewaySection(listen=listen) if listen else GatewaySection()
+    config = GatewayConfig(gateway=section, neurons=[
+        NeuronEntry(name="local", endpoint=f"http://{neuron_listen}")])
+    return config, [BUNDLED_GEMMA], NeuronConfig(listen=neuron_listen, name="local")
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="cortex.toml; without it, run the embedded single-host default")
+@click.option("--listen", help="host:port for the API (overrides [gateway] listen)")
+@click.option("--neuron-listen", default=EMBEDDED_NEURON, show_default=True,
+              help="embedded mode only: where the in-process neuron listens")
+def serve(config_path: str | None, listen: str | None, neuron_listen: str) -> None:
+    """Serve the OpenAI API for the fleet (default 0.0.0.0:31313)."""
+    from cortex.gateway import create_app
+    from cortex.plugins import build_plugin_manager
+    from cortex.server import Served
+    from cortex.server import serve as run
+
+    before: list[Served] = []
+    if config_path is None:
+        # The core never imports the neuron package; only this mode needs it, by name at
+        # run time, so a gateway-only install still serves with --config.
+        try:
+            neuron_app = importlib.import_module("cortex_neuron.app")
+        except ImportError as exc:
+            raise click.ClickException(
+                f"the embedded default needs the neuron ({exc}): pip install 'cortex[neuron]'"
+                ", or pass --config") from None
+        config, profiles, neuron_config = embedded_config(listen, neuron_listen)
+        before.append(Served(neuron_app.create_app(neuron_config), neuron_listen,
+                             name="neuron"))
+        reloader = None
+    else:
+        config, profiles = _load(config_path)
+        if listen:
+            config = msgspec.structs.replace(
+                config, gateway=msgspec.structs.replace(config.gateway, listen=listen))
+        path, override = config_path, listen
+
+        def reloader() -> tuple[GatewayConfig, list[ModelProfile]]:
+            fresh, fresh_profiles = load_gateway_config(path)
+            if override:
+                fresh = msgspec.structs.replace(
+                    fresh, gateway=msgspec.structs.replace(fresh.gateway, listen=override))
+            return fresh, fresh_profiles
+
+    app = create_app(config, build_plugin_manager(), profiles=profiles, reloader=reloader)
+    run(Served(app, config.gateway.listen, name="gateway"), before=before)
+
+
+# --- talking to a running gateway ---------------------------------------------------------
+
+def _request(url: str, path: str, *, method: str = "GET", body: object = None,
+             timeout: float = 660.0) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"{url.rstrip('/')}{path}", data=data, method=method,
+                                     headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as reply:
+            return json.load(reply)
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.load(exc)["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = exc.reason
+        raise click.ClickException(f"{exc.code}: {message}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise click.ClickException(f"cannot reach the gateway at {url}: {exc}") from None
+
+
+def _quote(model: str) -> str:
+    return urllib.parse.quote(model, safe="")
+
+
+def _gib(n: float | None) -> str:
+    return f"{(n or 0) / 2**30:.2f}"
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[str(c) for c in headers], *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                     for row in cells)
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2))
+
+
+@main.command()
+@url_option
+@click.option("--json", "as_json", is_flag=True, help="print the raw /admin/fleet JSON")
+def status(url: str, as_json: bool) -> None:
+    """Nodes, GPUs, memory, loaded models and in-flight work."""
+    fleet = _request(url, "/admin/fleet")
+    if as_json:
+        _echo_json(fleet)
+        return
+    nodes = []
+    for node in fleet["nodes"]:
+        gpus = ", ".join(f"{g['name']} {_gib(g['memory_used'])}/{_gib(g['memory_total'])}"
+                         for g in node["gpus"]) or ("cpu" if node["cpu_only"] else "-")
+        nodes.append([node["name"], "up" if node["up"] else "DOWN", node["endpoint"], gpus,
+                      f"{_gib(node['reserved_bytes'])}/{_gib(node['budget_bytes'])} GiB",
+                      len(node["models"]), sum(node["in_flight"].values())])
+    click.echo(_table(["NODE", "STATE", "ENDPOINT", "GPUS", "RESERVED", "MODELS", "IN-FLIGHT"],
+                      nodes))
+    models = []
+    for node in fleet["nodes"]:
+        for m in node["models"]:
+            models.append([m["id"], node["name"], m["state"], m.get("n_ctx", 0),
+                           f"{_gib((m.get('estimate') or {}).get('total'))} GiB",
+                           m.get("in_flight", 0),
+                           m.get("queued", 0)])
+    click.echo()
+    if models:
+        click.echo(_table(["MODEL", "NODE", "STATE", "N_CTX", "MEMORY", "IN-FLIGHT", "QUEUED"],
+                          models))
+    else:
+        click.echo("no models loaded")
+    for load in fleet["loads"]:
+        click.echo(f"loading {load['model']} on {load['node']} for {load['seconds']:.1f}s "
+                   f"({load['waiters']} waiting)")
+
+
+@main.command()
+@url_option
+@click.option("--json", "as_json", is_flag=True)
+def models(url: str, as_json: bool) -> None:
+    """Every model the fleet can serve, and where each is loaded."""
+    data = _request(url, "/v1/models")["data"]
+    if as_json:
+        _echo_json(data)
+        return
+    click.echo(_table(
+        ["MODEL", "STATE", "LOADED ON", "N_CTX", "PRIORITY", "PINNED", "ALIASES"],
+        [[m["id"], m["state"], ",".join(m["loaded_on"]) or "-", m["n_ctx"], m["priority"],
+          "yes" if m["pinned"] else "", ",".join(m["aliases"])] for m in data]))
+
+
+def _model_action(url: str, model: str, action: str, node: str | None,
+                  force: bool = False) -> Any:
+    body: dict[str, Any] = {"node": node} if node else {}
+    if force:
+        body["force"] = True
+    return _request(url, f"/admin/models/{_quote(model)}/{action}", method="POST", body=body)
+
+
+@main.command()
+@url_option
+@click.argument("model")
+@click.option("--node", help="load it on this neuron")
+def load(url: str, model: str, node: str | None) -> None:
+    """Load a model now (placing and evicting as a request would)."""
+    reply = _model_action(url, model, "load", node)
+    click.echo(f"{reply['model']} is ready on {reply['node']}")
+
+
+@main.command()
+@url_option
+@click.argument("model")
+@click.option("--node", help="unload it from this neuron only")
+@click.option("--force", is_flag=True, help="end requests in flight instead of waiting")
+def unload(url: str, model: str, node: str | None, force: bool) -> None:
+    """Unload a model (from every node that holds it, unless --node)."""
+    reply = _model_action(url, model, "unload", node, force)
+    click.echo(f"{reply['model']} unloaded from {', '.join(reply['unloaded_from'])}")
+
+
+@main.command()
+@url_option
+@click.argument("model")
+@click.option("--node", help="load it on this neuron")
+def pin(url: str, model: str, node: str | None) -> None:
+    """Pin a model until the gateway restarts: load it and never evict it."""
+    reply = _model_action(url, model, "pin", node)
+    click.echo(f"{reply['model']} is pinned (on {reply['node']})")
+
+
+@main.command()
+@url_option
+@click.argument("model")
+def unpin(url: str, model: str) -> None:
+    """Undo `cortex pin` (or a profile's pinned = true, until the next restart)."""
+    reply = _model_action(url, model, "unpin", None)
+    click.echo(f"{reply['model']} is no longer pinned")
+
+
+def explain_text(data: dict[str, Any]) -> str:
+    """Render /admin/route's answer for people."""
+    action, model, node = data["action"], data["model"], data.get("node")
+    head = {"serve": f"serve on {node}", "join": f"wait for the load under way on {node}",
+            "load": f"load on {node}", "none": "cannot be served now"}[action]
+    lines = [f"{model}: {head} ({data.get('reason') or action})"]
+    if data.get("victims"):
+        lines.append(f"  evict: {', '.join(data['victims'])}")
+    if data.get("needs") is not None:
+        lines.append(f"  needs: {_gib(data['needs'])} GiB, "
+                     f"free after: {_gib(data.get('free_after'))} GiB")
+    lines.append(f"  expected wait: {data.get('expected_wait', 0):.1f}s")
+    if data.get("candidates"):
+        lines.append("  nodes:")
+        lines.extend(f"    {c['node']}: {c['verdict']}" for c in data["candidates"])
+    return "\n".join(lines)
+
+
+@main.command()
+@url_option
+@click.option("--explain", is_flag=True, default=True,
+              help="show the decision without acting on it (the only mode for now)")
+@click.option("--node", help="only consider this neuron")
+@click.option("--json", "as_json", is_flag=True)
+@click.argument("model")
+def route(url: str, explain: bool, node: str | None, as_json: bool, model: str) -> None:
+    """Where a request for MODEL would go now: node, victims, expected wait."""
+    query = f"?model={_quote(model)}" + (f"&node={_quote(node)}" if node else "")
+    data = _request(url, f"/admin/route{query}")
+    if as_json:
+        _echo_json(data)
+    else:
+        click.echo(explain_text(data))
+
+
+@main.command()
+@url_option
+def reload(url: str) -> None:
+    """Re-read the running gateway's cortex.toml and models.toml (same as SIGHUP)."""
+    reply = _request(url, "/admin/reload", method="POST", body={})
+    click.echo(f"reloaded: {reply['summary']}")
 
 
 @main.group()
@@ -26,8 +299,9 @@ def config() -> None:
 @click.argument("path", type=click.Path(dir_okay=False))
 def config_check(path: str) -> None:
     """Validate cortex.toml and the models it names; errors name file, key and reason."""
-    try:
-        gateway, profiles = load_gateway_config(path)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+    gateway, profiles = _load(path)
     click.echo(f"{path}: ok ({len(gateway.neurons)} neurons, {len(profiles)} models)")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,21 +1,109 @@
-"""One client API (OpenAI, Anthropic): its routes, decoding, encoding and errors."""
+"""Dialect: one client API (OpenAI now, Anthropic later) mounted on the gateway.
+
+A dialect owns its routes. Each inference handler decodes only what routing needs,
+turns the body into a canonical (OpenAI chat-completions shaped) Call, and hands it
+to the gateway's `forward`; the gateway routes, loads, retries and streams, calling
+back into the dialect to encode replies, stream frames and errors in its own shape.
+The defaults here are pass-through, which is what an OpenAI-shaped dialect needs; a
+translating dialect overrides `reply`, `relay` and the error methods.
+"""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import msgspec
+from starlette.responses import JSONResponse, Response
 
-__all__ = ["Dialect"]
+from cortex.errors import CortexError
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+    from starlette.routing import BaseRoute
+
+    from cortex.catalogue import CatalogueEntry
+
+__all__ = ["Call", "Dialect", "GatewayAPI", "sse_frame"]
+
+_encode = msgspec.json.Encoder().encode
+
+
+def sse_frame(payload: object, *, event: str | None = None) -> bytes:
+    """One server-sent event: `event:` (when given) and a single `data:` line."""
+    head = b"event: " + event.encode() + b"\n" if event else b""
+    return head + b"data: " + _encode(payload) + b"\n\n"
+
+
+class Call(msgspec.Struct, kw_only=True):
+    """A canonical request: the neuron route and the OpenAI-shaped body to send there."""
+
+    path: str
+    model: str
+    body: bytes
+    stream: bool = False
+    # Hashes of the conversation's prefixes, shortest first (for KV-reuse routing).
+    prefixes: tuple[str, ...] = ()
+
+
+class GatewayAPI(Protocol):
+    """What a dialect may ask of the gateway."""
+
+    async def forward(self, call: Call, request: Request, dialect: Dialect) -> Response:
+        """Route, load if needed, proxy and answer; errors come back through `dialect`."""
+        ...
+
+    def catalogue(self) -> list[CatalogueEntry]:
+        """Every model the fleet can serve now."""
+        ...
+
+    def catalogue_entry(self, model: str) -> CatalogueEntry:
+        """One catalogue entry by id or alias; raises ModelNotFound."""
+        ...
 
 
 class Dialect:
     """Base class; plugins subclass it and return it from their register hook."""
 
     name: ClassVar[str]
+    # Path prefixes whose errors (unknown routes included) use this dialect's envelope.
+    prefixes: ClassVar[tuple[str, ...]] = ()
+    stream_media_type: ClassVar[str] = "text/event-stream"
 
     class Options(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         """The plugin's own settings, validated when config is loaded."""
 
     def __init__(self, options: Options | None = None) -> None:
         self.options = options if options is not None else self.Options()
+
+    def routes(self, gateway: GatewayAPI) -> Sequence[BaseRoute]:
+        """The Starlette routes this dialect serves."""
+        raise NotImplementedError
+
+    # --- errors ----------------------------------------------------------------------------
+
+    def error_response(self, exc: CortexError) -> Response:
+        return JSONResponse(exc.openai_envelope(), status_code=exc.status,
+                            headers=exc.headers())
+
+    def upstream_error(self, status: int, body: bytes, exc: CortexError) -> Response:
+        """A neuron answered with an error before the stream started (`exc` rebuilt from it)."""
+        return self.error_response(exc)
+
+    def stream_error(self, exc: CortexError) -> bytes:
+        """The frame that ends a stream that failed after it started."""
+        return sse_frame(exc.openai_envelope())
+
+    def keepalive(self) -> bytes:
+        """Sent while a stream waits for a model to load; clients ignore SSE comments."""
+        return b": keep-alive\n\n"
+
+    # --- replies ---------------------------------------------------------------------------
+
+    def reply(self, call: Call, body: bytes) -> Response:
+        """A whole (non-streamed) neuron answer, re-encoded for the client if needed."""
+        return Response(body, media_type="application/json")
+
+    def relay(self, call: Call, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """A neuron's SSE stream, re-encoded for the client if needed (pass-through here)."""
+        return chunks

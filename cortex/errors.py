@@ -18,6 +18,7 @@ failure anywhere reaches the client in its own envelope::
     ├── RateLimited                  429 rate_limit_error (carries Retry-After)
     ├── InsufficientMemory           507 (a load that does not fit the node's budget)
     ├── UpstreamError                502 api_error (a neuron failed)
+    │   └── Unreachable              502 (no answer: refused, reset, timed out; safe to retry)
     ├── Unavailable                  503 overloaded / unavailable (carries Retry-After)
     └── Timeout                      504 timeout_error
 """
@@ -42,6 +43,7 @@ __all__ = [
     "RateLimited",
     "Timeout",
     "Unavailable",
+    "Unreachable",
     "UnsupportedFeature",
     "UpstreamError",
     "from_openai_envelope",
@@ -166,6 +168,12 @@ class InsufficientMemory(CortexError):
 class UpstreamError(CortexError):
     status = 502
     code = "upstream_error"
+
+
+class Unreachable(UpstreamError):
+    """A neuron gave no HTTP answer: connection refused, reset or timed out."""
+
+    code = "upstream_unreachable"
 
 
 class Unavailable(CortexError):

@@ -36,6 +36,9 @@ ENTRY_POINT_GROUP = "cortex"
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "cortex_plugins.llamacpp",
     "cortex_plugins.nvml",
+    "cortex_plugins.routing",
+    "cortex_plugins.eviction",
+    "cortex_plugins.openai",
 )
 
 

@@ -1,12 +1,80 @@
-"""Picks the node for a request from a snapshot of the fleet."""
+"""Where a request goes: a pure decision over a FleetSnapshot, explainable without acting.
+
+The Router keeps the order of preference fixed (a ready replica, then a load already
+under way, then a new placement, evicting per policy if needed) and asks the
+RoutingStrategy plugin to rank the choices within each step.
+"""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Sequence
+from typing import ClassVar, Literal
 
 import msgspec
 
-__all__ = ["RoutingStrategy"]
+from cortex.evictor import Evictor
+from cortex.snapshot import FleetSnapshot, ModelView, NodeView
+
+__all__ = ["Decision", "Placement", "Replica", "RouteRequest", "Router", "RoutingStrategy",
+           "Verdict"]
+
+# Used for the expected wait when a model has never been loaded: seconds per GiB of weights.
+_COLD_SECONDS_PER_GIB = 4.0
+_UNLOAD_SECONDS = 0.5
+
+
+class RouteRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """What the router needs to know about one request, already resolved to a profile."""
+
+    model: str
+    affinity: tuple[str, ...] = ()
+    # Bytes the model would reserve on each node (from the neuron's estimate); a node
+    # missing here cannot take a new copy (its estimate failed or is unknown).
+    estimates: dict[str, int] = {}
+    # The node that last served this conversation's longest known prefix.
+    prefix_node: str | None = None
+    exclude: frozenset[str] = frozenset()
+    load_seconds: float | None = None
+
+    def allows(self, node: NodeView) -> bool:
+        return node.up and node.name not in self.exclude and (
+            not self.affinity or node.name in self.affinity)
+
+
+class Replica(msgspec.Struct, frozen=True):
+    node: NodeView
+    model: ModelView
+
+
+class Placement(msgspec.Struct, frozen=True, kw_only=True):
+    node: NodeView
+    needs: int
+    victims: tuple[ModelView, ...] = ()
+
+    @property
+    def free_after(self) -> int:
+        return self.node.budget - self.node.reserved + sum(v.bytes for v in self.victims) \
+            - self.needs
+
+
+class Verdict(msgspec.Struct, frozen=True):
+    node: str
+    verdict: str
+
+
+class Decision(msgspec.Struct, frozen=True, kw_only=True):
+    """serve: the model is ready on `node`; join: it is loading there; load: load it there
+    after unloading `victims`; none: nowhere (see `reason` and `candidates`)."""
+
+    action: Literal["serve", "join", "load", "none"]
+    model: str
+    node: str | None = None
+    victims: tuple[str, ...] = ()
+    needs: int | None = None
+    free_after: int | None = None
+    expected_wait: float = 0.0
+    reason: str = ""
+    candidates: tuple[Verdict, ...] = ()
 
 
 class RoutingStrategy:
@@ -19,3 +87,94 @@ class RoutingStrategy:
 
     def __init__(self, options: Options | None = None) -> None:
         self.options = options if options is not None else self.Options()
+
+    def rank_replicas(self, request: RouteRequest, replicas: Sequence[Replica]) -> list[Replica]:
+        """Order the nodes where the model is ready, best first."""
+        raise NotImplementedError
+
+    def rank_placements(self, request: RouteRequest,
+                        placements: Sequence[Placement]) -> list[Placement]:
+        """Order the nodes that could load the model, best first."""
+        raise NotImplementedError
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+class Router:
+    def __init__(self, strategy: RoutingStrategy, evictor: Evictor) -> None:
+        self.strategy = strategy
+        self.evictor = evictor
+
+    def expected_load_seconds(self, request: RouteRequest, needs: int | None) -> float:
+        if request.load_seconds is not None:
+            return request.load_seconds
+        return _COLD_SECONDS_PER_GIB * (needs or 0) / 2**30 + 1.0
+
+    def decide(self, request: RouteRequest, snapshot: FleetSnapshot) -> Decision:
+        verdicts: list[Verdict] = []
+        allowed: list[NodeView] = []
+        for node in snapshot.nodes:
+            if request.allows(node):
+                allowed.append(node)
+            elif node.name in request.exclude:
+                verdicts.append(Verdict(node.name, "failed for this request"))
+            elif not node.up:
+                verdicts.append(Verdict(node.name, "down"))
+            else:
+                verdicts.append(Verdict(node.name, "not in the profile's neurons"))
+
+        ready = [Replica(n, m) for n in allowed if (m := n.model(request.model)) and m.ready]
+        if ready:
+            best = self.strategy.rank_replicas(request, ready)[0]
+            return Decision(
+                action="serve", model=request.model, node=best.node.name,
+                reason="ready with a free slot" if best.model.free_slot
+                else f"ready, {best.model.backlog + 1} request(s) ahead",
+                candidates=(*verdicts, *(Verdict(r.node.name, "ready") for r in ready)))
+
+        loading = [n for n in allowed if (m := n.model(request.model)) and m.state == "loading"]
+        if loading:
+            return Decision(action="join", model=request.model, node=loading[0].name,
+                            expected_wait=self.expected_load_seconds(request, None),
+                            reason="already loading there",
+                            candidates=(*verdicts, *(Verdict(n.name, "loading")
+                                                     for n in loading)))
+
+        placements: list[Placement] = []
+        for node in allowed:
+            resident = node.model(request.model)
+            needs = request.estimates.get(node.name)
+            if resident is not None:
+                verdicts.append(Verdict(node.name, f"model is {resident.state} here"))
+            elif needs is None:
+                verdicts.append(Verdict(node.name, "no memory estimate (source not servable)"))
+            elif needs > node.budget:
+                verdicts.append(Verdict(node.name, f"needs {_gib(needs)}, budget is only "
+                                                   f"{_gib(node.budget)}"))
+            else:
+                victims = self.evictor.victims(node, needs)
+                if victims is None:
+                    verdicts.append(Verdict(node.name, f"needs {_gib(needs)}, {_gib(node.free)} "
+                                                       "free and too little is evictable "
+                                                       "(busy, loading or pinned)"))
+                else:
+                    placements.append(Placement(node=node, needs=needs, victims=victims))
+        if not placements:
+            return Decision(action="none", model=request.model,
+                            reason=f"no live neuron can serve `{request.model}` now",
+                            candidates=tuple(verdicts))
+        best_place = self.strategy.rank_placements(request, placements)[0]
+        for place in placements:
+            verdicts.append(Verdict(place.node.name, "fits" if not place.victims else
+                                    "fits after evicting "
+                                    + ", ".join(v.id for v in place.victims)))
+        wait = self.expected_load_seconds(request, best_place.needs) \
+            + _UNLOAD_SECONDS * len(best_place.victims)
+        return Decision(
+            action="load", model=request.model, node=best_place.node.name,
+            victims=tuple(v.id for v in best_place.victims), needs=best_place.needs,
+            free_after=best_place.free_after, expected_wait=round(wait, 2),
+            reason="fits" if not best_place.victims else "fits after eviction",
+            candidates=tuple(verdicts))

@@ -1,0 +1,125 @@
+"""NeuronClient: the gateway's HTTP client for one neuron.
+
+Each neuron gets its own aiohttp ClientSession, so each has its own keep-alive pool and
+a slow or dead node cannot starve the connections of the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, TypeVar
+
+import aiohttp
+import msgspec
+
+from cortex.config import ModelProfile, NeuronEntry
+from cortex.errors import CortexError, Unreachable, UpstreamError, from_openai_envelope
+from cortex.types import (
+    EstimateRequest,
+    LoadRequest,
+    MemoryEstimate,
+    ModelStatus,
+    NodeStatus,
+    UnloadRequest,
+)
+
+__all__ = ["NeuronClient", "neuron_profile", "upstream_error"]
+
+T = TypeVar("T")
+_encode = msgspec.json.Encoder().encode
+_CONNECTION_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
+
+
+def neuron_profile(profile: ModelProfile) -> ModelProfile:
+    """The profile as sent to a neuron, without gateway-only fields.
+
+    A neuron treats a load of a different profile under the same id as a conflict, so
+    fleet settings (aliases, pinning, priority, affinity, ttl) must not reach it: editing
+    them in models.toml must not disturb a loaded model.
+    """
+    return msgspec.structs.replace(profile, aliases=[], pinned=False, priority=0, neurons=[],
+                                   ttl=None)
+
+
+def upstream_error(status: int, body: bytes) -> CortexError:
+    """Rebuild a neuron's error answer from its OpenAI envelope."""
+    try:
+        decoded: Any = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        decoded = None
+    return from_openai_envelope(status, decoded)
+
+
+class NeuronClient:
+    def __init__(self, entry: NeuronEntry, *, connect_timeout: float = 5.0,
+                 request_timeout: float = 600.0) -> None:
+        self.name = entry.name
+        self.endpoint = entry.endpoint.rstrip("/")
+        self._headers = {"content-type": "application/json"}
+        if entry.secret:
+            self._headers["authorization"] = f"Bearer {entry.secret}"
+        self._connect_timeout = connect_timeout
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout,
+                                              sock_read=request_timeout or None)
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=self._timeout, auto_decompress=False,
+                connector=aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True))
+        return self._session
+
+    def _unreachable(self, exc: BaseException) -> Unreachable:
+        detail = str(exc) or type(exc).__name__
+        return Unreachable(f"neuron `{self.name}` ({self.endpoint}) did not answer: {detail}")
+
+    async def _call(self, method: str, path: str, payload: object, kind: type[T], *,
+                    timeout: float | None = None) -> T:
+        data = None if payload is None else _encode(payload)
+        request_timeout = None if timeout is None else aiohttp.ClientTimeout(
+            total=timeout, connect=self._connect_timeout)
+        try:
+            async with self.session.request(method, self.endpoint + path, data=data,
+                                            headers=self._headers,
+                                            timeout=request_timeout) as reply:
+                body = await reply.read()
+                status = reply.status
+        except _CONNECTION_ERRORS as exc:
+            raise self._unreachable(exc) from exc
+        if status >= 400:
+            raise upstream_error(status, body)
+        try:
+            return msgspec.json.decode(body, type=kind)
+        except msgspec.DecodeError as exc:
+            raise UpstreamError(f"neuron `{self.name}` answered {path} with: {exc}") from None
+
+    async def status(self, *, timeout: float | None = None) -> NodeStatus:
+        return await self._call("GET", "/status", None, NodeStatus, timeout=timeout)
+
+    async def estimate(self, profile: ModelProfile) -> MemoryEstimate:
+        return await self._call("POST", "/models/estimate",
+                                EstimateRequest(profile=neuron_profile(profile)), MemoryEstimate)
+
+    async def load(self, profile: ModelProfile, *, wait: bool = True) -> ModelStatus:
+        return await self._call("POST", "/models/load",
+                                LoadRequest(profile=neuron_profile(profile), wait=wait),
+                                ModelStatus)
+
+    async def unload(self, model: str, *, force: bool = False) -> ModelStatus:
+        return await self._call("POST", "/models/unload", UnloadRequest(model=model, force=force),
+                                ModelStatus)
+
+    async def open(self, path: str, body: bytes) -> aiohttp.ClientResponse:
+        """Send an inference request; the caller reads the answer and must release it."""
+        try:
+            return await self.session.post(self.endpoint + path, data=body,
+                                           headers=self._headers)
+        except _CONNECTION_ERRORS as exc:
+            raise self._unreachable(exc) from exc
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

@@ -1,0 +1,47 @@
+"""The gateway's model profiles, looked up by id or alias.
+
+An index is immutable: a config reload builds a new one and swaps it in, so a request
+that resolved its profile keeps a consistent view until it finishes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+
+import msgspec
+
+from cortex.config import ModelProfile
+from cortex.errors import ModelNotFound
+
+__all__ = ["ProfileIndex"]
+
+
+class ProfileIndex:
+    def __init__(self, profiles: Iterable[ModelProfile],
+                 pins: Mapping[str, bool] | None = None) -> None:
+        """`pins` overrides profiles' `pinned` (runtime pin/unpin from the admin API)."""
+        pins = pins or {}
+        self._by_id: dict[str, ModelProfile] = {}
+        self._names: dict[str, str] = {}
+        for profile in profiles:
+            if profile.id in pins:
+                profile = msgspec.structs.replace(profile, pinned=pins[profile.id])
+            self._by_id[profile.id] = profile
+            for name in (profile.id, *profile.aliases):
+                self._names.setdefault(name, profile.id)
+
+    def __iter__(self) -> Iterator[ModelProfile]:
+        return iter(self._by_id.values())
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def get(self, model_id: str) -> ModelProfile | None:
+        return self._by_id.get(model_id)
+
+    def resolve(self, name: str) -> ModelProfile:
+        """The profile a client's `model` names (id or alias); ModelNotFound otherwise."""
+        model_id = self._names.get(name)
+        if model_id is None:
+            raise ModelNotFound(name)
+        return self._by_id[model_id]

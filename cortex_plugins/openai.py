@@ -1,0 +1,137 @@
+"""The OpenAI dialect: a near pass-through, since neurons speak OpenAI already.
+
+Only `model`, `stream` and the raw bytes of each chat message are decoded (for
+routing and conversation affinity); bodies and SSE chunks go through untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from cortex import (
+    Call,
+    CatalogueEntry,
+    CortexError,
+    Dialect,
+    GatewayAPI,
+    InvalidRequest,
+    hookimpl,
+)
+
+__all__ = ["OpenAIDialect", "prefix_hashes"]
+
+
+class _RequestView(msgspec.Struct):
+    model: str
+    stream: bool = False
+
+
+class _ChatView(msgspec.Struct):
+    model: str
+    stream: bool = False
+    messages: list[msgspec.Raw] = []
+
+
+class _RoleView(msgspec.Struct):
+    role: str = ""
+
+
+_request_view = msgspec.json.Decoder(_RequestView)
+_chat_view = msgspec.json.Decoder(_ChatView)
+_role_view = msgspec.json.Decoder(_RoleView)
+_SYSTEM_ROLES = {"system", "developer"}
+
+
+def prefix_hashes(messages: Sequence[msgspec.Raw]) -> tuple[str, ...]:
+    """Hashes of messages[:k], shortest first, from the first non-system message on (a
+    system prompt alone is shared by too many conversations to say where one went)."""
+    digest = hashlib.blake2b(digest_size=16)
+    keys: list[str] = []
+    started = False
+    for raw in messages:
+        data = bytes(raw)
+        digest.update(len(data).to_bytes(8, "little"))
+        digest.update(data)
+        if not started:
+            try:
+                started = _role_view.decode(data).role not in _SYSTEM_ROLES
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                started = True
+        if started:
+            keys.append(digest.copy().hexdigest())
+    return tuple(keys)
+
+
+def _decode(body: bytes, decoder: msgspec.json.Decoder[Any]) -> Any:
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequest(f"invalid request: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"malformed JSON: {exc}") from None
+
+
+def _model(entry: CatalogueEntry) -> dict[str, Any]:
+    fleet = msgspec.to_builtins(entry)
+    return {"id": entry.id, "object": "model", "created": 0, "owned_by": "cortex", **fleet}
+
+
+class OpenAIDialect(Dialect):
+    name = "openai"
+    prefixes = ("/v1/",)
+
+    def routes(self, gateway: GatewayAPI) -> Sequence[BaseRoute]:
+        async def chat(request: Request) -> Response:
+            body = await request.body()
+            view = _decode(body, _chat_view)
+            return await gateway.forward(
+                Call(path="/v1/chat/completions", model=view.model, body=body,
+                     stream=view.stream, prefixes=prefix_hashes(view.messages)),
+                request, self)
+
+        async def completions(request: Request) -> Response:
+            body = await request.body()
+            view = _decode(body, _request_view)
+            return await gateway.forward(
+                Call(path="/v1/completions", model=view.model, body=body, stream=view.stream),
+                request, self)
+
+        async def embeddings(request: Request) -> Response:
+            body = await request.body()
+            view = _decode(body, _request_view)
+            return await gateway.forward(
+                Call(path="/v1/embeddings", model=view.model, body=body), request, self)
+
+        async def models(request: Request) -> Response:
+            return JSONResponse({"object": "list",
+                                 "data": [_model(e) for e in gateway.catalogue()]})
+
+        async def model(request: Request) -> Response:
+            return JSONResponse(_model(gateway.catalogue_entry(request.path_params["model"])))
+
+        return [
+            Route("/v1/chat/completions", chat, methods=["POST"]),
+            Route("/v1/completions", completions, methods=["POST"]),
+            Route("/v1/embeddings", embeddings, methods=["POST"]),
+            Route("/v1/models", models),
+            Route("/v1/models/{model:path}", model),
+        ]
+
+    def upstream_error(self, status: int, body: bytes, exc: CortexError) -> Response:
+        """Neurons answer in this dialect's envelope already: pass it through verbatim."""
+        if body.lstrip().startswith(b'{"error"'):
+            return Response(body, status_code=status, media_type="application/json",
+                            headers=exc.headers())
+        return self.error_response(exc)
+
+
+@hookimpl
+def register_dialects() -> Iterable[type[Dialect]]:
+    return [OpenAIDialect]

@@ -1,0 +1,159 @@
+"""Helpers for the gateway tests: an in-process gateway on a real port, SSE reading,
+neuron resets and bounded waits. Neurons are real `neuron serve` processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any
+
+import httpx
+import msgspec
+
+from cortex import FleetEvent, ModelProfile, build_plugin_manager, hookimpl
+from cortex.config import GatewayConfig
+from cortex.gateway import Gateway, create_app
+
+from .conftest import NeuronProcess, free_port
+
+GEMMA = "bundled:gemma3-270m"
+
+
+def profile(model_id: str, **fields: Any) -> ModelProfile:
+    """A profile of the bundled Gemma under another id (several ids may share one GGUF)."""
+    fields.setdefault("n_ctx", 2048)
+    return ModelProfile(id=model_id, source=GEMMA, chat_format="gemma", **fields)
+
+
+class Recorder:
+    """A plugin that keeps every fleet event and finished request."""
+
+    def __init__(self) -> None:
+        self.events: list[FleetEvent] = []
+        self.records: list[Any] = []
+
+    @hookimpl
+    def fleet_event(self, event: FleetEvent) -> None:
+        self.events.append(event)
+
+    @hookimpl
+    def request_finished(self, record: Any) -> None:
+        self.records.append(record)
+
+    def kinds(self, kind: str, model: str | None = None) -> list[FleetEvent]:
+        return [e for e in self.events if e.kind == kind and (model is None or e.model == model)]
+
+
+class RunningGateway:
+    def __init__(self, url: str, gateway: Gateway, recorder: Recorder,
+                 client: httpx.AsyncClient) -> None:
+        self.url, self.gateway, self.recorder, self.client = url, gateway, recorder, client
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(neurons: Iterable[tuple[str, NeuronProcess]],
+                          profiles: Iterable[ModelProfile], *, eviction: str = "lru",
+                          routing: str = "affinity", defrag_after_cycles: int = 0,
+                          **settings: Any) -> AsyncIterator[RunningGateway]:
+    """Serve a gateway with hypercorn on a free loopback port, in this event loop."""
+    from hypercorn.asyncio import serve
+    from hypercorn.config import Config
+
+    port = free_port()
+    settings.setdefault("poll_interval", 0.25)
+    settings.setdefault("keepalive_interval", 0.2)
+    settings.setdefault("load_timeout", 60.0)
+    nodes = list(neurons)
+    config = msgspec.convert({
+        "gateway": {"listen": f"127.0.0.1:{port}", **settings},
+        "eviction": {"strategy": eviction, "defrag_after_cycles": defrag_after_cycles},
+        "routing": {"strategy": routing},
+        "neurons": [{"name": name, "endpoint": n.url} for name, n in nodes],
+    }, GatewayConfig)
+    recorder = Recorder()
+    app = create_app(config, build_plugin_manager(entry_points=False, extra=[recorder]),
+                     profiles=list(profiles))
+    hyper = Config()
+    hyper.bind = [f"127.0.0.1:{port}"]
+    hyper.accesslog = None
+    hyper.graceful_timeout = 2
+    stop = asyncio.Event()
+    task = asyncio.ensure_future(serve(app, hyper, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            async def all_up() -> bool:
+                with contextlib.suppress(httpx.HTTPError):
+                    health = (await client.get("/health")).json()
+                    return bool(health["nodes_up"] == len(nodes))
+                return False
+
+            await wait_until(all_up, timeout=30, what="gateway sees every neuron")
+            yield RunningGateway(url, app.state.gateway, recorder, client)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+
+
+async def wait_until(check: Callable[[], Awaitable[bool]], *, timeout: float,
+                     what: str, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting until {what}")
+
+
+async def neuron_models(neuron: NeuronProcess) -> dict[str, dict[str, Any]]:
+    async with httpx.AsyncClient(base_url=neuron.url, timeout=30) as client:
+        models = (await client.get("/models")).json()["models"]
+    return {m["id"]: m for m in models}
+
+
+def reset(*neurons: NeuronProcess) -> None:
+    """Unload everything, so each test starts from an empty fleet."""
+    with httpx.Client(timeout=60) as client:
+        for neuron in neurons:
+            deadline = time.monotonic() + 30
+            while True:
+                models = client.get(f"{neuron.url}/models").json()["models"]
+                if not models:
+                    break
+                assert time.monotonic() < deadline, models
+                for m in models:
+                    if m["state"] == "ready":
+                        client.post(f"{neuron.url}/models/unload",
+                                    json={"model": m["id"], "force": True})
+                time.sleep(0.1)
+
+
+def estimate(neuron: NeuronProcess, model: ModelProfile) -> int:
+    """What the neuron says `model` would reserve (placement budgets are built from it)."""
+    reply = httpx.post(f"{neuron.url}/models/estimate",
+                       json={"profile": msgspec.to_builtins(model)}, timeout=60)
+    reply.raise_for_status()
+    return int(reply.json()["total"])
+
+
+async def complete(client: httpx.AsyncClient, model: str, *, max_tokens: int = 2,
+                   prompt: str = "Hello") -> httpx.Response:
+    return await client.post("/v1/completions", json={
+        "model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0})
+
+
+def sse_lines(text: str) -> list[str]:
+    """The non-empty lines of an SSE body (comments included)."""
+    return [line for line in text.split("\n") if line]
+
+
+def sse_data(lines: Iterable[str]) -> list[Any]:
+    out: list[Any] = []
+    for line in lines:
+        if line.startswith("data: "):
+            data = line[6:]
+            out.append(data if data == "[DONE]" else json.loads(data))
+    return out

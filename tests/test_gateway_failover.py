@@ -1,0 +1,99 @@
+"""Neurons that die under the gateway: before the first byte the request moves to another
+node; after it, the stream ends with an error event instead of hanging."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .conftest import NeuronProcess
+from .gateway_support import (
+    neuron_models,
+    profile,
+    running_gateway,
+    sse_data,
+    sse_lines,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.model, pytest.mark.anyio]
+
+
+@pytest.fixture(scope="module")
+def neurons(tmp_path_factory: pytest.TempPathFactory, gemma_path: Path,
+            cache_dir: Path) -> Iterator[dict[str, NeuronProcess]]:
+    tmp = tmp_path_factory.mktemp("gateway-failover")
+    started = {name: NeuronProcess({"name": name, "cache_dir": str(cache_dir)}, tmp)
+               for name in ("doomed", "fragile", "steady")}
+    try:
+        for neuron in started.values():
+            neuron.wait_ready()
+        yield started
+    finally:
+        for neuron in started.values():
+            neuron.stop()
+
+
+def kill(neuron: NeuronProcess) -> None:
+    neuron.proc.kill()
+    neuron.proc.wait(10)
+
+
+async def test_a_neuron_killed_before_the_first_byte_is_retried_elsewhere(
+        neurons: dict[str, NeuronProcess]) -> None:
+    # A long poll interval: the gateway learns of the death only from the failed request.
+    nodes = [("doomed", neurons["doomed"]), ("steady", neurons["steady"])]
+    async with running_gateway(nodes, [profile("m", neurons=["doomed", "steady"])],
+                               poll_interval=30) as gw:
+        placed = await gw.client.post("/admin/models/m/load", json={"node": "doomed"})
+        assert placed.json()["node"] == "doomed"
+        kill(neurons["doomed"])
+        async with gw.client.stream("POST", "/v1/chat/completions", json={
+                "model": "m", "stream": True, "max_tokens": 3,
+                "messages": [{"role": "user", "content": "Hi"}]}) as reply:
+            assert reply.status_code == 200
+            await asyncio.wait_for(reply.aread(), 60)
+        data = sse_data(sse_lines(reply.text))
+        assert data[-1] == "[DONE]" and not any("error" in d for d in data[:-1])
+        assert gw.recorder.records[-1].node == "steady"
+        assert gw.recorder.records[-1].retries == 1
+        assert (await neuron_models(neurons["steady"]))["m"]["state"] == "ready"
+
+
+async def test_a_neuron_killed_mid_stream_ends_the_stream_with_an_error_event(
+        neurons: dict[str, NeuronProcess]) -> None:
+    nodes = [("fragile", neurons["fragile"])]
+    async with running_gateway(nodes, [profile("m", neurons=["fragile"])]) as gw:
+        assert (await gw.client.post("/admin/models/m/load")).status_code == 200
+        lines: list[str] = []
+        started = time.monotonic()
+        async with gw.client.stream("POST", "/v1/completions", json={
+                "model": "m", "prompt": "Once upon a time", "max_tokens": 500,
+                "stream": True}) as reply:
+            assert reply.status_code == 200
+
+            async def read() -> None:
+                async for line in reply.aiter_lines():
+                    if line.startswith("data: "):
+                        lines.append(line)
+                    if len(lines) == 3 and neurons["fragile"].proc.poll() is None:
+                        kill(neurons["fragile"])
+
+            await asyncio.wait_for(read(), 30)
+        assert time.monotonic() - started < 30
+        data = sse_data(lines)
+        assert "[DONE]" not in data
+        assert "error" in data[-1] and "mid-stream" in data[-1]["error"]["message"]
+        assert gw.recorder.records[-1].status == 502
+
+        async def marked_down() -> bool:
+            health = (await gw.client.get("/health")).json()
+            return bool(health["nodes_up"] == 0) and bool(gw.recorder.kinds("node_down"))
+
+        await wait_until(marked_down, timeout=10, what="the dead neuron is marked down")
+        assert [e.node for e in gw.recorder.kinds("node_up")] == ["fragile"]
+        assert (await gw.client.get("/v1/models")).json()["data"] == []
