@@ -22,8 +22,8 @@ from cortex.types import (
     ToolCall,
 )
 
-__all__ = ["Done", "Engine", "GenerationEvent", "Harness", "ResolvedModel", "TextDelta",
-           "ToolCalls"]
+__all__ = ["Done", "Engine", "EngineStats", "GenerationEvent", "Harness", "ResolvedModel",
+           "TextDelta", "ToolCalls"]
 
 
 class ResolvedModel(msgspec.Struct, kw_only=True):
@@ -59,6 +59,15 @@ class Done(msgspec.Struct, kw_only=True):
 GenerationEvent = TextDelta | ToolCalls | Done
 
 
+class EngineStats(msgspec.Struct, kw_only=True):
+    """Work counters since the model loaded, for the neuron's /metrics."""
+
+    prefill_tokens: int = 0  # prompt tokens decoded (reused KV cache excluded)
+    generated_tokens: int = 0  # tokens sampled into replies
+    kv_cache_tokens: int = 0  # KV cells holding a token now
+    kv_cache_capacity: int = 0  # KV cells in all (n_ctx x slots)
+
+
 class Engine(abc.ABC):
     """One loaded model. Blocking work runs off the event loop; methods are async."""
 
@@ -78,6 +87,10 @@ class Engine(abc.ABC):
     @property
     def measured_bytes(self) -> int | None:
         """Memory the loaded model really holds, when the harness can tell."""
+        return None
+
+    def stats(self) -> EngineStats | None:
+        """Token and KV-cache counters, when the harness keeps them (cheap: read per scrape)."""
         return None
 
     @abc.abstractmethod
@@ -109,12 +122,19 @@ class Engine(abc.ABC):
 
 class Harness(abc.ABC):
     name: ClassVar[str]
+    #: False for harnesses whose `source` is not a file (the synthetic one): the neuron
+    #: then skips source resolution and hands `resolve()`'s result to estimate and load.
+    needs_files: ClassVar[bool] = True
 
     class Options(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         """Settings from neuron.toml's `[harness.<name>]` table."""
 
     def __init__(self, options: Options) -> None:
         self.options = options
+
+    def resolve(self, source: str) -> ResolvedModel:
+        """The 'files' of a source, for harnesses that set needs_files = False."""
+        return ResolvedModel(files=[], total_bytes=0, origin=source)
 
     @abc.abstractmethod
     def estimate(self, profile: ModelProfile, model: ResolvedModel,

@@ -35,6 +35,7 @@ __all__ = [
 ENTRY_POINT_GROUP = "cortex"
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "cortex_plugins.llamacpp",
+    "cortex_plugins.synthetic",
     "cortex_plugins.nvml",
     "cortex_plugins.routing",
     "cortex_plugins.eviction",

@@ -114,8 +114,13 @@ class ModelRegistry:
     async def estimate(self, profile: ModelProfile) -> MemoryEstimate:
         """What `profile` would reserve here, so a gateway can plan placement before loading."""
         harness = self._harness(profile.harness)
-        resolved = await asyncio.to_thread(self._resolver.resolve, profile.source)
+        resolved = await self._resolve(harness, profile.source)
         return await asyncio.to_thread(harness.estimate, profile, resolved, self._overhead)
+
+    async def _resolve(self, harness: Harness, source: str) -> ResolvedModel:
+        if not harness.needs_files:
+            return harness.resolve(source)
+        return await asyncio.to_thread(self._resolver.resolve, source)
 
     # --- load -----------------------------------------------------------------------------
 
@@ -140,7 +145,7 @@ class ModelRegistry:
         profile = slot.profile
         try:
             harness = self._harness(profile.harness)
-            slot.resolved = await asyncio.to_thread(self._resolver.resolve, profile.source)
+            slot.resolved = await self._resolve(harness, profile.source)
             estimate = await asyncio.to_thread(harness.estimate, profile, slot.resolved,
                                                self._overhead)
             async with self._reserve_lock:

@@ -1,0 +1,208 @@
+"""The synthetic harness: an OpenAI-compatible token stream at a set rate, no model.
+
+It makes the gateway, not the model, the thing measured, and lets anyone load-test a
+whole fleet (routing, loading, eviction, failover) without GPUs. A profile selects it
+with `harness = "synthetic"` and tunes it in its source:
+
+    source = "synthetic:rate=200,ttft_ms=20,tokens=128,bytes=2GiB"
+
+rate      tokens per second per stream (0 = as fast as possible)
+ttft_ms   delay before the first token (a stand-in for prefill)
+tokens    tokens generated when the request sets no max_tokens
+bytes     the memory the model claims, so placement and eviction have work to do
+load_ms   how long a load takes
+
+`[harness.synthetic]` in neuron.toml sets the defaults. Words come from a fixed list,
+varied by a seed derived from the prompt, so identical requests give identical text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import random
+import time
+from collections.abc import AsyncGenerator, Callable, Iterable
+from typing import ClassVar
+
+import msgspec
+
+from cortex import (
+    Done,
+    Engine,
+    GenerationEvent,
+    Harness,
+    MemoryEstimate,
+    ModelProfile,
+    ResolvedModel,
+    TextDelta,
+    hookimpl,
+)
+from cortex.config import parse_bytes
+from cortex.errors import ConfigError, ContextLengthExceeded, InvalidRequest, Unavailable
+from cortex.types import ChatCompletionRequest, CompletionRequest, TokenizeRequest
+
+__all__ = ["SyntheticEngine", "SyntheticHarness", "SyntheticSettings"]
+
+_WORDS = ("the", "a", "fleet", "of", "neurons", "serves", "tokens", "quickly", "and", "model",
+          "gateway", "stream", "cortex", "routes", "each", "request", "to", "node", "with",
+          "memory", "load", "evict", "cache", "prefix", "batch", "slot", "time", "first")
+
+
+class SyntheticSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    rate: float = 100.0
+    ttft_ms: float = 0.0
+    tokens: int = 128
+    bytes: int | str = 0
+    load_ms: float = 0.0
+
+
+def parse_source(source: str, defaults: SyntheticSettings) -> SyntheticSettings:
+    """`synthetic:rate=200,tokens=64` over the harness defaults."""
+    if not source.startswith("synthetic:") and source != "synthetic":
+        raise InvalidRequest(f"the synthetic harness needs a `synthetic:` source, got `{source}`")
+    fields = msgspec.structs.asdict(defaults)
+    spec = source.partition(":")[2]
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        key, _, value = item.partition("=")
+        fields[key] = value
+    try:
+        return msgspec.convert(fields, SyntheticSettings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequest(f"bad synthetic source `{source}`: {exc}") from None
+
+
+def _count(text: str) -> int:
+    return max(1, len(text.split()))
+
+
+class SyntheticEngine(Engine):
+    def __init__(self, profile: ModelProfile, settings: SyntheticSettings) -> None:
+        self._profile = profile
+        self._settings = settings
+        self._slots = asyncio.Semaphore(profile.slots)
+        self._active = 0
+        self._waiting = 0
+        self._aborted: str | None = None
+        self.embeddings = profile.embeddings
+
+    @property
+    def in_flight(self) -> int:
+        return self._active
+
+    @property
+    def queued(self) -> int:
+        return self._waiting
+
+    async def _stream(self, prompt: str, max_tokens: int | None, stop: list[str]
+                      ) -> AsyncGenerator[GenerationEvent, None]:
+        prompt_tokens = _count(prompt)
+        if prompt_tokens >= self._profile.n_ctx:
+            raise ContextLengthExceeded(prompt_tokens, self._profile.n_ctx)
+        budget = min(max_tokens or self._settings.tokens, self._profile.n_ctx - prompt_tokens)
+        rng = random.Random(hashlib.sha256(prompt.encode()).digest())
+        self._waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self._waiting -= 1
+        self._active += 1
+        try:
+            if self._settings.ttft_ms:
+                await asyncio.sleep(self._settings.ttft_ms / 1000)
+            interval = 1 / self._settings.rate if self._settings.rate > 0 else 0.0
+            start = time.monotonic()
+            text = ""
+            for n in range(budget):
+                if self._aborted is not None:
+                    raise Unavailable(self._aborted)
+                piece = ("" if n == 0 else " ") + rng.choice(_WORDS)
+                text += piece
+                if any(s in text for s in stop):
+                    yield Done(finish_reason="stop", prompt_tokens=prompt_tokens,
+                               completion_tokens=n)
+                    return
+                yield TextDelta(piece)
+                # Sleep to the schedule rather than by a fixed step, so the rate holds.
+                delay = start + (n + 1) * interval - time.monotonic()
+                await asyncio.sleep(max(0.0, delay))
+            yield Done(finish_reason="length", prompt_tokens=prompt_tokens,
+                       completion_tokens=budget)
+        finally:
+            self._active -= 1
+            self._slots.release()
+
+    async def chat(self, request: ChatCompletionRequest
+                   ) -> AsyncGenerator[GenerationEvent, None]:
+        prompt = "\n".join(f"{m.role}: {m.text()}" for m in request.messages)
+        async for event in self._stream(prompt, request.token_limit(), request.stop_list()):
+            yield event
+
+    async def complete(self, request: CompletionRequest
+                       ) -> AsyncGenerator[GenerationEvent, None]:
+        prompt = request.prompt if isinstance(request.prompt, str) else \
+            " ".join(str(p) for p in request.prompt)
+        async for event in self._stream(prompt, request.max_tokens, request.stop_list()):
+            yield event
+
+    async def embed(self, inputs: list[str]) -> tuple[list[list[float]], int]:
+        vectors = []
+        for text in inputs:
+            digest = hashlib.sha256(text.encode()).digest()
+            raw = [b / 255 - 0.5 for b in digest] * 2
+            norm = math.sqrt(sum(x * x for x in raw)) or 1.0
+            vectors.append([x / norm for x in raw])
+        return vectors, sum(_count(t) for t in inputs)
+
+    async def tokenize(self, request: TokenizeRequest) -> list[int]:
+        if request.messages is not None:
+            text = "\n".join(f"{m.role}: {m.text()}" for m in request.messages)
+        else:
+            text = request.text or ""
+        return list(range(_count(text)))
+
+    def abort(self, message: str) -> None:
+        self._aborted = message
+
+    async def close(self) -> None:
+        return None
+
+
+class SyntheticHarness(Harness):
+    name: ClassVar[str] = "synthetic"
+    needs_files: ClassVar[bool] = False
+
+    class Options(Harness.Options):
+        rate: float = 100.0
+        ttft_ms: float = 0.0
+        tokens: int = 128
+        bytes: int | str = 0
+        load_ms: float = 0.0
+
+    options: Options
+
+    def _settings(self, source: str) -> SyntheticSettings:
+        defaults = SyntheticSettings(**msgspec.structs.asdict(self.options))
+        return parse_source(source, defaults)
+
+    def estimate(self, profile: ModelProfile, model: ResolvedModel,
+                 overhead: int) -> MemoryEstimate:
+        try:
+            weights = parse_bytes(self._settings(profile.source).bytes)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        return MemoryEstimate(weights=weights, kv_cache=0, overhead=0, total=weights)
+
+    def load(self, profile: ModelProfile, model: ResolvedModel,
+             progress: Callable[[float], None]) -> SyntheticEngine:
+        settings = self._settings(profile.source)
+        if settings.load_ms:
+            time.sleep(settings.load_ms / 1000)  # load() runs on a worker thread
+        progress(1.0)
+        return SyntheticEngine(profile, settings)
+
+
+@hookimpl
+def register_harnesses() -> Iterable[type[Harness]]:
+    return [SyntheticHarness]

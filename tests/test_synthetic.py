@@ -1,0 +1,90 @@
+"""The synthetic harness: a documented plugin that streams tokens at a set rate, no model."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from cortex.errors import InvalidRequest
+from cortex_plugins.synthetic import SyntheticSettings, parse_source
+
+
+def test_source_overrides_the_harness_defaults() -> None:
+    settings = parse_source("synthetic:rate=250,tokens=7,bytes=2GiB",
+                            SyntheticSettings(ttft_ms=5))
+    assert (settings.rate, settings.tokens, settings.bytes, settings.ttft_ms) == \
+        (250.0, 7, "2GiB", 5.0)
+    with pytest.raises(InvalidRequest, match="synthetic"):
+        parse_source("hf://a/b", SyntheticSettings())
+    with pytest.raises(InvalidRequest, match="bad synthetic source"):
+        parse_source("synthetic:speed=3", SyntheticSettings())
+
+
+def _frames(reply: httpx.Response) -> list[Any]:
+    return [json.loads(line[6:]) for line in reply.iter_lines()
+            if line.startswith("data: {")]
+
+
+def test_synthetic_neuron_streams_reserves_and_unloads(start_neuron: Any) -> None:
+    neuron = start_neuron({"memory_budget": "3GiB", "harness": {"synthetic": {"rate": 400}}})
+    with httpx.Client(base_url=neuron.url, timeout=30) as client:
+        loaded = client.post("/models/load", json={"profile": {
+            "id": "fake", "source": "synthetic:tokens=20,bytes=2GiB", "harness": "synthetic",
+            "slots": 2}})
+        assert loaded.status_code == 200, loaded.text
+        assert loaded.json()["estimate"]["total"] == 2 * 2**30
+        second = client.post("/models/load", json={"profile": {
+            "id": "fake2", "source": "synthetic:bytes=2GiB", "harness": "synthetic"}})
+        assert second.status_code == 507  # the claimed bytes count against the budget
+        with client.stream("POST", "/v1/chat/completions", json={
+                "model": "fake", "stream": True,
+                "messages": [{"role": "user", "content": "hello there"}]}) as reply:
+            frames = _frames(reply)
+        text = "".join(f["choices"][0]["delta"].get("content") or "" for f in frames
+                       if f["choices"])
+        assert len(text.split()) == 20
+        assert frames[-1]["usage"] == {"prompt_tokens": 3, "completion_tokens": 20,
+                                       "total_tokens": 23,
+                                       "prompt_tokens_details": {"cached_tokens": 0}}
+        same = client.post("/v1/completions", json={"model": "fake", "prompt": "x",
+                                                    "max_tokens": 5}).json()
+        again = client.post("/v1/completions", json={"model": "fake", "prompt": "x",
+                                                     "max_tokens": 5}).json()
+        assert same["choices"][0]["text"] == again["choices"][0]["text"]
+        assert client.post("/models/unload", json={"model": "fake"}).status_code == 200
+
+
+def test_rate_is_held_and_forced_unload_ends_streams(start_neuron: Any) -> None:
+    neuron = start_neuron({})
+    with httpx.Client(base_url=neuron.url, timeout=30) as client:
+        client.post("/models/load", json={"profile": {
+            "id": "slow", "source": "synthetic:rate=20", "harness": "synthetic"}})
+        started = time.monotonic()
+        client.post("/v1/completions", json={"model": "slow", "prompt": "x", "max_tokens": 10})
+        # Ten tokens at 20/s take at least half a second (a lower bound, not a timing goal).
+        assert time.monotonic() - started >= 0.45
+        frames: list[Any] = []
+        begun = threading.Event()
+
+        def read() -> None:
+            with httpx.Client(base_url=neuron.url, timeout=30) as own, own.stream(
+                    "POST", "/v1/completions", json={"model": "slow", "prompt": "x",
+                                                     "max_tokens": 1000,
+                                                     "stream": True}) as reply:
+                for line in reply.iter_lines():
+                    if line.startswith("data: {"):
+                        frames.append(json.loads(line[6:]))
+                        begun.set()
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        assert begun.wait(10)
+        client.post("/models/unload", json={"model": "slow", "force": True})
+        reader.join(10)
+        assert not reader.is_alive()
+        assert "unloaded" in frames[-1]["error"]["message"]
