@@ -21,6 +21,7 @@ from cortex.evictor import EvictionPolicy, Evictor
 from cortex.harness import (
     Done,
     Engine,
+    EngineStats,
     GenerationEvent,
     Harness,
     ResolvedModel,
@@ -49,6 +50,7 @@ __all__ = [
     "Dialect",
     "Done",
     "Engine",
+    "EngineStats",
     "EvictionPolicy",
     "Evictor",
     "FleetEvent",

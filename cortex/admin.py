@@ -94,7 +94,7 @@ def admin_routes(gateway: Gateway) -> list[BaseRoute]:
                 raise NotFound(f"model `{profile.id}` is not loaded"
                                + (f" on `{node}`" if node else ""))
             for each in nodes:
-                await gateway.fleet.unload(each, profile.id, reason="admin", force=action.force)
+                await gateway.fleet.unload(each, profile.id, reason="manual", force=action.force)
             return JSONResponse({"model": profile.id, "unloaded_from": nodes})
         if verb in ("pin", "unpin"):
             if not loadable:

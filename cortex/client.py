@@ -111,11 +111,13 @@ class NeuronClient:
         return await self._call("POST", "/models/unload", UnloadRequest(model=model, force=force),
                                 ModelStatus)
 
-    async def open(self, path: str, body: bytes) -> aiohttp.ClientResponse:
-        """Send an inference request; the caller reads the answer and must release it."""
+    async def open(self, path: str, body: bytes, *,
+                   request_id: str = "") -> aiohttp.ClientResponse:
+        """Send an inference request; the caller reads the answer and must release it.
+        `request_id` goes along as `x-request-id`, so the neuron's logs can name it."""
+        headers = {**self._headers, "x-request-id": request_id} if request_id else self._headers
         try:
-            return await self.session.post(self.endpoint + path, data=body,
-                                           headers=self._headers)
+            return await self.session.post(self.endpoint + path, data=body, headers=headers)
         except _CONNECTION_ERRORS as exc:
             raise self._unreachable(exc) from exc
 

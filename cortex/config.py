@@ -142,6 +142,7 @@ class AuthConfig(Base, kw_only=True):
     api_keys: list[str] = []
     api_keys_file: str | None = None
     admin_keys: list[str] = []
+    requests_per_minute: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 
 class GatewayConfig(Base, kw_only=True):

@@ -1,4 +1,4 @@
-"""Dialect: one client API (OpenAI now, Anthropic later) mounted on the gateway.
+"""Dialect: one client API (OpenAI, Anthropic) mounted on the gateway.
 
 A dialect owns its routes. Each inference handler decodes only what routing needs,
 turns the body into a canonical (OpenAI chat-completions shaped) Call, and hands it
@@ -90,12 +90,13 @@ class Dialect:
         """A neuron answered with an error before the stream started (`exc` rebuilt from it)."""
         return self.error_response(exc)
 
-    def stream_error(self, exc: CortexError) -> bytes:
+    def stream_error(self, exc: CortexError, call: Call) -> bytes:
         """The frame that ends a stream that failed after it started."""
         return sse_frame(exc.openai_envelope())
 
-    def keepalive(self) -> bytes:
-        """Sent while a stream waits for a model to load; clients ignore SSE comments."""
+    def keepalive(self, call: Call) -> bytes:
+        """Sent while a stream waits for a model to load or prefill; clients ignore SSE
+        comments. `call` is the request's own (a dialect may keep per-stream state on it)."""
         return b": keep-alive\n\n"
 
     # --- replies ---------------------------------------------------------------------------

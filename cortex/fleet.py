@@ -268,10 +268,11 @@ class Fleet:
             if node.retired and node.users == 0:
                 self._later(node.client.close())
 
-    async def unload(self, name: str, model: str, *, reason: str,
-                     force: bool = False) -> ModelStatus | None:
+    async def unload(self, name: str, model: str, *, reason: str, force: bool = False,
+                     evicted: bool = False) -> ModelStatus | None:
         """Unload a model and update the view; the request cannot be cut short by a cancel
-        (an unload interrupted half-way would leave the neuron's model stuck unloading)."""
+        (an unload interrupted half-way would leave the neuron's model stuck unloading).
+        `evicted`: making room for a load (`reason` names the eviction policy)."""
         node = self._node(name)
         node.unloading.add(model)
 
@@ -287,10 +288,9 @@ class Fleet:
                 node.unloading.discard(model)
             self.drop_model(name, model)
             node.cycles += 1
-            self.emit("evicted" if reason == "evicted" else "unloaded", name, model=model,
-                      reason=reason)
-            log.info("%s %s on %s", "evicted" if reason == "evicted" else "unloaded", model,
-                     name)
+            kind: EventKind = "evicted" if evicted else "unloaded"
+            self.emit(kind, name, model=model, reason=reason)
+            log.info("%s %s on %s (%s)", kind, model, name, reason)
             return status
 
         return await asyncio.shield(asyncio.ensure_future(run()))

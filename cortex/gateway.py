@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from cortex.auth import AuthGuard, KeyRing
 from cortex.catalogue import CatalogueEntry, build_catalogue, unconfigured_profile
 from cortex.config import GatewayConfig, GatewaySection, ModelProfile
 from cortex.dialect import Call, Dialect
@@ -43,6 +44,7 @@ from cortex.errors import (
 from cortex.evictor import Evictor
 from cortex.fleet import Fleet
 from cortex.loader import Loader, LoadJob
+from cortex.metrics import METRICS_PLUGIN, GatewayMetrics
 from cortex.plugins import Plugins, build_options
 from cortex.prefixes import PrefixTable
 from cortex.profiles import ProfileIndex
@@ -276,7 +278,8 @@ class Gateway:
             return self.loader.join(profile, decision.node, keep=keep)
         assert decision.needs is not None
         return self.loader.start(profile, decision.node, needs=decision.needs,
-                                 victims=decision.victims, keep=keep)
+                                 victims=decision.victims, keep=keep,
+                                 policy=self.router.evictor.policy.name)
 
     async def forward(self, call: Call, request: Request, dialect: Dialect) -> Response:
         return await self.proxy.forward(call, request, dialect)
@@ -292,7 +295,8 @@ class Gateway:
 
 
 class _RequestIds:
-    """Give every response an `x-request-id` (the client's own, or a fresh one)."""
+    """Give every response an `x-request-id` and a `request-id` (the client's own, or a
+    fresh one): the OpenAI SDK reads the first, the Anthropic SDK the second."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -307,8 +311,9 @@ class _RequestIds:
 
         async def tagged(message: Message) -> None:
             if message["type"] == "http.response.start":
+                tag = request_id.encode()
                 message = {**message, "headers": [*message.get("headers", []),
-                                                  (b"x-request-id", request_id.encode())]}
+                                                  (b"x-request-id", tag), (b"request-id", tag)]}
             await send(message)
 
         await self.app(scope, receive, tagged)
@@ -324,6 +329,14 @@ def create_app(config: GatewayConfig, plugin_manager: pluggy.PluginManager, *,
     plugins = Plugins(plugin_manager)
     plugins.validate()
     gateway = Gateway(config, _profiles_of(config, profiles), plugins, reloader=reloader)
+    # The metrics observer holds this app's own MeterProvider, so it is an object
+    # registered per app rather than a module in DEFAULT_PLUGINS.
+    metrics: GatewayMetrics | None = None
+    if not plugin_manager.is_blocked(METRICS_PLUGIN):
+        metrics = GatewayMetrics(gateway.fleet.describe, lambda model: (
+            gateway.profiles.get(model) is not None
+            or bool(gateway.snapshot().placements_of(model))))
+        plugin_manager.register(metrics, name=METRICS_PLUGIN)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -332,6 +345,9 @@ def create_app(config: GatewayConfig, plugin_manager: pluggy.PluginManager, *,
             yield
         finally:
             await gateway.close()
+            if metrics is not None:
+                plugin_manager.unregister(metrics)
+                metrics.close()
 
     def envelope(request: Request, exc: CortexError) -> Response:
         dialect = gateway.dialect_for(request.url.path)
@@ -370,6 +386,25 @@ def create_app(config: GatewayConfig, plugin_manager: pluggy.PluginManager, *,
                                         HTTPException: on_http_error,
                                         Exception: on_unexpected})
     app.state.gateway = gateway
+    # Served on [gateway] metrics_listen by cortex.server (None when blocked).
+    app.state.metrics = metrics
+    rings: dict[int, KeyRing] = {}
+
+    def keyring() -> KeyRing:
+        # Rebuilt when a reload brings a new [auth] table; reused otherwise.
+        auth = gateway.config.auth
+        if id(auth) not in rings:
+            rings.clear()
+            rings[id(auth)] = KeyRing(auth)
+        return rings[id(auth)]
+
+    def refuse(path: str, exc: CortexError) -> Response:
+        dialect = gateway.dialect_for(path)
+        if dialect is not None:
+            return dialect.error_response(exc)
+        return JSONResponse(exc.openai_envelope(), status_code=exc.status,
+                            headers=exc.headers())
+
+    app.add_middleware(AuthGuard, keyring=keyring, respond=refuse)
     app.add_middleware(_RequestIds)
-    # TODO(metrics issue): the OpenTelemetry/Prometheus listener on gateway.metrics_listen.
     return app

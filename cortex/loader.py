@@ -59,12 +59,13 @@ class Loader:
         return list(self._jobs.values())
 
     def start(self, profile: ModelProfile, node: str, *, needs: int,
-              victims: Sequence[str] = (), keep: bool = False) -> LoadJob:
-        """Evict `victims` from `node`, then load `profile` there."""
+              victims: Sequence[str] = (), keep: bool = False,
+              policy: str = "evicted") -> LoadJob:
+        """Evict `victims` from `node` (`policy` chose them), then load `profile` there."""
         job = LoadJob(profile, node, keep=keep)
         self._fleet.begin_load(node, profile.id, needs)
         self._jobs[profile.id] = job
-        job.task = asyncio.create_task(self._run(job, victims, fresh=True),
+        job.task = asyncio.create_task(self._run(job, victims, fresh=True, policy=policy),
                                        name=f"load:{profile.id}@{node}")
         return job
 
@@ -91,11 +92,12 @@ class Loader:
                 log.info("nobody waits for %s any more: cancelling its load", job.model)
                 job.task.cancel()
 
-    async def _run(self, job: LoadJob, victims: Sequence[str], *, fresh: bool) -> None:
+    async def _run(self, job: LoadJob, victims: Sequence[str], *, fresh: bool,
+                   policy: str = "evicted") -> None:
         fleet, node, model = self._fleet, job.node, job.model
         try:
             if victims:
-                await asyncio.gather(*(fleet.unload(node, victim, reason="evicted")
+                await asyncio.gather(*(fleet.unload(node, victim, reason=policy, evicted=True)
                                        for victim in victims))
             status = await fleet.client(node).load(job.profile, wait=True)
         except asyncio.CancelledError:

@@ -40,6 +40,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "cortex_plugins.routing",
     "cortex_plugins.eviction",
     "cortex_plugins.openai",
+    "cortex_plugins.anthropic",
+    "cortex_plugins.observers",
 )
 
 

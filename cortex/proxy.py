@@ -135,7 +135,8 @@ class _Tally:
     def opened(self, opened: _Opened) -> None:
         self.record.node = opened.node
         self.record.retries = opened.retries
-        self.record.ttft_seconds = opened.opened_at - self.started
+        if self.record.stream:  # a whole answer's first byte is its last: no TTFT
+            self.record.ttft_seconds = opened.opened_at - self.started
 
     def usage(self, usage: Usage | None) -> None:
         if usage is not None:
@@ -228,16 +229,16 @@ class Proxy:
             while not task.done():
                 await asyncio.wait({task}, timeout=self.gateway.settings.keepalive_interval)
                 if not task.done():
-                    yield dialect.keepalive()
+                    yield dialect.keepalive(call)
             try:
                 opened = state["opened"] = task.result()
             except _Answer as answer:
                 status = answer.status
-                yield dialect.stream_error(answer.error)
+                yield dialect.stream_error(answer.error, call)
                 return
             except CortexError as exc:
                 status = exc.status
-                yield dialect.stream_error(exc)
+                yield dialect.stream_error(exc, call)
                 return
             tally.opened(opened)
             try:
@@ -247,7 +248,7 @@ class Proxy:
                 status = exc.status
                 log.warning("stream of %s from %s failed: %s", call.model, opened.node,
                             exc.message)
-                yield dialect.stream_error(exc)
+                yield dialect.stream_error(exc, call)
         except asyncio.CancelledError:
             status = 499
             raise
@@ -255,13 +256,18 @@ class Proxy:
             self._finish(tally, status)
 
     async def _chunks(self, opened: _Opened, tally: _Tally) -> AsyncIterator[bytes]:
-        yield opened.first
-        tally.usage(_stream_usage(opened.first))
+        # Peek for usage before yielding: a client that leaves after the last chunk
+        # closes this generator at its yield. A frame may begin in the previous chunk.
+        previous = opened.first
+        if b'"usage"' in previous:
+            tally.usage(_stream_usage(previous))
+        yield previous
         try:
             async for chunk in opened.response.content.iter_any():
-                yield chunk
                 if b'"usage"' in chunk:
-                    tally.usage(_stream_usage(chunk))
+                    tally.usage(_stream_usage(previous + chunk))
+                previous = chunk
+                yield chunk
         except _READ_ERRORS as exc:
             error = Unreachable(f"neuron `{opened.node}` failed mid-stream: "
                                 f"{str(exc) or type(exc).__name__}")
@@ -278,6 +284,7 @@ class Proxy:
         exclude: set[str] = set()
         last: CortexError | None = None
         for attempt in range(settings.retries + 1):
+            tally.record.retries = attempt
             profile, loadable = gateway.resolve(model)
             with gateway.waiting(model):
                 node = await gateway.place(profile, loadable=loadable, prefix_node=prefix_node,
@@ -286,8 +293,10 @@ class Proxy:
             hold = contextlib.ExitStack()
             try:
                 client = hold.enter_context(gateway.fleet.using(node, model))
-                opened = await self._read_first(node, model, client.open(call.path, body), call,
-                                                hold, attempt)
+                opened = await self._read_first(
+                    node, model, client.open(call.path, body,
+                                             request_id=tally.record.request_id),
+                    call, hold, attempt)
             except (Unreachable, _Retry) as exc:
                 hold.close()
                 error = exc.error if isinstance(exc, _Retry) else exc

@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from cortex.config import split_listen
 from cortex.errors import CortexError
+from cortex.metrics import metrics_app
 
 __all__ = ["Served", "serve"]
 
@@ -85,7 +86,21 @@ async def _serve(gateway: Served, before: Sequence[Served]) -> None:
     tasks.append(asyncio.ensure_future(
         hypercorn_serve(gateway.app, config(gateway), shutdown_trigger=stop.wait)))
     log.info("cortex gateway listening on %s", gateway.listen)
+    metrics = getattr(state, "metrics", None) if state is not None else None
+    if core is not None and metrics is not None:
+        served = Served(metrics_app(metrics.prometheus), core.settings.metrics_listen,
+                        name="metrics")
+        tasks.append(asyncio.ensure_future(_optional(
+            hypercorn_serve(served.app, config(served), shutdown_trigger=stop.wait), served)))
     await asyncio.gather(*tasks)
+
+
+async def _optional(serving: Awaitable[None], served: Served) -> None:
+    """Serve something the API does not depend on: failing to bind is logged, not fatal."""
+    try:
+        await serving
+    except OSError as exc:
+        log.error("%s not served on %s: %s", served.name, served.listen, exc)
 
 
 def serve(gateway: Served, *, before: Sequence[Served] = ()) -> None:

@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import cortex
 from cortex import NeuronConfig, Plugins, build_plugin_manager
@@ -39,6 +39,7 @@ from cortex.types import (
 
 from . import responses
 from .hardware import Hardware
+from .metrics import NeuronMetrics
 from .registry import ModelRegistry
 from .sources import SourceResolver
 
@@ -84,6 +85,7 @@ class _Neuron:
             budget_bytes=self.hardware.budget_bytes,
             overhead_bytes=parse_bytes(config.overhead_bytes),
             harness_options=config.harness)
+        self.metrics = NeuronMetrics(self.registry, self.hardware)
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -212,6 +214,29 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
         watcher.cancel()
 
 
+class _EchoRequestId:
+    """Answer with the caller's `x-request-id` (the gateway's id for the request), so one
+    id names the request in the gateway's and the neuron's logs."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        given = dict(scope["headers"]).get(b"x-request-id") if scope["type"] == "http" \
+            else None
+        if not given:
+            await self.app(scope, receive, send)
+            return
+
+        async def tagged(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []),
+                                                  (b"x-request-id", given[:128])]}
+            await send(message)
+
+        await self.app(scope, receive, tagged)
+
+
 class _SecretGuard:
     """With a shared secret configured, every route but /health needs `Bearer <secret>`."""
 
@@ -243,6 +268,7 @@ def create_app(config: NeuronConfig | None = None, plugins: Plugins | None = Non
             await neuron.registry.load(profile, wait=False)
         yield
         await neuron.registry.close()
+        neuron.metrics.close()
 
     async def on_cortex_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, CortexError)
@@ -270,6 +296,7 @@ def create_app(config: NeuronConfig | None = None, plugins: Plugins | None = Non
             Route("/v1/chat/completions", n.chat, methods=["POST"]),
             Route("/v1/completions", n.complete, methods=["POST"]),
             Route("/v1/embeddings", n.embeddings, methods=["POST"]),
+            Route("/metrics", n.metrics.endpoint),
         ],
         exception_handlers={CortexError: on_cortex_error, HTTPException: on_http_error,
                             Exception: on_unexpected},
@@ -277,4 +304,5 @@ def create_app(config: NeuronConfig | None = None, plugins: Plugins | None = Non
     app.state.neuron = neuron
     if config.secret:
         app.add_middleware(_SecretGuard, secret=config.secret)
+    app.add_middleware(_EchoRequestId)
     return app

@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from cortex import Engine, ModelProfile, Plugins
+from cortex import Engine, EngineStats, ModelProfile, Plugins
 from cortex.errors import (
     Conflict,
     CortexError,
@@ -92,6 +92,15 @@ class ModelRegistry:
 
     def statuses(self) -> list[ModelStatus]:
         return [slot.status() for slot in self._slots.values()]
+
+    def engine_stats(self) -> dict[str, EngineStats]:
+        """Counters of each loaded model whose harness keeps them."""
+        out = {}
+        for model_id, slot in self._slots.items():
+            stats = slot.engine.stats() if slot.engine is not None else None
+            if stats is not None:
+                out[model_id] = stats
+        return out
 
     def status(self, model_id: str) -> ModelStatus:
         return self._slot(model_id).status()

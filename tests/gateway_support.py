@@ -16,6 +16,7 @@ import msgspec
 from cortex import FleetEvent, ModelProfile, build_plugin_manager, hookimpl
 from cortex.config import GatewayConfig
 from cortex.gateway import Gateway, create_app
+from cortex.metrics import metrics_app
 
 from .conftest import NeuronProcess, free_port
 
@@ -49,16 +50,20 @@ class Recorder:
 
 class RunningGateway:
     def __init__(self, url: str, gateway: Gateway, recorder: Recorder,
-                 client: httpx.AsyncClient) -> None:
+                 client: httpx.AsyncClient, metrics_url: str | None = None) -> None:
         self.url, self.gateway, self.recorder, self.client = url, gateway, recorder, client
+        self.metrics_url = metrics_url
 
 
 @contextlib.asynccontextmanager
 async def running_gateway(neurons: Iterable[tuple[str, NeuronProcess]],
                           profiles: Iterable[ModelProfile], *, eviction: str = "lru",
                           routing: str = "affinity", defrag_after_cycles: int = 0,
+                          plugins: Iterable[object] = (), metrics: bool = False,
                           **settings: Any) -> AsyncIterator[RunningGateway]:
-    """Serve a gateway with hypercorn on a free loopback port, in this event loop."""
+    """Serve a gateway with hypercorn on a free loopback port, in this event loop; with
+    `metrics`, its Prometheus endpoint on another (`metrics_listen`), as `cortex serve`
+    does. `plugins` are registered beside the Recorder."""
     from hypercorn.asyncio import serve
     from hypercorn.config import Config
 
@@ -74,7 +79,8 @@ async def running_gateway(neurons: Iterable[tuple[str, NeuronProcess]],
         "neurons": [{"name": name, "endpoint": n.url} for name, n in nodes],
     }, GatewayConfig)
     recorder = Recorder()
-    app = create_app(config, build_plugin_manager(entry_points=False, extra=[recorder]),
+    app = create_app(config, build_plugin_manager(entry_points=False,
+                                                  extra=[recorder, *plugins]),
                      profiles=list(profiles))
     hyper = Config()
     hyper.bind = [f"127.0.0.1:{port}"]
@@ -82,6 +88,17 @@ async def running_gateway(neurons: Iterable[tuple[str, NeuronProcess]],
     hyper.graceful_timeout = 2
     stop = asyncio.Event()
     task = asyncio.ensure_future(serve(app, hyper, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
+    tasks = [task]
+    metrics_url = None
+    if metrics:
+        metrics_port = free_port()
+        metrics_hyper = Config()
+        metrics_hyper.bind = [f"127.0.0.1:{metrics_port}"]
+        metrics_hyper.accesslog = None
+        tasks.append(asyncio.ensure_future(serve(
+            metrics_app(app.state.metrics.prometheus), metrics_hyper,  # type: ignore[arg-type]
+            shutdown_trigger=stop.wait)))
+        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     url = f"http://127.0.0.1:{port}"
     try:
         async with httpx.AsyncClient(base_url=url, timeout=60) as client:
@@ -92,10 +109,10 @@ async def running_gateway(neurons: Iterable[tuple[str, NeuronProcess]],
                 return False
 
             await wait_until(all_up, timeout=30, what="gateway sees every neuron")
-            yield RunningGateway(url, app.state.gateway, recorder, client)
+            yield RunningGateway(url, app.state.gateway, recorder, client, metrics_url)
     finally:
         stop.set()
-        await asyncio.wait_for(task, 20)
+        await asyncio.wait_for(asyncio.gather(*tasks), 20)
 
 
 async def wait_until(check: Callable[[], Awaitable[bool]], *, timeout: float,

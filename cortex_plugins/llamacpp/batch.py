@@ -82,6 +82,10 @@ class Scheduler:
         self._lock = threading.Lock()
         self._all: set[Sequence] = set()
         self.steps = 0
+        # Totals for metrics, written by this thread only: prompt tokens decoded (prefix
+        # cache hits excluded) and tokens sampled into replies.
+        self.prefilled = 0
+        self.generated = 0
         self._buf = ctypes.create_string_buffer(64)
         self._outbox: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[Any], Any]]] = {}
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -103,6 +107,10 @@ class Scheduler:
         with self._lock:
             active = sum(1 for s in self._slots if s is not None)
             return active, max(0, len(self._all) - active)
+
+    def kv_tokens(self) -> tuple[int, int]:
+        """(KV cells holding tokens, cells in all): a snapshot, not a promise."""
+        return sum(len(c) for c in self._cached), self._n_ctx_slot * len(self._slots)
 
     def abort_all(self, message: str) -> None:
         with self._lock:
@@ -238,6 +246,7 @@ class Scheduler:
         prefilling = [s for s in running if s.pending and not s.cancel.is_set()]
         # A lone prompt takes the whole batch; beside running streams, one chunk at a time.
         chunk = self._n_batch if n == 0 and len(prefilling) == 1 else self._chunk
+        decoding = n
         for seq in prefilling:
             take = min(len(seq.pending), chunk, self._n_batch - n)
             if take <= 0:
@@ -260,6 +269,7 @@ class Scheduler:
                 if self._slots[seq.slot] is seq:
                     self._end(seq, None, error=Unavailable(f"llama_decode failed ({code})"))
             return
+        self.prefilled += n - decoding
         for seq in running:
             if seq.row >= 0 and self._slots[seq.slot] is seq:
                 self._sample(seq)
@@ -274,6 +284,7 @@ class Scheduler:
             self._end(seq, "stop")
             return
         seq.generated.append(token)
+        self.generated += 1
         seq.last = token
         piece = self._piece(token)
         text, hit = seq.stops.feed(seq.decoder.decode(piece))

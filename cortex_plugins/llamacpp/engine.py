@@ -8,7 +8,7 @@ import math
 from collections.abc import AsyncGenerator, Callable
 from typing import Any, TypeVar
 
-from cortex import Done, Engine, GenerationEvent, TextDelta, ToolCalls
+from cortex import Done, Engine, EngineStats, GenerationEvent, TextDelta, ToolCalls
 from cortex.errors import ContextLengthExceeded, InvalidRequest, UnsupportedFeature
 from cortex.types import ChatCompletionRequest, CompletionRequest, TokenizeRequest
 
@@ -103,6 +103,13 @@ class LlamaEngine(Engine):
     @property
     def measured_bytes(self) -> int | None:
         return self._measured
+
+    def stats(self) -> EngineStats:
+        scheduler = self._scheduler
+        used, capacity = scheduler.kv_tokens()
+        return EngineStats(prefill_tokens=scheduler.prefilled,
+                           generated_tokens=scheduler.generated, kv_cache_tokens=used,
+                           kv_cache_capacity=capacity)
 
     # --- prompts ------------------------------------------------------------------------
 

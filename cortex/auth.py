@@ -1,0 +1,136 @@
+"""Client and admin API keys on the gateway.
+
+Keys come from `[auth] api_keys`, the file `api_keys_file` (one key a line, `#` starts a
+comment) and the CORTEX_API_KEYS environment variable (comma-separated); admin keys
+from `admin_keys` and CORTEX_ADMIN_KEYS. With no keys at all the gateway is open, as
+llama-swap and Ollama are by default; once any key is configured, every route but
+/health needs one, and /admin needs an admin key. Keys arrive as
+`Authorization: Bearer KEY` or `x-api-key: KEY` (the Anthropic SDK's header).
+Comparison is constant-time against every configured key, so timing tells nothing
+about which key was close.
+"""
+
+from __future__ import annotations
+
+import collections
+import hmac
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from cortex.config import AuthConfig
+from cortex.errors import (
+    AuthenticationFailed,
+    ConfigError,
+    CortexError,
+    PermissionDenied,
+    RateLimited,
+)
+
+__all__ = ["AuthGuard", "KeyRing"]
+
+ADMIN_PREFIX = "/admin"
+OPEN_PATHS = frozenset({"/health"})
+
+
+def _read_keys(path: str) -> list[str]:
+    try:
+        lines = Path(path).expanduser().read_text().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read api_keys_file: {exc.strerror}") from None
+    return [line.split("#", 1)[0].strip() for line in lines if line.split("#", 1)[0].strip()]
+
+
+def _env_keys(name: str) -> list[str]:
+    return [k.strip() for k in os.environ.get(name, "").split(",") if k.strip()]
+
+
+class KeyRing:
+    """The keys of one configuration, and the per-key request counts for its limit."""
+
+    def __init__(self, config: AuthConfig, *, clock: Callable[[], float] = time.monotonic
+                 ) -> None:
+        keys = list(config.api_keys) + _env_keys("CORTEX_API_KEYS")
+        if config.api_keys_file:
+            keys += _read_keys(config.api_keys_file)
+        self._admin = [k.encode() for k in config.admin_keys + _env_keys("CORTEX_ADMIN_KEYS")]
+        self._clients = [k.encode() for k in keys]
+        self._limit = config.requests_per_minute
+        self._clock = clock
+        self._recent: dict[bytes, collections.deque[float]] = {}
+
+    @property
+    def open(self) -> bool:
+        return not self._clients and not self._admin
+
+    @staticmethod
+    def _match(given: bytes, keys: list[bytes]) -> bytes | None:
+        found = None
+        for key in keys:  # no early exit: the time taken does not depend on which key
+            if hmac.compare_digest(given, key):
+                found = key
+        return found
+
+    def check(self, given: bytes | None, *, admin: bool) -> None:
+        """Raise the error the request earns, or return if it may pass."""
+        if self.open:
+            return
+        if not given:
+            raise AuthenticationFailed(
+                "an API key is required (Authorization: Bearer KEY or x-api-key: KEY)")
+        if admin:
+            if self._match(given, self._admin) is None:
+                if self._match(given, self._clients) is not None:
+                    raise PermissionDenied("this route needs an admin key")
+                raise AuthenticationFailed("invalid API key")
+            return
+        key = self._match(given, self._clients) or self._match(given, self._admin)
+        if key is None:
+            raise AuthenticationFailed("invalid API key")
+        self._count(key)
+
+    def _count(self, key: bytes) -> None:
+        if not self._limit:
+            return
+        now = self._clock()
+        recent = self._recent.setdefault(key, collections.deque())
+        while recent and recent[0] <= now - 60:
+            recent.popleft()
+        if len(recent) >= self._limit:
+            raise RateLimited(f"more than {self._limit} requests a minute for this key",
+                              retry_after=max(1.0, recent[0] + 60 - now))
+        recent.append(now)
+
+
+def presented_key(scope: Scope) -> bytes | None:
+    headers: dict[bytes, bytes] = dict(scope["headers"])
+    auth = headers.get(b"authorization", b"")
+    if auth[:7].lower() == b"bearer ":
+        return auth[7:].strip()
+    return headers.get(b"x-api-key") or None
+
+
+class AuthGuard:
+    """ASGI middleware. `keyring` is called per request, so a reload swaps the keys;
+    `respond` renders an error in the dialect that owns the path."""
+
+    def __init__(self, app: ASGIApp, *, keyring: Callable[[], KeyRing],
+                 respond: Callable[[str, CortexError], Response]) -> None:
+        self.app = app
+        self.keyring = keyring
+        self.respond = respond
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and path not in OPEN_PATHS:
+            try:
+                self.keyring().check(presented_key(scope),
+                                     admin=path.startswith(ADMIN_PREFIX))
+            except CortexError as exc:
+                await self.respond(path, exc)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

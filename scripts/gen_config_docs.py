@@ -1,0 +1,342 @@
+"""Write docs/configuration.md from the msgspec config Structs in cortex/config.py.
+
+Keys, types and defaults come from the code (msgspec.inspect), so the reference cannot
+drift from what the loader accepts; only the one-line descriptions are written by hand,
+in DESCRIPTIONS below. `--check` exits 1 when the committed file is stale or a key has
+no description (tests/test_docs_config.py runs the same check).
+
+    .venv/bin/python scripts/gen_config_docs.py          # rewrite docs/configuration.md
+    .venv/bin/python scripts/gen_config_docs.py --check  # fail if it is out of date
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from msgspec import inspect
+
+from cortex import Plugins, build_plugin_manager
+from cortex.config import GatewayConfig, ModelProfile, ModelsFile, NeuronConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "configuration.md"
+
+# One line per key, keyed by "StructQualname.field". A key of a config Struct without an
+# entry here makes the generator (and the test) fail.
+DESCRIPTIONS: dict[str, str] = {
+    # cortex.toml
+    "GatewayConfig.models": "a models.toml path (relative to cortex.toml), or an inline "
+                            "array of `[[models]]` tables",
+    "GatewayConfig.gateway": "the `[gateway]` table",
+    "GatewayConfig.eviction": "the `[eviction]` table",
+    "GatewayConfig.routing": "the `[routing]` table",
+    "GatewayConfig.neurons": "one `[[neurons]]` table per neuron",
+    "GatewayConfig.auth": "the `[auth]` table",
+    "GatewaySection.listen": "host:port of the API and `/admin` (`--listen` overrides it)",
+    "GatewaySection.metrics_listen": "host:port where the gateway serves Prometheus `/metrics`",
+    "GatewaySection.load_timeout": "seconds a request waits for its model to be placed and "
+                                   "loaded, then 504",
+    "GatewaySection.request_timeout": "seconds without a byte from a neuron before the "
+                                      "request fails",
+    "GatewaySection.queue_limit": "requests waiting per model (for a load, or beyond its "
+                                  "slots) before 429 with `Retry-After`",
+    "GatewaySection.poll_interval": "seconds between `/status` polls of each neuron "
+                                    "(jittered by ±20%)",
+    "GatewaySection.down_after": "consecutive failed polls or requests that mark a node down",
+    "GatewaySection.keepalive_interval": "seconds between SSE `: keep-alive` comments while "
+                                         "a stream waits for a load",
+    "GatewaySection.retries": "further nodes tried when one fails before the first byte",
+    "GatewaySection.connect_timeout": "seconds to open a connection to a neuron",
+    "EvictionConfig.strategy": "the eviction policy plugin, by `name`",
+    "EvictionConfig.defrag_after_cycles": "after this many unloads on a node, unload its idle "
+                                          "models and load them again; 0 turns it off",
+    "EvictionConfig.options": "the chosen policy's own `Options` (`[eviction.options]`)",
+    "RoutingConfig.strategy": "the routing strategy plugin, by `name`",
+    "RoutingConfig.options": "the chosen strategy's own `Options` (`[routing.options]`)",
+    "NeuronEntry.name": "the node's name in profiles' `neurons`, the admin API and the CLI",
+    "NeuronEntry.endpoint": "`http://host:port` of its `neuron serve`",
+    "NeuronEntry.secret": "the neuron's shared secret, sent as `Authorization: Bearer`",
+    "AuthConfig.api_keys": "client keys, sent as `Authorization: Bearer` or `x-api-key` (also "
+                           "`CORTEX_API_KEYS`); with none at all the gateway is open",
+    "AuthConfig.api_keys_file": "a file of client keys, one per line, `#` comments",
+    "AuthConfig.admin_keys": "keys allowed on `/admin` (also `CORTEX_ADMIN_KEYS`)",
+    "AuthConfig.requests_per_minute": "per-key request limit (429 with `Retry-After`); 0 means "
+                                      "unlimited",
+    # models.toml
+    "ModelsFile.models": "one `[[models]]` table per profile",
+    "ModelProfile.id": "the name clients put in `model`; may contain `/`",
+    "ModelProfile.source": "`bundled:NAME`, a path inside the neuron's `model_dirs`, "
+                           "`hf://owner/repo:QUANT` or `hf://owner/repo[@rev]/file.gguf`",
+    "ModelProfile.aliases": "other names for the profile; ids and aliases are unique",
+    "ModelProfile.harness": "the neuron's harness plugin that runs it",
+    "ModelProfile.n_ctx": "context tokens per slot",
+    "ModelProfile.slots": "sequences decoded together (the KV cache holds n_ctx x slots)",
+    "ModelProfile.n_gpu_layers": "layers offloaded to the GPU; -1 means all",
+    "ModelProfile.n_threads": "CPU threads; unset: the harness setting, else physical cores",
+    "ModelProfile.n_batch": "most tokens one decode step takes",
+    "ModelProfile.chat_format": "a llama.cpp built-in chat format (`gemma`, `chatml`, ...); "
+                                "not with `chat_template`",
+    "ModelProfile.chat_template": "a Jinja chat template; wins over the GGUF's own",
+    "ModelProfile.embeddings": "load for `/v1/embeddings` only",
+    "ModelProfile.max_tokens": "cap on tokens generated per request",
+    "ModelProfile.priority": "gateway: the `priority` policy evicts lower values first",
+    "ModelProfile.pinned": "gateway: load at start-up, never evict or expire",
+    "ModelProfile.neurons": "gateway: the nodes that may load it; empty means any",
+    "ModelProfile.ttl": "gateway: unload after this many idle seconds; unset means never",
+    # neuron.toml
+    "NeuronConfig.listen": "host:port (`[::1]:port` for IPv6); `--listen` overrides it",
+    "NeuronConfig.name": "the node name in `/status`; empty means the host name",
+    "NeuronConfig.model_dirs": "local GGUF paths must resolve inside one of these",
+    "NeuronConfig.cache_dir": "bundled models are assembled under `<cache_dir>/models`",
+    "NeuronConfig.hf_cache": "HuggingFace cache; unset: `HF_HUB_CACHE`, `HF_HOME/hub`, the "
+                             "library default",
+    "NeuronConfig.memory_budget": "a fixed budget (bytes or `22GiB`); unset: GPU memory (or "
+                                  "RAM) minus `memory_headroom`",
+    "NeuronConfig.memory_headroom": "kept free when the budget is detected",
+    "NeuronConfig.overhead_bytes": "fixed per-model overhead added to every estimate",
+    "NeuronConfig.secret": "when set, every route but `/health` needs `Bearer <secret>`",
+    "NeuronConfig.preload": "profiles loaded at start-up (`[[preload]]`, the keys of "
+                            "`[[models]]`)",
+    "NeuronConfig.harness": "`[harness.NAME]`: each harness plugin's own `Options`",
+    # harness plugins' Options ([harness.NAME] in neuron.toml)
+    "LlamaCppHarness.Options.n_threads": "CPU threads; unset: physical cores (a profile's "
+                                         "`n_threads` wins)",
+    "LlamaCppHarness.Options.flash_attn": "flash attention (much slower on CPU)",
+    "LlamaCppHarness.Options.use_mmap": "map the GGUF instead of reading it",
+    "LlamaCppHarness.Options.verbose": "llama.cpp's own logging",
+    "LlamaCppHarness.Options.prefill_chunk": "prompt tokens per step while other streams "
+                                             "generate",
+    "SyntheticHarness.Options.rate": "tokens per second per stream; 0 means as fast as possible",
+    "SyntheticHarness.Options.ttft_ms": "delay before the first token (a stand-in for prefill)",
+    "SyntheticHarness.Options.tokens": "tokens generated when a request sets no `max_tokens`",
+    "SyntheticHarness.Options.bytes": "the memory a model claims, so placement and eviction "
+                                      "have work to do",
+    "SyntheticHarness.Options.load_ms": "how long a load takes",
+}
+
+INTRO = """\
+# Configuration reference
+
+<!-- Generated by scripts/gen_config_docs.py from cortex/config.py; do not edit by hand.
+     tests/test_docs_config.py fails when this file is stale. -->
+
+Three TOML files, each decoded by msgspec straight into the Structs in
+`cortex/config.py`. Unknown keys are errors, and every error names the file, the key
+and the reason (`cortex config check cortex.toml` checks the gateway's two files without
+serving). Sizes (`memory_budget`, ...) take a number of bytes or a string such as
+`"8GiB"` or `"512MB"`. A default of *unset* means the key is absent (TOML has no null).
+
+Annotated examples with every key:
+[cortex.example.toml](../examples/cortex.example.toml),
+[models.example.toml](../examples/models.example.toml),
+[neuron.example.toml](../examples/neuron.example.toml). How the gateway uses its keys:
+[gateway.md](gateway.md); the neuron's: [neuron.md](neuron.md).
+"""
+
+FILES: tuple[tuple[str, type[msgspec.Struct], str], ...] = (
+    ("cortex.toml", GatewayConfig,
+     "The gateway: `cortex serve --config cortex.toml`. Reloaded on SIGHUP or "
+     "`cortex reload`."),
+    ("models.toml", ModelsFile,
+     "Model profiles, named by cortex.toml's `models`. The neuron-side keys are sent to "
+     "a neuron verbatim on load; the keys marked *gateway* stay in the gateway."),
+    ("neuron.toml", NeuronConfig,
+     "One per GPU host: `neuron serve --config neuron.toml`. Every key has a default, so "
+     "the neuron also runs with no file."),
+)
+
+
+@dataclass
+class Section:
+    """One TOML table's keys, rendered as one markdown table."""
+
+    heading: str
+    rows: list[tuple[str, str, str, str]] = field(default_factory=list)
+    note: str = ""
+
+
+def describe_type(t: inspect.Type) -> str:
+    """A TOML-flavoured type name with its constraints, e.g. `integer ≥ 1`."""
+    if isinstance(t, inspect.UnionType):
+        return " or ".join(describe_type(u) for u in t.types
+                           if not isinstance(u, inspect.NoneType))
+    if isinstance(t, inspect.StrType):
+        return "non-empty string" if t.min_length else "string"
+    if isinstance(t, inspect.IntType | inspect.FloatType):
+        name = "integer" if isinstance(t, inspect.IntType) else "number"
+        bounds = [f"≥ {t.ge}" if t.ge is not None else "", f"> {t.gt}" if t.gt is not None else "",
+                  f"≤ {t.le}" if t.le is not None else "", f"< {t.lt}" if t.lt is not None else ""]
+        return " ".join([name, *(b for b in bounds if b)])
+    if isinstance(t, inspect.BoolType):
+        return "boolean"
+    if isinstance(t, inspect.ListType):
+        if isinstance(t.item_type, inspect.StructType):
+            return "array of tables"
+        return f"array of {describe_type(t.item_type)}s"
+    if isinstance(t, inspect.DictType | inspect.StructType):
+        return "table"
+    if isinstance(t, inspect.AnyType):
+        return "any"
+    raise TypeError(f"no TOML name for {t!r}")
+
+
+def toml_value(value: Any) -> str:
+    """A default as it would be written in TOML."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '""' if not value else f'"{value}"'
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{}" if not value else "{" + ", ".join(
+            f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"no TOML form for {value!r}")
+
+
+def describe_default(f: inspect.Field) -> str:
+    if f.required:
+        return "*required*"
+    value = f.default if f.default is not msgspec.NODEFAULT else f.default_factory()
+    if value is None:
+        return "*unset*"
+    if isinstance(value, msgspec.Struct):
+        return ""
+    return f"`{toml_value(value)}`"
+
+
+def _struct_item(t: inspect.Type) -> inspect.StructType | None:
+    """The Struct a field holds as a table or an array of tables, if any."""
+    if isinstance(t, inspect.StructType):
+        return t
+    if isinstance(t, inspect.ListType) and isinstance(t.item_type, inspect.StructType):
+        return t.item_type
+    return None
+
+
+def walk(struct: type[Any], heading: str, *, missing: list[str],
+         seen: dict[type[Any], str]) -> list[Section]:
+    """Sections for `struct` and the tables nested in it; undescribed keys go to `missing`.
+
+    A Struct documented once (ModelProfile under `[[models]]`) is referred to, not
+    repeated, when it appears again (`[[preload]]`).
+    """
+    info = inspect.type_info(struct)
+    assert isinstance(info, inspect.StructType)
+    seen.setdefault(struct, heading)
+    top = Section(heading)
+    nested: list[Section] = []
+    for f in info.fields:
+        key = f"{struct.__qualname__}.{f.name}"
+        text = DESCRIPTIONS.get(key)
+        if text is None:
+            missing.append(key)
+            text = ""
+        inner = _struct_item(f.type)
+        if inner is not None and not isinstance(f.type, inspect.UnionType):
+            child = f"[[{f.encode_name}]]" if isinstance(f.type, inspect.ListType) \
+                else f"[{f.encode_name}]"
+            if inner.cls in seen:
+                note = f"The keys of models.toml's `{seen[inner.cls]}`."
+                nested.append(Section(child, note=note))
+            else:
+                nested.extend(walk(inner.cls, child, missing=missing, seen=seen))
+            continue
+        top.rows.append((f"`{f.encode_name}`", describe_type(f.type), describe_default(f), text))
+    return ([top] if top.rows else []) + nested
+
+
+def plugin_sections(missing: list[str]) -> list[Section]:
+    """`[harness.NAME]` tables from the default harness plugins' Options Structs."""
+    plugins = Plugins(build_plugin_manager(entry_points=False))
+    sections: list[Section] = []
+    for name, cls in sorted(plugins.harnesses.items()):
+        options = cls.Options
+        if not msgspec.structs.fields(options):
+            continue
+        sections.extend(walk(options, f"[harness.{name}]", missing=missing, seen={}))
+    return sections
+
+
+def _policy_note(kind: str, registry: dict[str, type[Any]]) -> str:
+    names = ", ".join(f"`{n}`" for n in sorted(registry))
+    with_options = [n for n, cls in sorted(registry.items())
+                    if msgspec.structs.fields(cls.Options)]
+    takes = ("; " + ", ".join(f"`{n}`" for n in with_options) + " take options") \
+        if with_options else "; none of them takes options"
+    return f"Default {kind}: {names}{takes}."
+
+
+def render_section(section: Section) -> Iterable[str]:
+    heading = section.heading
+    yield f"### `{heading}`" if heading.startswith("[") else f"### {heading.capitalize()}"
+    yield ""
+    if section.note:
+        yield section.note
+        yield ""
+    if section.rows:
+        yield "| key | type | default | description |"
+        yield "|---|---|---|---|"
+        for row in section.rows:
+            yield "| " + " | ".join(row) + " |"
+        yield ""
+
+
+def generate() -> tuple[str, list[str]]:
+    """The reference's text, and the keys that have no description."""
+    missing: list[str] = []
+    plugins = Plugins(build_plugin_manager(entry_points=False))
+    lines = [INTRO]
+    for filename, struct, summary in FILES:
+        lines += [f"## {filename}", "", summary, ""]
+        # neuron.toml's [[preload]] refers to models.toml's [[models]] instead of repeating it.
+        seen: dict[type[Any], str] = {ModelProfile: "[[models]]"} \
+            if struct is NeuronConfig else {}
+        sections = walk(struct, "top-level keys", missing=missing, seen=seen)
+        if struct is GatewayConfig:
+            # Inline `[[models]]` in cortex.toml take the keys of models.toml's.
+            sections.insert(1, Section("[[models]]", note="Inline profiles: the keys of "
+                                                          "models.toml's `[[models]]`."))
+            for section in sections:
+                if section.heading == "[eviction]":
+                    section.note = _policy_note("eviction policies", plugins.eviction_policies)
+                elif section.heading == "[routing]":
+                    section.note = _policy_note("routing strategies", plugins.routing_strategies)
+        if struct is NeuronConfig:
+            sections += plugin_sections(missing)
+        for section in sections:
+            lines.extend(render_section(section))
+    return "\n".join(lines).rstrip("\n") + "\n", missing
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 if docs/configuration.md is stale or a key is undescribed")
+    args = parser.parse_args(argv)
+    text, missing = generate()
+    if missing:
+        print("keys without a description in scripts/gen_config_docs.py: "
+              + ", ".join(missing), file=sys.stderr)
+        return 1
+    if args.check:
+        if not DOC.exists() or DOC.read_text() != text:
+            print(f"{DOC.relative_to(ROOT)} is stale: run scripts/gen_config_docs.py",
+                  file=sys.stderr)
+            return 1
+        return 0
+    DOC.write_text(text)
+    print(f"wrote {DOC.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
