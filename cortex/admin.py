@@ -1,6 +1,6 @@
 """Admin API: fleet state, routing explanations, manual lifecycle and config reload.
 
-    GET  /admin/fleet                           nodes, models, loads, in-flight work
+    GET  /admin/fleet                           nodes, models, loads, in-flight, traffic
     GET  /admin/route?model=ID[&node=NAME]      the routing decision, not acted upon
     POST /admin/models/{id}/load|unload|pin|unpin   optional {"node": ..., "force": ...}
     POST /admin/reload                          re-read cortex.toml and models.toml
@@ -60,6 +60,7 @@ def admin_routes(gateway: Gateway) -> list[BaseRoute]:
                       for j in gateway.loader.jobs],
             "routing": gateway.router.strategy.name,
             "eviction": gateway.router.evictor.policy.name,
+            "traffic": gateway.traffic.describe(),
         })
 
     async def route(request: Request) -> Response:

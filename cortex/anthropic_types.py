@@ -347,7 +347,7 @@ def _mark_unknown(blocks: Any) -> None:
         if not isinstance(block, dict):
             continue
         kind = block.get("type")
-        if kind not in _KNOWN_BLOCKS:
+        if not isinstance(kind, str) or kind not in _KNOWN_BLOCKS:  # (a list is unhashable)
             blocks[i] = {"type": "unknown", "kind": str(kind)}
         elif kind == "tool_result":
             _mark_unknown(block.get("content"))
@@ -366,7 +366,8 @@ def _decode(body: bytes, decoder: msgspec.json.Decoder[_T], cls: type[_T]) -> _T
         raise InvalidRequest(f"the body is not valid JSON: {exc}") from None
     if isinstance(raw, dict):
         _mark_unknown(raw.get("system"))
-        for message in raw.get("messages") or []:
+        messages = raw.get("messages")
+        for message in messages if isinstance(messages, list) else ():
             if isinstance(message, dict):
                 _mark_unknown(message.get("content"))
     try:

@@ -4,7 +4,8 @@ Keys come from `[auth] api_keys`, the file `api_keys_file` (one key a line, `#` 
 comment) and the CORTEX_API_KEYS environment variable (comma-separated); admin keys
 from `admin_keys` and CORTEX_ADMIN_KEYS. With no keys at all the gateway is open, as
 llama-swap and Ollama are by default; once any key is configured, every route but
-/health needs one, and /admin needs an admin key. Keys arrive as
+/health and the /ui dashboard's static files needs one, and /admin needs an admin key
+(the dashboard sends the key its user types in). Keys arrive as
 `Authorization: Bearer KEY` or `x-api-key: KEY` (the Anthropic SDK's header).
 Comparison is constant-time against every configured key, so timing tells nothing
 about which key was close.
@@ -34,7 +35,9 @@ from cortex.errors import (
 __all__ = ["AuthGuard", "KeyRing"]
 
 ADMIN_PREFIX = "/admin"
-OPEN_PATHS = frozenset({"/health"})
+OPEN_PATHS = frozenset({"/health", "/ui"})
+#: The dashboard's static files (cortex.ui): they hold no data and no key.
+OPEN_PREFIXES = ("/ui/",)
 
 
 def _read_keys(path: str) -> list[str]:
@@ -126,7 +129,8 @@ class AuthGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if scope["type"] == "http" and path not in OPEN_PATHS:
+        if scope["type"] == "http" and path not in OPEN_PATHS \
+                and not path.startswith(OPEN_PREFIXES):
             try:
                 self.keyring().check(presented_key(scope),
                                      admin=path.startswith(ADMIN_PREFIX))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
 import sys
 import urllib.error
 import urllib.parse
@@ -25,6 +26,7 @@ from cortex.config import (
     load_gateway_config,
 )
 from cortex.errors import ConfigError
+from cortex.validate import validate
 
 __all__ = ["main"]
 
@@ -114,8 +116,11 @@ def serve(config_path: str | None, listen: str | None, neuron_listen: str) -> No
 def _request(url: str, path: str, *, method: str = "GET", body: object = None,
              timeout: float = 660.0) -> Any:
     data = None if body is None else json.dumps(body).encode()
+    headers = {"content-type": "application/json"}
+    if os.environ.get("CORTEX_ADMIN_KEY"):  # an env var, not a flag: kept out of `ps`
+        headers["authorization"] = f"Bearer {os.environ['CORTEX_ADMIN_KEY']}"
     request = urllib.request.Request(f"{url.rstrip('/')}{path}", data=data, method=method,
-                                     headers={"content-type": "application/json"})
+                                     headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as reply:
             return json.load(reply)
@@ -150,38 +155,22 @@ def _echo_json(data: Any) -> None:
 
 @main.command()
 @url_option
-@click.option("--json", "as_json", is_flag=True, help="print the raw /admin/fleet JSON")
-def status(url: str, as_json: bool) -> None:
-    """Nodes, GPUs, memory, loaded models and in-flight work."""
-    fleet = _request(url, "/admin/fleet")
-    if as_json:
-        _echo_json(fleet)
-        return
-    nodes = []
-    for node in fleet["nodes"]:
-        gpus = ", ".join(f"{g['name']} {_gib(g['memory_used'])}/{_gib(g['memory_total'])}"
-                         for g in node["gpus"]) or ("cpu" if node["cpu_only"] else "-")
-        nodes.append([node["name"], "up" if node["up"] else "DOWN", node["endpoint"], gpus,
-                      f"{_gib(node['reserved_bytes'])}/{_gib(node['budget_bytes'])} GiB",
-                      len(node["models"]), sum(node["in_flight"].values())])
-    click.echo(_table(["NODE", "STATE", "ENDPOINT", "GPUS", "RESERVED", "MODELS", "IN-FLIGHT"],
-                      nodes))
-    models = []
-    for node in fleet["nodes"]:
-        for m in node["models"]:
-            models.append([m["id"], node["name"], m["state"], m.get("n_ctx", 0),
-                           f"{_gib((m.get('estimate') or {}).get('total'))} GiB",
-                           m.get("in_flight", 0),
-                           m.get("queued", 0)])
-    click.echo()
-    if models:
-        click.echo(_table(["MODEL", "NODE", "STATE", "N_CTX", "MEMORY", "IN-FLIGHT", "QUEUED"],
-                          models))
-    else:
-        click.echo("no models loaded")
-    for load in fleet["loads"]:
-        click.echo(f"loading {load['model']} on {load['node']} for {load['seconds']:.1f}s "
-                   f"({load['waiters']} waiting)")
+@click.option("--json", "as_json", is_flag=True,
+              help="print /admin/fleet's JSON (with --watch, one document a line)")
+@click.option("--watch", type=float, is_flag=False, flag_value=2.0, default=None,
+              metavar="[SECONDS]", help="redraw every SECONDS (default 2) until Ctrl-C")
+@click.option("--count", type=click.IntRange(min=1),
+              help="with --watch: stop after this many refreshes")
+def status(url: str, as_json: bool, watch: float | None, count: int | None) -> None:
+    """Nodes, GPUs and memory, loaded models, in-flight work and traffic."""
+    from cortex.status import show
+
+    if watch is not None and watch <= 0:
+        raise click.BadParameter("must be more than 0 seconds", param_hint="--watch")
+    if count is not None and watch is None:
+        raise click.UsageError("--count needs --watch")
+    show(lambda: _request(url, "/admin/fleet", timeout=30.0), url=url, as_json=as_json,
+         watch=watch, count=count)
 
 
 @main.command()
@@ -302,6 +291,8 @@ def config_check(path: str) -> None:
     gateway, profiles = _load(path)
     click.echo(f"{path}: ok ({len(gateway.neurons)} neurons, {len(profiles)} models)")
 
+
+main.add_command(validate)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

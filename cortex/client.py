@@ -23,7 +23,7 @@ from cortex.types import (
     UnloadRequest,
 )
 
-__all__ = ["NeuronClient", "neuron_profile", "upstream_error"]
+__all__ = ["NeuronClient", "neuron_profile", "refused", "upstream_error"]
 
 T = TypeVar("T")
 _encode = msgspec.json.Encoder().encode
@@ -48,6 +48,15 @@ def upstream_error(status: int, body: bytes) -> CortexError:
     except msgspec.DecodeError:
         decoded = None
     return from_openai_envelope(status, decoded)
+
+
+def refused(node: str, status: int, body: bytes) -> UpstreamError:
+    """A neuron refused the gateway itself (401: its shared secret). That is the
+    operator's error, not the client's, so it reads as a 502 naming the fix."""
+    said = upstream_error(status, body).message
+    return UpstreamError(f"neuron `{node}` refused the gateway's credentials (HTTP {status}: "
+                         f"{said}); set `secret` in its [[neurons]] entry to the neuron's "
+                         "shared secret")
 
 
 class NeuronClient:
@@ -88,6 +97,8 @@ class NeuronClient:
                 status = reply.status
         except _CONNECTION_ERRORS as exc:
             raise self._unreachable(exc) from exc
+        if status == 401:
+            raise refused(self.name, status, body)
         if status >= 400:
             raise upstream_error(status, body)
         try:

@@ -119,6 +119,11 @@ class GatewaySection(Base, kw_only=True):
     keepalive_interval: Annotated[float, msgspec.Meta(gt=0)] = 5.0
     retries: Annotated[int, msgspec.Meta(ge=0)] = 2
     connect_timeout: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    # Input limits (docs/operations.md, "Security and input limits").
+    max_body_bytes: PositiveInt = 16 * 2**20
+    max_header_bytes: PositiveInt = 64 * 2**10
+    max_tools_bytes: PositiveInt = 2**20
+    drain_timeout: NonNegative = 30.0
 
 
 class EvictionConfig(Base, kw_only=True):

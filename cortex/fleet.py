@@ -381,7 +381,7 @@ class Fleet:
         status = node.status
         return NodeView(name=node.entry.name, endpoint=node.entry.endpoint, up=node.up,
                         budget=status.budget_bytes if status else 0, models=tuple(views),
-                        cycles=node.cycles)
+                        cycles=node.cycles, last_error=node.last_error)
 
     def describe(self) -> list[dict[str, Any]]:
         """Everything known about each node, for /admin/fleet and `cortex status`."""

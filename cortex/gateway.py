@@ -43,8 +43,10 @@ from cortex.errors import (
 )
 from cortex.evictor import Evictor
 from cortex.fleet import Fleet
+from cortex.limits import BodyLimits
 from cortex.loader import Loader, LoadJob
 from cortex.metrics import METRICS_PLUGIN, GatewayMetrics
+from cortex.openapi import openapi_document
 from cortex.plugins import Plugins, build_options
 from cortex.prefixes import PrefixTable
 from cortex.profiles import ProfileIndex
@@ -52,6 +54,7 @@ from cortex.proxy import Proxy
 from cortex.reconciler import Reconciler
 from cortex.router import Decision, Router, RouteRequest
 from cortex.snapshot import FleetSnapshot
+from cortex.traffic import TRAFFIC_PLUGIN, Traffic
 
 __all__ = ["Gateway", "Reloader", "create_app"]
 
@@ -88,6 +91,7 @@ class Gateway:
         self.prefixes = PrefixTable()
         self.proxy = Proxy(self)
         self.reconciler = Reconciler(self)
+        self.traffic = Traffic()  # recent rates for /admin/fleet; registered by create_app
         self.dialects = [cls(build_options(cls, {}, where="dialects"))
                          for cls in plugins.dialects.values()]
 
@@ -240,6 +244,13 @@ class Gateway:
                 decision = await self.decide(profile, loadable=loadable, prefix_node=prefix_node,
                                              exclude=exclude, only=only)
                 job = self._usable(self.loader.job(profile.id), exclude, only)
+                if job is None and decision.action == "none" and refusals:
+                    # A neuron refused our load because another gateway took the room:
+                    # its model becomes evictable once ready and idle, so wait for that
+                    # (up to the deadline) rather than fail a request that fits the fleet.
+                    await asyncio.sleep(min(self.settings.poll_interval,
+                                            max(0.0, deadline - time.monotonic())))
+                    continue
                 if job is None:
                     job = self._act(profile, decision, loadable=loadable, keep=keep)
                     if job is None:
@@ -325,6 +336,7 @@ def create_app(config: GatewayConfig, plugin_manager: pluggy.PluginManager, *,
     """Build the gateway app. `profiles` defaults to the ones inline in `config`;
     `reloader` re-reads configuration for SIGHUP and POST /admin/reload."""
     from cortex.admin import admin_routes
+    from cortex.ui import ui_routes
 
     plugins = Plugins(plugin_manager)
     plugins.validate()
@@ -337,6 +349,7 @@ def create_app(config: GatewayConfig, plugin_manager: pluggy.PluginManager, *,
             gateway.profiles.get(model) is not None
             or bool(gateway.snapshot().placements_of(model))))
         plugin_manager.register(metrics, name=METRICS_PLUGIN)
+    plugin_manager.register(gateway.traffic, name=TRAFFIC_PLUGIN)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -345,6 +358,7 @@ def create_app(config: GatewayConfig, plugin_manager: pluggy.PluginManager, *,
             yield
         finally:
             await gateway.close()
+            plugin_manager.unregister(gateway.traffic)
             if metrics is not None:
                 plugin_manager.unregister(metrics)
                 metrics.close()
@@ -377,10 +391,16 @@ def create_app(config: GatewayConfig, plugin_manager: pluggy.PluginManager, *,
         up = sum(1 for n in gateway.snapshot().nodes if n.up)
         return JSONResponse({"status": "ok", "nodes_up": up, "nodes": len(gateway.fleet.names)})
 
-    routes: list[BaseRoute] = [Route("/health", health)]
+    document = openapi_document()
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(document)
+
+    routes: list[BaseRoute] = [Route("/health", health), Route("/openapi.json", openapi)]
     for dialect in gateway.dialects:
         routes.extend(dialect.routes(gateway))
     routes.extend(admin_routes(gateway))
+    routes.extend(ui_routes())
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={CortexError: on_cortex_error,
                                         HTTPException: on_http_error,
@@ -405,6 +425,7 @@ def create_app(config: GatewayConfig, plugin_manager: pluggy.PluginManager, *,
         return JSONResponse(exc.openai_envelope(), status_code=exc.status,
                             headers=exc.headers())
 
+    app.add_middleware(BodyLimits, settings=lambda: gateway.settings, respond=refuse)
     app.add_middleware(AuthGuard, keyring=keyring, respond=refuse)
     app.add_middleware(_RequestIds)
     return app

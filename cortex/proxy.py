@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 import aiohttp
 import msgspec
@@ -21,8 +21,10 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from cortex.client import upstream_error
+from cortex.client import refused, upstream_error
+from cortex.disconnects import unless_disconnected
 from cortex.errors import CortexError, Unavailable, Unreachable
+from cortex.limits import clamp_max_tokens
 from cortex.records import RequestRecord
 from cortex.types import Usage
 
@@ -33,7 +35,6 @@ if TYPE_CHECKING:
 __all__ = ["Proxy"]
 
 log = logging.getLogger("cortex.proxy")
-T = TypeVar("T")
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 _RETRY_STATUSES = {404, 502, 503}
 _READ_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
@@ -106,24 +107,6 @@ class _Relay(StreamingResponse):
             self._on_close()
 
 
-async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Await work, cancelling it if the client goes away first."""
-    task = asyncio.ensure_future(work)
-
-    async def watch() -> None:
-        while True:
-            message = await request.receive()
-            if message["type"] == "http.disconnect":
-                task.cancel()
-                return
-
-    watcher = asyncio.ensure_future(watch())
-    try:
-        return await task
-    finally:
-        watcher.cancel()
-
-
 class _Tally:
     """What request_finished will report about one request."""
 
@@ -165,6 +148,7 @@ class Proxy:
             tally.record.model = profile.id
             gateway.admit(profile)
             body = call.body if call.model == profile.id else _rename(call.body, profile.id)
+            body = clamp_max_tokens(body, profile.max_tokens)
         except CortexError as exc:
             self._finish(tally, exc.status)
             return dialect.error_response(exc)
@@ -204,7 +188,7 @@ class Proxy:
     async def _whole(self, request: Request, call: Call, dialect: Dialect,
                      attempt: Awaitable[_Opened], tally: _Tally) -> Response:
         try:
-            opened = await _unless_disconnected(request, attempt)
+            opened = await unless_disconnected(request, attempt)
         except _Answer as answer:
             self._finish(tally, answer.status)
             return dialect.upstream_error(answer.status, answer.body, answer.error)
@@ -300,9 +284,10 @@ class Proxy:
             except (Unreachable, _Retry) as exc:
                 hold.close()
                 error = exc.error if isinstance(exc, _Retry) else exc
-                log.info("%s on %s failed before the first byte (%s); trying elsewhere",
+                log.info("%s on %s failed before the first byte (%s); trying again",
                          model, node, error.message)
-                exclude.add(node)
+                if not isinstance(exc, _Retry) or exc.avoid:
+                    exclude.add(node)
                 last = error
                 continue
             except BaseException:
@@ -328,11 +313,16 @@ class Proxy:
             if response.status != 200:
                 raw = await response.read()
                 error = upstream_error(response.status, raw)
+                if response.status == 401:  # our secret, not the client's key: a 502
+                    error = refused(node, response.status, raw)
+                    fleet.report_failure(node, error)
+                    raise _Answer(error.status, msgspec.json.encode(error.openai_envelope()),
+                                  error)
                 if response.status in _RETRY_STATUSES:
                     if response.status == 404:
                         fleet.drop_model(node, model)
                     fleet.poke(node)
-                    raise _Retry(error)
+                    raise _Retry(error, avoid=response.status != 404)
                 raise _Answer(response.status, raw, error)
             first = await response.content.readany() if call.stream else await response.read()
             if call.stream and not first:
@@ -350,8 +340,14 @@ class Proxy:
 
 
 class _Retry(Exception):
-    """A neuron error that another node (or a fresh load) may not repeat."""
+    """A neuron error that another node (or a fresh load) may not repeat.
 
-    def __init__(self, error: CortexError) -> None:
+    `avoid` is False when the node itself is fine but no longer holds the model (it
+    answered 404 after a restart or an unload the view had not seen): the next attempt
+    may load it there again.
+    """
+
+    def __init__(self, error: CortexError, *, avoid: bool = True) -> None:
         super().__init__(error.message)
         self.error = error
+        self.avoid = avoid

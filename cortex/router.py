@@ -121,7 +121,8 @@ class Router:
             elif node.name in request.exclude:
                 verdicts.append(Verdict(node.name, "failed for this request"))
             elif not node.up:
-                verdicts.append(Verdict(node.name, "down"))
+                verdicts.append(Verdict(node.name, f"down: {node.last_error}"
+                                        if node.last_error else "down"))
             else:
                 verdicts.append(Verdict(node.name, "not in the profile's neurons"))
 

@@ -1,7 +1,8 @@
 """Serving: the gateway (and, in embedded mode, a neuron beside it) under hypercorn.
 
-One event loop runs every app; SIGINT/SIGTERM stop them gracefully and SIGHUP
-reloads the gateway's configuration.
+One event loop runs every app; SIGINT/SIGTERM drain the gateway (new requests get
+503, those in flight finish within `[gateway] drain_timeout`) and then stop every app;
+SIGHUP reloads the gateway's configuration.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from cortex.config import split_listen
-from cortex.errors import CortexError
+from cortex.errors import CortexError, Unavailable
 from cortex.metrics import metrics_app
 
 __all__ = ["Served", "serve"]
@@ -48,6 +49,59 @@ async def _reachable(listen: str, timeout: float) -> bool:
     return False
 
 
+class _Drain:
+    """Count the gateway's requests in flight and, once draining, refuse new ones with
+    503 + Retry-After in the path's dialect, so a replica leaves a load balancer's pool
+    before it stops and no accepted stream is cut."""
+
+    def __init__(self, app: Any, core: Any) -> None:
+        self.app, self.core = app, core
+        self.active = 0
+        self.deadline: float | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.deadline is not None:
+            await self._refuse(scope, receive, send)
+            return
+        self.active += 1
+        self._idle.clear()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.active -= 1
+            if self.active == 0:
+                self._idle.set()
+
+    async def _refuse(self, scope: Any, receive: Any, send: Any) -> None:
+        assert self.deadline is not None
+        left = self.deadline - asyncio.get_running_loop().time()
+        error = Unavailable("the gateway is shutting down: retry on another replica",
+                            retry_after=max(1.0, left))
+        dialect = self.core.dialect_for(scope["path"])
+        if dialect is not None:
+            response = dialect.error_response(error)
+        else:
+            from starlette.responses import JSONResponse
+
+            response = JSONResponse(error.openai_envelope(), status_code=error.status,
+                                    headers=error.headers())
+        await response(scope, receive, send)
+
+    async def drain(self, timeout: float) -> None:
+        """Refuse new requests, then wait up to `timeout` for those in flight."""
+        self.deadline = asyncio.get_running_loop().time() + timeout
+        log.info("draining: %d requests in flight, up to %.0fs", self.active, timeout)
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            log.warning("drain_timeout: %d requests still in flight are cut", self.active)
+
+
 async def _reload(gateway: Any) -> None:
     try:
         summary = await gateway.reload()
@@ -63,18 +117,39 @@ async def _serve(gateway: Served, before: Sequence[Served]) -> None:
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     state = getattr(gateway.app, "state", None)
     core = getattr(state, "gateway", None) if state is not None else None
+    api: Any = gateway.app
+    drains: list[asyncio.Future[None]] = []
     if core is not None:
+        drain = api = _Drain(gateway.app, core)
+
+        async def drain_then_stop() -> None:
+            await drain.drain(core.settings.drain_timeout)
+            stop.set()
+
+        def on_stop_signal() -> None:
+            if drains:  # a second signal stops at once
+                stop.set()
+            else:
+                drains.append(asyncio.ensure_future(drain_then_stop()))
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_stop_signal)
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(_reload(core)))
+    else:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
 
     def config(served: Served) -> Config:
         hyper = Config()
         hyper.bind = [_bind(served.listen)]
         hyper.accesslog = None
-        hyper.graceful_timeout = 30
+        # Requests had drain_timeout already; what is left now is closing connections.
+        hyper.graceful_timeout = 30 if core is None else 2
+        if core is not None:  # oversized request heads get hypercorn's bare 431
+            hyper.h11_max_incomplete_size = core.settings.max_header_bytes
+            hyper.h2_max_header_list_size = core.settings.max_header_bytes
         return hyper
 
     tasks = []
@@ -84,7 +159,7 @@ async def _serve(gateway: Served, before: Sequence[Served]) -> None:
         if not await _reachable(served.listen, 60.0):
             log.warning("%s did not start listening on %s", served.name, served.listen)
     tasks.append(asyncio.ensure_future(
-        hypercorn_serve(gateway.app, config(gateway), shutdown_trigger=stop.wait)))
+        hypercorn_serve(api, config(gateway), shutdown_trigger=stop.wait)))
     log.info("cortex gateway listening on %s", gateway.listen)
     metrics = getattr(state, "metrics", None) if state is not None else None
     if core is not None and metrics is not None:

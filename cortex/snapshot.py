@@ -62,6 +62,8 @@ class NodeView(msgspec.Struct, frozen=True, kw_only=True):
     models: tuple[ModelView, ...] = ()
     # Load/unload cycles since the node was last defragmented.
     cycles: int = 0
+    # Why the last poll or request failed, if it did (a down node's verdict names it).
+    last_error: str | None = None
 
     @property
     def reserved(self) -> int:

@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 import cortex
 from cortex import NeuronConfig, Plugins, build_plugin_manager
 from cortex.config import parse_bytes
+from cortex.disconnects import unless_disconnected
 from cortex.errors import AuthenticationFailed, CortexError, InvalidRequest, NotFound
 from cortex.harness import GenerationEvent
 from cortex.types import (
@@ -152,7 +153,7 @@ class _Neuron:
         events = start(engine)
         try:
             if not stream:
-                result = await _unless_disconnected(request, whole(model, events))
+                result = await unless_disconnected(request, whole(model, events))
                 return MsgspecResponse(result)
             first = await events.__anext__()
         except BaseException:
@@ -194,24 +195,6 @@ class _Neuron:
             tokens = await engine.tokenize(body)
         return MsgspecResponse(TokenizeResponse(
             model=body.model, count=len(tokens), tokens=tokens if body.return_tokens else None))
-
-
-async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Await work, cancelling it if the client goes away first (non-streamed requests)."""
-    task = asyncio.ensure_future(work)
-
-    async def watch() -> None:
-        while True:
-            message = await request.receive()
-            if message["type"] == "http.disconnect":
-                task.cancel()
-                return
-
-    watcher = asyncio.create_task(watch())
-    try:
-        return await task
-    finally:
-        watcher.cancel()
 
 
 class _EchoRequestId:

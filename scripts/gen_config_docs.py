@@ -53,6 +53,14 @@ DESCRIPTIONS: dict[str, str] = {
                                          "a stream waits for a load",
     "GatewaySection.retries": "further nodes tried when one fails before the first byte",
     "GatewaySection.connect_timeout": "seconds to open a connection to a neuron",
+    "GatewaySection.max_body_bytes": "a larger request body gets 413, counted as it streams "
+                                     "in (docs/operations.md, security and input limits)",
+    "GatewaySection.max_header_bytes": "a larger request line plus headers gets 431 "
+                                       "(hypercorn's limit)",
+    "GatewaySection.max_tools_bytes": "a request whose `tools` array is more JSON than this "
+                                      "gets 413",
+    "GatewaySection.drain_timeout": "seconds SIGTERM/SIGINT wait for requests in flight "
+                                    "to finish (new ones get 503) before the gateway exits",
     "EvictionConfig.strategy": "the eviction policy plugin, by `name`",
     "EvictionConfig.defrag_after_cycles": "after this many unloads on a node, unload its idle "
                                           "models and load them again; 0 turns it off",

@@ -421,7 +421,8 @@ LLAMA_OVERFLOW = ("This model's maximum context length is 2048 tokens. However, 
 @pytest.mark.parametrize("status, message, expected, error_type, exc", [
     (400, "bad field", 400, "invalid_request_error", anthropic.BadRequestError),
     (400, LLAMA_OVERFLOW, 400, "invalid_request_error", anthropic.BadRequestError),
-    (401, "wrong secret", 401, "authentication_error", anthropic.AuthenticationError),
+    # The neuron refused the gateway's secret: the operator's fault, not the client's key.
+    (401, "wrong secret", 502, "api_error", anthropic.InternalServerError),
     (413, "too big", 413, "request_too_large", anthropic.ContentTooLargeError),
     (429, "slow down", 429, "rate_limit_error", anthropic.RateLimitError),
     (500, "crashed", 500, "api_error", anthropic.InternalServerError),

@@ -8,6 +8,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
+import msgspec
 import pytest
 
 from .conftest import NeuronProcess
@@ -97,3 +99,26 @@ async def test_a_neuron_killed_mid_stream_ends_the_stream_with_an_error_event(
         await wait_until(marked_down, timeout=10, what="the dead neuron is marked down")
         assert [e.node for e in gw.recorder.kinds("node_up")] == ["fragile"]
         assert (await gw.client.get("/v1/models")).json()["data"] == []
+
+
+async def test_a_model_unloaded_behind_the_gateways_back_is_loaded_again(
+        tmp_path: Path) -> None:
+    # A neuron that lost the model (restart, manual unload) answers 404 while the
+    # gateway's view still lists it: the request must reload it there, not fail.
+    lone = NeuronProcess({"name": "lone"}, tmp_path)
+    try:
+        lone.wait_ready()
+        synthetic = profile("s", neurons=["lone"])
+        synthetic = msgspec.structs.replace(synthetic, harness="synthetic",
+                                            source="synthetic:rate=0,tokens=3")
+        async with running_gateway([("lone", lone)], [synthetic], poll_interval=30) as gw:
+            assert (await gw.client.post("/admin/models/s/load")).status_code == 200
+            async with httpx.AsyncClient(base_url=lone.url) as direct:
+                await direct.post("/models/unload", json={"model": "s"})
+            reply = await gw.client.post("/v1/chat/completions", json={
+                "model": "s", "messages": [{"role": "user", "content": "Hi"}]})
+            assert reply.status_code == 200, reply.text
+            assert reply.json()["usage"]["completion_tokens"] == 3
+            assert "s" in await neuron_models(lone)
+    finally:
+        lone.stop()

@@ -1,0 +1,235 @@
+// The cortex dashboard: polls /admin/fleet (nodes, GPUs, models, traffic) and /v1/models
+// (the catalogue), and calls POST /admin/models/{id}/{action} for the buttons.
+// The admin key, when the gateway needs one, lives in this tab's sessionStorage only.
+// Everything data-derived is written with textContent, never parsed as HTML.
+"use strict";
+
+const KEY = "cortex-admin-key";
+const params = new URLSearchParams(location.search);
+const INTERVAL_MS = Math.max(250, 1000 * (Number(params.get("interval")) || 2));
+const $ = (id) => document.getElementById(id);
+
+let timer = null;
+let busy = new Set(); // "action model node" of calls under way: their buttons stay disabled
+
+function key() { return sessionStorage.getItem(KEY) || ""; }
+
+class HttpError extends Error {
+  constructor(status, message) { super(message); this.status = status; }
+}
+
+async function api(path, options = {}) {
+  const headers = { "content-type": "application/json" };
+  if (key()) headers.authorization = `Bearer ${key()}`;
+  const reply = await fetch(path, { ...options, headers, cache: "no-store" });
+  const text = await reply.text();
+  let body = null;
+  try { body = text ? JSON.parse(text) : null; } catch { body = null; }
+  if (!reply.ok) {
+    const message = (body && body.error && body.error.message) || reply.statusText;
+    throw new HttpError(reply.status, `${reply.status}: ${message}`);
+  }
+  return body;
+}
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null) continue;
+    if (name === "class") node.className = value;
+    else if (name === "text") node.textContent = value;
+    else if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
+    else node.setAttribute(name, value);
+  }
+  for (const child of children) {
+    if (child !== null && child !== undefined) {
+      node.append(typeof child === "string" ? document.createTextNode(child) : child);
+    }
+  }
+  return node;
+}
+
+const gib = (bytes) => `${((bytes || 0) / 2 ** 30).toFixed(2)} GiB`;
+const rate = (value) => (value === undefined || value === null ? "–" : value.toFixed(1));
+
+function meter(label, used, total, testid) {
+  const share = total > 0 ? Math.min(1, Math.max(0, used / total)) : 0;
+  const fill = el("div", { class: "fill" });
+  fill.style.width = `${(share * 100).toFixed(1)}%`; // CSSOM: allowed by the page's CSP
+  if (share >= 0.95) fill.classList.add("full");
+  else if (share >= 0.8) fill.classList.add("high");
+  return el("div", { class: "meter", "data-testid": testid },
+    el("div", { class: "label" }, el("span", { text: label }),
+      el("span", { text: `${gib(used)} / ${gib(total)} (${Math.round(share * 100)}%)` })),
+    el("div", { class: "track", role: "meter", "aria-valuemin": "0", "aria-valuemax": "100",
+      "aria-valuenow": String(Math.round(share * 100)), "aria-label": label }, fill));
+}
+
+function say(text, isError = false) {
+  const box = $("message");
+  box.textContent = text;
+  box.classList.toggle("error", isError);
+  box.hidden = !text;
+}
+
+function askForKey(reason) {
+  $("key-reason").textContent = reason;
+  $("key-form").hidden = false;
+  $("key-input").focus();
+}
+
+function button(action, model, node, label) {
+  const id = `${action} ${model} ${node || ""}`;
+  return el("button", {
+    type: "button", "data-action": action, "data-model": model, "data-node": node,
+    disabled: busy.has(id) ? "" : null, text: label,
+    onclick: () => act(action, model, node),
+  });
+}
+
+async function act(action, model, node) {
+  const id = `${action} ${model} ${node || ""}`;
+  busy.add(id);
+  render.last && render(render.last);
+  say(`${action} ${model}${node ? ` on ${node}` : ""}…`);
+  try {
+    const reply = await api(`/admin/models/${encodeURIComponent(model)}/${action}`, {
+      method: "POST", body: JSON.stringify(node ? { node } : {}),
+    });
+    const where = reply.unloaded_from ? ` (from ${reply.unloaded_from.join(", ")})`
+      : reply.node ? ` (on ${reply.node})` : "";
+    say(`${action} ${model}: done${where}`);
+  } catch (error) {
+    say(`${action} ${model}: ${error.message}`, true);
+    if (error.status === 401 || error.status === 403) askForKey(error.message);
+  } finally {
+    busy.delete(id);
+    await refresh();
+  }
+}
+
+function renderNodes(nodes) {
+  const cards = nodes.map((node) => {
+    const state = node.up ? "up" : "down";
+    const gpus = node.gpus.map((gpu) => meter(
+      `GPU ${gpu.index}: ${gpu.name}${gpu.utilization === null || gpu.utilization === undefined
+        ? "" : `, ${gpu.utilization}% busy`}`,
+      gpu.memory_used, gpu.memory_total, `gpu-${node.name}-${gpu.index}`));
+    const inFlight = Object.values(node.in_flight).reduce((a, b) => a + b, 0);
+    return el("article", { class: "node", "data-node": node.name },
+      el("h3", {}, el("span", { text: node.name }),
+        el("span", { class: `state-${state}`, text: state }),
+        el("span", { class: "endpoint", text: node.endpoint })),
+      meter("reserved by models / budget", node.reserved_bytes, node.budget_bytes,
+        `budget-${node.name}`),
+      ...gpus,
+      node.gpus.length ? null : el("p", { class: "muted", text: node.cpu_only === null
+        ? "not reported yet" : "CPU only: the budget is system RAM" }),
+      el("p", { class: "muted", text: `${node.models.length} models, ${inFlight} in flight`
+        + (node.version ? `, neuron ${node.version}` : "")
+        + (node.last_error && !node.up ? `; ${node.last_error}` : "") }));
+  });
+  $("nodes").replaceChildren(...cards);
+}
+
+function renderLoaded(fleet, catalogue) {
+  const pinned = new Set(catalogue.filter((m) => m.pinned).map((m) => m.id));
+  const configured = new Set(catalogue.filter((m) => m.configured !== false).map((m) => m.id));
+  const rates = (fleet.traffic && fleet.traffic.models) || {};
+  const rows = [];
+  for (const node of fleet.nodes) {
+    for (const m of node.models) {
+      const isPinned = pinned.has(m.id);
+      const actions = el("td", { class: "actions" });
+      if (m.state === "ready" && !isPinned) actions.append(button("unload", m.id, node.name, "Unload"));
+      if (configured.has(m.id)) {
+        actions.append(isPinned ? button("unpin", m.id, null, "Unpin")
+          : button("pin", m.id, node.name, "Pin"));
+      }
+      rows.push(el("tr", { "data-model": m.id, "data-node": node.name },
+        el("td", {}, m.id, isPinned ? el("span", { class: "badge", text: " pinned" }) : null),
+        el("td", { text: node.name }),
+        el("td", { class: `state-${m.state}`, "data-testid": "state", text: m.state }),
+        el("td", { text: String(m.n_ctx ?? "") }),
+        el("td", { text: gib(m.estimate && m.estimate.total) }),
+        el("td", { text: String(m.in_flight ?? 0) }),
+        el("td", { text: String(m.queued ?? 0) }),
+        el("td", { text: rate(rates[m.id] && rates[m.id].output_tokens_per_second) }),
+        actions));
+    }
+  }
+  $("loaded").tBodies[0].replaceChildren(...rows);
+  $("no-loaded").hidden = rows.length > 0;
+  $("loads").replaceChildren(...(fleet.loads || []).map((load) => el("li", {
+    text: `loading ${load.model} on ${load.node} for ${load.seconds.toFixed(1)} s `
+      + `(${load.waiters} waiting)` })));
+}
+
+function renderCatalogue(catalogue) {
+  $("catalogue").tBodies[0].replaceChildren(...catalogue.map((m) => {
+    const actions = el("td", { class: "actions" });
+    if (m.configured !== false) {
+      if (m.state === "available") actions.append(button("load", m.id, null, "Load"));
+      actions.append(m.pinned ? button("unpin", m.id, null, "Unpin")
+        : button("pin", m.id, null, "Pin"));
+    }
+    return el("tr", { "data-model": m.id },
+      el("td", { text: m.id }),
+      el("td", { class: `state-${m.state}`, text: m.state }),
+      el("td", { text: (m.loaded_on || []).join(", ") || "–" }),
+      el("td", { text: String(m.n_ctx ?? "") }),
+      el("td", { text: String(m.priority ?? "") }),
+      el("td", { text: m.pinned ? "yes" : "" }),
+      actions);
+  }));
+}
+
+function render(data) {
+  render.last = data;
+  const { fleet, catalogue } = data;
+  const up = fleet.nodes.filter((n) => n.up).length;
+  $("summary").textContent = `${up}/${fleet.nodes.length} nodes up · routing ${fleet.routing}`
+    + ` · eviction ${fleet.eviction}`;
+  const traffic = fleet.traffic || {};
+  $("rps").textContent = traffic.requests_per_second?.toFixed(2) ?? "–";
+  $("tps-out").textContent = rate(traffic.output_tokens_per_second);
+  $("tps-in").textContent = rate(traffic.input_tokens_per_second);
+  $("requests-total").textContent = String(traffic.requests_total ?? "–");
+  renderNodes(fleet.nodes);
+  renderLoaded(fleet, catalogue);
+  renderCatalogue(catalogue);
+}
+
+async function refresh() {
+  clearTimeout(timer);
+  try {
+    const [fleet, models] = await Promise.all([api("/admin/fleet"), api("/v1/models")]);
+    render({ fleet, catalogue: models.data });
+    $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
+    document.body.dataset.ready = "true";
+  } catch (error) {
+    if (error.status === 401 || error.status === 403) {
+      askForKey(key() ? `That key was refused (${error.message}).`
+        : "This gateway needs an admin key.");
+    } else {
+      say(`cannot read the fleet: ${error.message}`, true);
+    }
+  }
+  timer = setTimeout(refresh, INTERVAL_MS);
+}
+
+$("key-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  sessionStorage.setItem(KEY, $("key-input").value.trim());
+  $("key-input").value = "";
+  $("key-form").hidden = true;
+  say("");
+  refresh();
+});
+$("key-forget").addEventListener("click", () => {
+  sessionStorage.removeItem(KEY);
+  askForKey("Key forgotten.");
+});
+$("key-button").addEventListener("click", () => askForKey("Enter the gateway's admin key."));
+
+refresh();
