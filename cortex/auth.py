@@ -32,9 +32,11 @@ from cortex.errors import (
     RateLimited,
 )
 
-__all__ = ["AuthGuard", "KeyRing"]
+__all__ = ["ALLOWED_MODELS", "AuthGuard", "KeyRing", "allowed_models"]
 
 ADMIN_PREFIX = "/admin"
+#: Where the guard leaves a key's model allow-list for the gateway (request.state).
+ALLOWED_MODELS = "cortex_allowed_models"
 OPEN_PATHS = frozenset({"/health", "/ui"})
 #: The dashboard's static files (cortex.ui): they hold no data and no key.
 OPEN_PREFIXES = ("/ui/",)
@@ -61,8 +63,11 @@ class KeyRing:
         if config.api_keys_file:
             keys += _read_keys(config.api_keys_file)
         self._admin = [k.encode() for k in config.admin_keys + _env_keys("CORTEX_ADMIN_KEYS")]
-        self._clients = [k.encode() for k in keys]
+        self._clients = [k.encode() for k in keys] + [k.key.encode() for k in config.keys]
         self._limit = config.requests_per_minute
+        self._limits = {k.key.encode(): k.requests_per_minute for k in config.keys
+                        if k.requests_per_minute is not None}
+        self._models = {k.key.encode(): frozenset(k.models) for k in config.keys if k.models}
         self._clock = clock
         self._recent: dict[bytes, collections.deque[float]] = {}
 
@@ -78,10 +83,11 @@ class KeyRing:
                 found = key
         return found
 
-    def check(self, given: bytes | None, *, admin: bool) -> None:
-        """Raise the error the request earns, or return if it may pass."""
+    def check(self, given: bytes | None, *, admin: bool) -> frozenset[str] | None:
+        """Raise the error the request earns, or return the models the key may use
+        (None: any)."""
         if self.open:
-            return
+            return None
         if not given:
             raise AuthenticationFailed(
                 "an API key is required (Authorization: Bearer KEY or x-api-key: KEY)")
@@ -90,21 +96,23 @@ class KeyRing:
                 if self._match(given, self._clients) is not None:
                     raise PermissionDenied("this route needs an admin key")
                 raise AuthenticationFailed("invalid API key")
-            return
+            return None
         key = self._match(given, self._clients) or self._match(given, self._admin)
         if key is None:
             raise AuthenticationFailed("invalid API key")
         self._count(key)
+        return self._models.get(key)
 
     def _count(self, key: bytes) -> None:
-        if not self._limit:
+        limit = self._limits.get(key, self._limit)
+        if not limit:
             return
         now = self._clock()
         recent = self._recent.setdefault(key, collections.deque())
         while recent and recent[0] <= now - 60:
             recent.popleft()
-        if len(recent) >= self._limit:
-            raise RateLimited(f"more than {self._limit} requests a minute for this key",
+        if len(recent) >= limit:
+            raise RateLimited(f"more than {limit} requests a minute for this key",
                               retry_after=max(1.0, recent[0] + 60 - now))
         recent.append(now)
 
@@ -132,9 +140,17 @@ class AuthGuard:
         if scope["type"] == "http" and path not in OPEN_PATHS \
                 and not path.startswith(OPEN_PREFIXES):
             try:
-                self.keyring().check(presented_key(scope),
-                                     admin=path.startswith(ADMIN_PREFIX))
+                allowed = self.keyring().check(presented_key(scope),
+                                               admin=path.startswith(ADMIN_PREFIX))
+                if allowed is not None:
+                    scope.setdefault("state", {})[ALLOWED_MODELS] = allowed
             except CortexError as exc:
                 await self.respond(path, exc)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def allowed_models(scope: Scope) -> frozenset[str] | None:
+    """The models the request's key may use, or None when the key may use any."""
+    allowed: frozenset[str] | None = scope.get("state", {}).get(ALLOWED_MODELS)
+    return allowed

@@ -18,6 +18,7 @@ import msgspec
 from cortex.errors import ConfigError
 
 __all__ = [
+    "ApiKey",
     "AuthConfig",
     "EvictionConfig",
     "GatewayConfig",
@@ -143,11 +144,20 @@ class NeuronEntry(Base, kw_only=True):
     secret: str | None = None
 
 
+class ApiKey(Base, kw_only=True):
+    """A client key with its own model allow-list and request limit (`[[auth.keys]]`)."""
+
+    key: Annotated[str, msgspec.Meta(min_length=1)]
+    models: list[str] = []
+    requests_per_minute: Annotated[int, msgspec.Meta(ge=0)] | None = None
+
+
 class AuthConfig(Base, kw_only=True):
     api_keys: list[str] = []
     api_keys_file: str | None = None
     admin_keys: list[str] = []
     requests_per_minute: Annotated[int, msgspec.Meta(ge=0)] = 0
+    keys: list[ApiKey] = []
 
 
 class GatewayConfig(Base, kw_only=True):

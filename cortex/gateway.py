@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cortex.auth import AuthGuard, KeyRing
+from cortex.auth import AuthGuard, KeyRing, allowed_models
 from cortex.catalogue import CatalogueEntry, build_catalogue, unconfigured_profile
 from cortex.config import GatewayConfig, GatewaySection, ModelProfile
 from cortex.dialect import Call, Dialect
@@ -36,6 +36,7 @@ from cortex.errors import (
     InvalidRequest,
     ModelNotFound,
     NotFound,
+    PermissionDenied,
     RateLimited,
     Timeout,
     Unavailable,
@@ -293,6 +294,10 @@ class Gateway:
                                  policy=self.router.evictor.policy.name)
 
     async def forward(self, call: Call, request: Request, dialect: Dialect) -> Response:
+        allowed = allowed_models(request.scope)
+        if allowed is not None and call.model not in allowed \
+                and self.resolve(call.model)[0].id not in allowed:
+            raise PermissionDenied(f"this API key may not use model `{call.model}`")
         return await self.proxy.forward(call, request, dialect)
 
     def dialect_for(self, path: str) -> Dialect | None:

@@ -76,6 +76,11 @@ DESCRIPTIONS: dict[str, str] = {
     "AuthConfig.admin_keys": "keys allowed on `/admin` (also `CORTEX_ADMIN_KEYS`)",
     "AuthConfig.requests_per_minute": "per-key request limit (429 with `Retry-After`); 0 means "
                                       "unlimited",
+    "AuthConfig.keys": "one `[[auth.keys]]` table per client key that has its own allow-list "
+                       "or limit",
+    "ApiKey.key": "the client key",
+    "ApiKey.models": "model ids or aliases this key may use (403 otherwise); empty = any",
+    "ApiKey.requests_per_minute": "this key's limit, over `[auth] requests_per_minute`",
     # models.toml
     "ModelsFile.models": "one `[[models]]` table per profile",
     "ModelProfile.id": "the name clients put in `model`; may contain `/`",

@@ -10,7 +10,7 @@ from starlette.testclient import TestClient
 
 from cortex import build_plugin_manager
 from cortex.auth import KeyRing
-from cortex.config import AuthConfig, GatewayConfig
+from cortex.config import ApiKey, AuthConfig, GatewayConfig, ModelProfile
 from cortex.errors import AuthenticationFailed, PermissionDenied, RateLimited
 from cortex.gateway import create_app
 
@@ -88,3 +88,38 @@ def test_anthropic_paths_get_the_anthropic_envelope(client: TestClient) -> None:
     assert body == {"type": "error", "error": {
         "type": "authentication_error", "message": body["error"]["message"]}}
     assert "API key" in body["error"]["message"]
+
+
+def test_per_key_allow_list_and_limit() -> None:
+    now = [0.0]
+    ring = KeyRing(AuthConfig(requests_per_minute=100, keys=[
+        ApiKey(key="team-a", models=["small"], requests_per_minute=1),
+        ApiKey(key="team-b")]), clock=lambda: now[0])
+    assert ring.check(b"team-a", admin=False) == frozenset({"small"})
+    with pytest.raises(RateLimited):
+        ring.check(b"team-a", admin=False)  # its own limit, not the global 100
+    assert ring.check(b"team-b", admin=False) is None
+    ring.check(b"team-b", admin=False)
+
+
+def test_gateway_enforces_a_keys_model_allow_list() -> None:
+    profiles = [ModelProfile(id="small", source="synthetic:", harness="synthetic",
+                             aliases=["tiny"]),
+                ModelProfile(id="big", source="synthetic:", harness="synthetic")]
+    config = GatewayConfig(auth=AuthConfig(keys=[ApiKey(key="team-a", models=["small"])]))
+    app = create_app(config, build_plugin_manager(entry_points=False), profiles=profiles)
+    headers = {"authorization": "Bearer team-a"}
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    with TestClient(app) as client:
+        refused = client.post("/v1/chat/completions", headers=headers,
+                              json={**body, "model": "big"})
+        assert refused.status_code == 403
+        assert "may not use model `big`" in refused.json()["error"]["message"]
+        for name in ("small", "tiny"):  # the id and its alias pass the check
+            passed = client.post("/v1/chat/completions", headers=headers,
+                                 json={**body, "model": name})
+            assert passed.status_code == 503  # allowed; no neuron to serve it here
+        anthropic = client.post("/v1/messages", headers=headers, json={
+            "model": "big", "max_tokens": 2, "messages": [{"role": "user", "content": "x"}]})
+        assert anthropic.status_code == 403
+        assert anthropic.json()["error"]["type"] == "permission_error"
