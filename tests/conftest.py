@@ -104,3 +104,16 @@ def start_neuron(tmp_path: Path) -> Iterator[Any]:
     yield start
     for neuron in started:
         neuron.stop()
+
+
+@pytest.fixture(scope="module")
+def neuron(tmp_path_factory: pytest.TempPathFactory, gemma_path: Path,
+           cache_dir: Path) -> Iterator[NeuronProcess]:
+    """One empty neuron named `a` per test module (modules needing more define their own)."""
+    process = NeuronProcess({"name": "a", "cache_dir": str(cache_dir)},
+                            tmp_path_factory.mktemp("neuron-a"))
+    try:
+        process.wait_ready()
+        yield process
+    finally:
+        process.stop()

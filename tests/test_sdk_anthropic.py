@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anthropic
@@ -36,17 +35,6 @@ HELLO = [{"role": "user", "content": "Write a short story about a cat."}]
 # This SDK has no `temperature` argument any more; the API still takes the field.
 GREEDY = {"temperature": 0}
 
-
-@pytest.fixture(scope="module")
-def neuron(tmp_path_factory: pytest.TempPathFactory, gemma_path: Path,
-           cache_dir: Path) -> Iterator[NeuronProcess]:
-    process = NeuronProcess({"name": "a", "cache_dir": str(cache_dir)},
-                            tmp_path_factory.mktemp("sdk-anthropic"))
-    try:
-        process.wait_ready()
-        yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture

@@ -4,8 +4,7 @@ dialect mounted beside it (the two share `/v1/models`)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import openai
 import pytest
@@ -18,17 +17,6 @@ pytestmark = [pytest.mark.model, pytest.mark.anyio]
 MODEL = "org/gemma"  # a `/` in the id: openai 3.x sends it as %2F
 HELLO = [{"role": "user", "content": "Write a short story about a cat."}]
 
-
-@pytest.fixture(scope="module")
-def neuron(tmp_path_factory: pytest.TempPathFactory, gemma_path: Path,
-           cache_dir: Path) -> Iterator[NeuronProcess]:
-    process = NeuronProcess({"name": "a", "cache_dir": str(cache_dir)},
-                            tmp_path_factory.mktemp("sdk-openai"))
-    try:
-        process.wait_ready()
-        yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture

@@ -8,8 +8,6 @@ import asyncio
 import json
 import signal
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,17 +21,6 @@ from .gateway_support import RunningGateway, complete, profile, reset, running_g
 
 model = pytest.mark.model
 
-
-@pytest.fixture(scope="module")
-def neuron(tmp_path_factory: pytest.TempPathFactory, gemma_path: Path,
-           cache_dir: Path) -> Iterator[NeuronProcess]:
-    process = NeuronProcess({"name": "a", "cache_dir": str(cache_dir)},
-                            tmp_path_factory.mktemp("status-cli"))
-    try:
-        process.wait_ready()
-        yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture
