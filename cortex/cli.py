@@ -7,10 +7,7 @@ import json
 import logging
 import os
 import sys
-import urllib.error
 import urllib.parse
-import urllib.request
-from collections.abc import Sequence
 from typing import Any
 
 import click
@@ -26,6 +23,8 @@ from cortex.config import (
     load_gateway_config,
 )
 from cortex.errors import ConfigError
+from cortex.jsonhttp import HttpFailure, call_json
+from cortex.status import gib, table
 from cortex.validate import validate
 
 __all__ = ["main"]
@@ -115,38 +114,19 @@ def serve(config_path: str | None, listen: str | None, neuron_listen: str) -> No
 
 def _request(url: str, path: str, *, method: str = "GET", body: object = None,
              timeout: float = 660.0) -> Any:
-    data = None if body is None else json.dumps(body).encode()
-    headers = {"content-type": "application/json"}
-    if os.environ.get("CORTEX_ADMIN_KEY"):  # an env var, not a flag: kept out of `ps`
-        headers["authorization"] = f"Bearer {os.environ['CORTEX_ADMIN_KEY']}"
-    request = urllib.request.Request(f"{url.rstrip('/')}{path}", data=data, method=method,
-                                     headers=headers)
+    # The admin key comes from an env var, not a flag: kept out of `ps`.
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as reply:
-            return json.load(reply)
-    except urllib.error.HTTPError as exc:
-        try:
-            message = json.load(exc)["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = exc.reason
-        raise click.ClickException(f"{exc.code}: {message}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise click.ClickException(f"cannot reach the gateway at {url}: {exc}") from None
+        return call_json(url, path, body=body, method=method, timeout=timeout,
+                         bearer=os.environ.get("CORTEX_ADMIN_KEY"))
+    except HttpFailure as exc:
+        if exc.unreachable:
+            raise click.ClickException(
+                f"cannot reach the gateway at {url}: {exc.message}") from None
+        raise click.ClickException(exc.message) from None
 
 
 def _quote(model: str) -> str:
     return urllib.parse.quote(model, safe="")
-
-
-def _gib(n: float | None) -> str:
-    return f"{(n or 0) / 2**30:.2f}"
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    cells = [[str(c) for c in headers], *[[str(c) for c in row] for row in rows]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-                     for row in cells)
 
 
 def _echo_json(data: Any) -> None:
@@ -182,7 +162,7 @@ def models(url: str, as_json: bool) -> None:
     if as_json:
         _echo_json(data)
         return
-    click.echo(_table(
+    click.echo(table(
         ["MODEL", "STATE", "LOADED ON", "N_CTX", "PRIORITY", "PINNED", "ALIASES"],
         [[m["id"], m["state"], ",".join(m["loaded_on"]) or "-", m["n_ctx"], m["priority"],
           "yes" if m["pinned"] else "", ",".join(m["aliases"])] for m in data]))
@@ -245,8 +225,8 @@ def explain_text(data: dict[str, Any]) -> str:
     if data.get("victims"):
         lines.append(f"  evict: {', '.join(data['victims'])}")
     if data.get("needs") is not None:
-        lines.append(f"  needs: {_gib(data['needs'])} GiB, "
-                     f"free after: {_gib(data.get('free_after'))} GiB")
+        lines.append(f"  needs: {gib(data['needs'])} GiB, "
+                     f"free after: {gib(data.get('free_after'))} GiB")
     lines.append(f"  expected wait: {data.get('expected_wait', 0):.1f}s")
     if data.get("candidates"):
         lines.append("  nodes:")

@@ -15,18 +15,18 @@ from typing import Any
 
 import click
 
-__all__ = ["bar", "render", "show"]
+__all__ = ["bar", "gib", "render", "show", "table"]
 
 Fetch = Callable[[], dict[str, Any]]
 
 _HOME, _CLEAR_LINE, _CLEAR_BELOW = "\x1b[H", "\x1b[K", "\x1b[J"
 
 
-def _gib(n: float | None) -> str:
+def gib(n: float | None) -> str:
     return f"{(n or 0) / 2**30:.2f}"
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     cells = [[str(c) for c in headers], *[[str(c) for c in row] for row in rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
@@ -60,12 +60,12 @@ def render(fleet: dict[str, Any], *, unicode: bool = True) -> str:
         nodes.append([name, "up" if node["up"] else "DOWN", node["endpoint"],
                       len(node["models"]), sum(node["in_flight"].values()),
                       bar(node["reserved_bytes"], node["budget_bytes"], unicode=unicode),
-                      f"{_gib(node['reserved_bytes'])}/{_gib(node['budget_bytes'])} GiB"])
+                      f"{gib(node['reserved_bytes'])}/{gib(node['budget_bytes'])} GiB"])
         for gpu in node["gpus"]:
             util = gpu.get("utilization")
             gpus.append([f"{name}:{gpu['index']}", gpu["name"],
                          bar(gpu["memory_used"], gpu["memory_total"], unicode=unicode),
-                         f"{_gib(gpu['memory_used'])}/{_gib(gpu['memory_total'])} GiB",
+                         f"{gib(gpu['memory_used'])}/{gib(gpu['memory_total'])} GiB",
                          "-" if util is None else f"{util}%"])
         if not node["gpus"]:
             kind = {True: "CPU only: the budget is system RAM", None: "not reported yet"}
@@ -73,14 +73,14 @@ def render(fleet: dict[str, Any], *, unicode: bool = True) -> str:
         for m in node["models"]:
             rate = rates.get(m["id"], {}).get("output_tokens_per_second")
             models.append([m["id"], name, m["state"], m.get("n_ctx", 0),
-                           f"{_gib((m.get('estimate') or {}).get('total'))} GiB",
+                           f"{gib((m.get('estimate') or {}).get('total'))} GiB",
                            m.get("in_flight", 0), m.get("queued", 0),
                            "-" if rate is None else f"{rate:.1f}"])
-    parts = [_table(["NODE", "STATE", "ENDPOINT", "MODELS", "IN-FLIGHT", "RESERVED", ""],
+    parts = [table(["NODE", "STATE", "ENDPOINT", "MODELS", "IN-FLIGHT", "RESERVED", ""],
                     nodes),
-             _table(["GPU", "NAME", "MEMORY USED", "", "UTIL"], gpus)]
+             table(["GPU", "NAME", "MEMORY USED", "", "UTIL"], gpus)]
     if models:
-        parts.append(_table(["MODEL", "NODE", "STATE", "N_CTX", "MEMORY", "IN-FLIGHT",
+        parts.append(table(["MODEL", "NODE", "STATE", "N_CTX", "MEMORY", "IN-FLIGHT",
                              "QUEUED", "TOK/S"], models))
     else:
         parts.append("no models loaded")

@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 import re
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +21,7 @@ import click
 import msgspec
 
 from cortex.config import ModelProfile
+from cortex.jsonhttp import HttpFailure, call_json
 
 __all__ = ["EXIT_CODES", "ValidationFailed", "default_id", "validate", "validate_model"]
 
@@ -51,38 +50,9 @@ class ValidationFailed(Exception):
         return EXIT_CODES[self.kind]
 
 
-class _HttpFailure(Exception):
-    def __init__(self, message: str, *, timed_out: bool = False,
-                 unreachable: bool = False) -> None:
-        super().__init__(message)
-        self.message, self.timed_out, self.unreachable = message, timed_out, unreachable
-
-
 def _call(url: str, path: str, *, body: object = None, timeout: float,
           secret: str | None) -> Any:
-    headers = {"content-type": "application/json"}
-    if secret:
-        headers["authorization"] = f"Bearer {secret}"
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(f"{url.rstrip('/')}{path}", data=data, headers=headers,
-                                     method="GET" if body is None else "POST")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as reply:
-            return json.load(reply)
-    except urllib.error.HTTPError as exc:
-        try:
-            message = json.load(exc)["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = exc.reason
-        raise _HttpFailure(f"{exc.code}: {message}") from None
-    except urllib.error.URLError as exc:
-        if isinstance(exc.reason, TimeoutError):
-            raise _HttpFailure(f"no answer within {timeout:g}s", timed_out=True) from None
-        raise _HttpFailure(str(exc.reason), unreachable=True) from None
-    except TimeoutError:
-        raise _HttpFailure(f"no answer within {timeout:g}s", timed_out=True) from None
-    except OSError as exc:
-        raise _HttpFailure(str(exc), unreachable=True) from None
+    return call_json(url, path, body=body, timeout=timeout, bearer=secret)
 
 
 def default_id(source: str) -> str:
@@ -133,7 +103,7 @@ def _infer(url: str, status: dict[str, Any], profile: ModelProfile, *, prompt: s
     started = time.monotonic()
     try:
         reply = _call(url, path, body=body, timeout=timeout, secret=secret)
-    except _HttpFailure as exc:
+    except HttpFailure as exc:
         if exc.timed_out:
             raise ValidationFailed("infer_timeout", f"{path}: {exc.message} (--infer-timeout "
                                    "or NEURON_INFER_TIMEOUT)") from None
@@ -164,7 +134,7 @@ def validate_model(url: str, profile: ModelProfile, *, load_timeout: float,
         health = _call(url, "/health", timeout=min(30.0, infer_timeout), secret=secret)
         report.node = health.get("node")
         held = _call(url, "/models", timeout=min(30.0, infer_timeout), secret=secret)
-    except _HttpFailure as exc:
+    except HttpFailure as exc:
         raise ValidationFailed("unreachable", f"neuron {url}: {exc.message}") from None
     report.loaded_before = any(m.get("id") == profile.id for m in held.get("models") or [])
     report.steps.append(f"neuron {url}: node {report.node}"
@@ -173,7 +143,7 @@ def validate_model(url: str, profile: ModelProfile, *, load_timeout: float,
     try:
         status = _call(url, "/models/load", timeout=load_timeout, secret=secret,
                        body={"profile": msgspec.to_builtins(profile), "wait": True})
-    except _HttpFailure as exc:
+    except HttpFailure as exc:
         if exc.timed_out:
             raise ValidationFailed(
                 "load_timeout", f"load: {profile.id} was not ready within {load_timeout:g}s "
@@ -203,7 +173,7 @@ def validate_model(url: str, profile: ModelProfile, *, load_timeout: float,
                       body={"model": profile.id, "force": failed})
                 report.unloaded = True
                 report.steps.append("unload: done")
-            except _HttpFailure as exc:
+            except HttpFailure as exc:
                 if not failed:  # a failed request's error matters more than this one
                     raise ValidationFailed("unload_failed", f"unload: {exc.message}") from None
     return report

@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
-import urllib.error
-import urllib.request
 from typing import Any
 
 import click
@@ -19,6 +18,7 @@ from cortex import NeuronConfig, Plugins, build_plugin_manager, load_neuron_conf
 from cortex.config import split_listen
 from cortex.defaults import BUNDLED_GEMMA
 from cortex.errors import ConfigError
+from cortex.jsonhttp import HttpFailure, call_json
 
 __all__ = ["main", "serve_app"]
 
@@ -108,10 +108,9 @@ def gpus(config_path: str | None, as_json: bool) -> None:
 def models(url: str) -> None:
     """List the models a running neuron holds."""
     try:
-        with urllib.request.urlopen(f"{url.rstrip('/')}/models", timeout=10) as reply:
-            data = json.load(reply)
-    except (urllib.error.URLError, OSError) as exc:
-        raise click.ClickException(f"cannot reach {url}: {exc}") from None
+        data = call_json(url, "/models", timeout=10, bearer=os.environ.get("NEURON_SECRET"))
+    except HttpFailure as exc:
+        raise click.ClickException(f"{url}: {exc.message}") from None
     rows = data.get("models", [])
     if not rows:
         click.echo("no models loaded")

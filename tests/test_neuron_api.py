@@ -403,3 +403,16 @@ def test_estimate_without_loading(client: httpx.Client) -> None:
     assert estimate["kv_cache"] == 18 * 512 * 2 * 2048 * 2
     assert estimate["total"] == estimate["weights"] + estimate["kv_cache"] + estimate["overhead"]
     assert _model(client, "planned") is None
+
+
+def test_neuron_models_command_lists_what_is_loaded(neuron: NeuronProcess) -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "cortex_neuron.cli", "models", "--url",
+                          neuron.url], capture_output=True, text=True, check=True).stdout
+    line = next(line for line in out.splitlines() if line.startswith("gemma "))
+    assert "ready" in line and "n_ctx 1024" in line
+    gone = subprocess.run([sys.executable, "-m", "cortex_neuron.cli", "models", "--url",
+                           "http://127.0.0.1:9"], capture_output=True, text=True)
+    assert gone.returncode == 1 and "http://127.0.0.1:9" in gone.stderr
