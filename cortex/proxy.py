@@ -270,9 +270,18 @@ class Proxy:
         for attempt in range(settings.retries + 1):
             tally.record.retries = attempt
             profile, loadable = gateway.resolve(model)
-            with gateway.waiting(model):
-                node = await gateway.place(profile, loadable=loadable, prefix_node=prefix_node,
-                                           exclude=frozenset(exclude), deadline=deadline)
+            try:
+                with gateway.waiting(model):
+                    node = await gateway.place(profile, loadable=loadable,
+                                               prefix_node=prefix_node,
+                                               exclude=frozenset(exclude), deadline=deadline)
+            except CortexError as exc:
+                if last is None:
+                    raise
+                # No other node for the retry: the client learns what actually failed,
+                # not that placement found nothing once the failed node was set aside.
+                log.info("%s: no node for a retry (%s)", model, exc.message)
+                raise last from exc
             tally.record.queue_seconds = time.monotonic() - tally.started
             hold = contextlib.ExitStack()
             try:

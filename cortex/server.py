@@ -52,7 +52,12 @@ async def _reachable(listen: str, timeout: float) -> bool:
 class _Drain:
     """Count the gateway's requests in flight and, once draining, refuse new ones with
     503 + Retry-After in the path's dialect, so a replica leaves a load balancer's pool
-    before it stops and no accepted stream is cut."""
+    before it stops and accepted streams get up to `drain_timeout` to finish.
+
+    Requests still in flight when `drain_timeout` runs out are cancelled, and each ends
+    visibly cut: a stream with its dialect's error event (and no `[DONE]` or
+    `message_stop`), a request whose response has not started with a 503, and any
+    other partial body with the connection closed before the body's end."""
 
     def __init__(self, app: Any, core: Any) -> None:
         self.app, self.core = app, core
@@ -60,6 +65,9 @@ class _Drain:
         self.deadline: float | None = None
         self._idle = asyncio.Event()
         self._idle.set()
+        # The task serving each request in flight, with what its response has sent.
+        self._flights: dict[asyncio.Task[Any], dict[str, Any]] = {}
+        self._cut: set[asyncio.Task[Any]] = set()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -68,20 +76,44 @@ class _Drain:
         if self.deadline is not None:
             await self._refuse(scope, receive, send)
             return
+        task = asyncio.current_task()
+        assert task is not None
+        response: dict[str, Any] = {}
+
+        async def sending(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                response["start"] = message
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                response["ended"] = True
+            await send(message)
+
+        self._flights[task] = response
         self.active += 1
         self._idle.clear()
         try:
-            await self.app(scope, receive, send)
+            try:
+                await self.app(scope, receive, sending)
+            except asyncio.CancelledError:
+                if task not in self._cut:
+                    raise
+            if task in self._cut:
+                if task.uncancel() > 0:  # cancelled from elsewhere as well
+                    raise asyncio.CancelledError
+                await self._end_cut(scope, receive, send, response)
         finally:
+            del self._flights[task]
+            self._cut.discard(task)
             self.active -= 1
             if self.active == 0:
                 self._idle.set()
 
-    async def _refuse(self, scope: Any, receive: Any, send: Any) -> None:
-        assert self.deadline is not None
-        left = self.deadline - asyncio.get_running_loop().time()
-        error = Unavailable("the gateway is shutting down: retry on another replica",
-                            retry_after=max(1.0, left))
+    async def _refuse(self, scope: Any, receive: Any, send: Any,
+                      error: Unavailable | None = None) -> None:
+        if error is None:
+            assert self.deadline is not None
+            left = self.deadline - asyncio.get_running_loop().time()
+            error = Unavailable("the gateway is shutting down: retry on another replica",
+                                retry_after=max(1.0, left))
         dialect = self.core.dialect_for(scope["path"])
         if dialect is not None:
             response = dialect.error_response(error)
@@ -92,14 +124,43 @@ class _Drain:
                                     headers=error.headers())
         await response(scope, receive, send)
 
+    async def _end_cut(self, scope: Any, receive: Any, send: Any,
+                       response: dict[str, Any]) -> None:
+        """End a request cancelled at `drain_timeout` so that its client sees it cut."""
+        error = Unavailable("the gateway shut down (drain_timeout) before this request "
+                            "finished: retry it on another replica", retry_after=1.0)
+        start = response.get("start")
+        if start is None:
+            await self._refuse(scope, receive, send, error)
+            return
+        if response.get("ended"):
+            return
+        content_type = next((value for name, value in start.get("headers", ())
+                             if name.lower() == b"content-type"), b"")
+        if start["status"] != 200 or not content_type.startswith(b"text/event-stream"):
+            return  # hypercorn closes the connection mid-body: the client sees it cut
+        from cortex.dialect import Call, Dialect
+
+        dialect = self.core.dialect_for(scope["path"]) or Dialect()
+        frame = dialect.stream_error(error, Call(path=scope["path"], model="", body=b""))
+        await send({"type": "http.response.body", "body": frame, "more_body": False})
+
     async def drain(self, timeout: float) -> None:
-        """Refuse new requests, then wait up to `timeout` for those in flight."""
+        """Refuse new requests, then wait up to `timeout` for those in flight; cut those
+        still running then (see the class), allowing them a second to say so."""
         self.deadline = asyncio.get_running_loop().time() + timeout
         log.info("draining: %d requests in flight, up to %.0fs", self.active, timeout)
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
         except TimeoutError:
             log.warning("drain_timeout: %d requests still in flight are cut", self.active)
+            for task in self._flights:
+                self._cut.add(task)
+                task.cancel()
+            try:
+                await asyncio.wait_for(self._idle.wait(), 1.0)
+            except TimeoutError:
+                log.warning("%d cut requests did not end within a second", self.active)
 
 
 async def _reload(gateway: Any) -> None:

@@ -22,6 +22,7 @@ from cortex import ModelProfile
 
 from .gateway_support import RunningGateway, profile, running_gateway, wait_until
 from .netns import GatewayProcess, Network, NsNeuron, as_toml, unavailable
+from .serve_support import ServedGateway, nodes_up, synthetic_neuron
 
 pytestmark = [pytest.mark.anyio]
 
@@ -323,3 +324,94 @@ async def test_sigterm_drains_fifty_streams_refuses_new_requests_and_exits_in_ti
     assert time.monotonic() - signalled < drain_timeout + 5
     assert code == 0, gw.log()[-3000:]
     assert "draining: " in gw.log()
+
+
+async def _cut_stream(client: httpx.AsyncClient, path: str, body: dict[str, Any],
+                      started: asyncio.Event) -> tuple[int, list[str], str | None]:
+    """One stream read until the gateway ends it: its status, its SSE lines, and the
+    transport error that ended it (None when the response ended as HTTP allows)."""
+    lines: list[str] = []
+    status = 0
+    try:
+        async with client.stream("POST", path, json=body,
+                                 headers={"anthropic-version": "2023-06-01"}) as reply:
+            status = reply.status_code
+            async for line in reply.aiter_lines():
+                lines.append(line)
+                if line.startswith("data: {"):
+                    started.set()
+    except httpx.TransportError as exc:
+        return status, lines, type(exc).__name__
+    return status, lines, None
+
+
+async def test_sigterm_past_drain_timeout_cuts_open_streams_with_an_error_event(
+        tmp_path: Path) -> None:
+    """Requests that outlive `drain_timeout` are cut, and visibly so: each stream ends
+    with an error event in its client's dialect, never a `[DONE]`, a finish_reason or a
+    `message_stop`, and a whole answer not yet begun is a 503. Loopback neuron and
+    gateway processes: no namespaces needed."""
+    slow = {"id": "slow", "source": "synthetic:rate=2,tokens=400", "harness": "synthetic",
+            "n_ctx": 4096, "slots": 8}  # 200-second streams
+    drain_timeout = 2.0
+    neuron = synthetic_neuron(tmp_path, name="n1")
+    gw = ServedGateway(tmp_path, [{"name": "n1", "endpoint": neuron.url}], profiles=[slow],
+                       gateway={"drain_timeout": drain_timeout})
+    try:
+        await asyncio.to_thread(gw.wait, nodes_up(1), "the neuron is up")
+        chat = {**CHAT, "model": "slow", "max_tokens": 400}
+        requests = [("/v1/chat/completions", chat)] * 3 + [
+            ("/v1/completions", {"model": "slow", "prompt": "go", "max_tokens": 400,
+                                 "stream": True}),
+            ("/v1/messages", {"model": "slow", "max_tokens": 400, "stream": True,
+                              "messages": [{"role": "user", "content": "go"}]})]
+        async with httpx.AsyncClient(base_url=gw.url, timeout=60) as client:
+            firsts = [asyncio.Event() for _ in requests]
+            streams = [asyncio.ensure_future(_cut_stream(client, path, body, first))
+                       for (path, body), first in zip(requests, firsts, strict=True)]
+            await asyncio.wait_for(asyncio.gather(*(e.wait() for e in firsts)), 60)
+            whole = asyncio.ensure_future(client.post("/v1/chat/completions", json={
+                **chat, "stream": False}))
+
+            async def all_in_flight() -> bool:
+                fleet = (await client.get("/admin/fleet")).json()
+                return bool(fleet["nodes"][0]["in_flight"].get("slow") == len(requests) + 1)
+
+            await wait_until(all_in_flight, timeout=30, what="every request is in flight")
+            os.kill(gw.proc.pid, signal.SIGTERM)
+            async with httpx.AsyncClient(base_url=gw.url, timeout=10) as fresh:
+                async def refusing() -> bool:
+                    return (await fresh.get("/health")).status_code == 503
+
+                await wait_until(refusing, timeout=10, what="the gateway refuses new requests")
+                refused = await fresh.post("/v1/chat/completions", json={**chat, "max_tokens": 3})
+                assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
+                assert outcome(refused.status_code, refused.text, 3) == "error"
+            # Bounded, not timed: the drain, hypercorn's own grace, and slack for a slow host.
+            results = await asyncio.wait_for(asyncio.gather(*streams), drain_timeout + 60)
+            cut = await asyncio.wait_for(whole, drain_timeout + 60)
+        code = await asyncio.to_thread(gw.proc.wait, drain_timeout + 60)
+        assert code == 0, gw.log()[-3000:]
+        assert f"{len(requests) + 1} requests still in flight are cut" in gw.log(), gw.log()
+        assert "Traceback" not in gw.log(), gw.log()
+        # A whole answer not yet begun: a 503 the client may retry elsewhere.
+        assert cut.status_code == 503 and int(cut.headers["retry-after"]) >= 1, cut.text
+        assert "drain_timeout" in cut.json()["error"]["message"], cut.text
+        for (path, _), (status, lines, transport) in zip(requests, results, strict=True):
+            assert status == 200 and transport is None, (path, transport, lines)
+            data = [line[6:] for line in lines if line.startswith("data: ")]
+            assert "[DONE]" not in data, (path, lines)
+            frames = [json.loads(d) for d in data]
+            assert frames[:-1] and all("error" not in f for f in frames[:-1]), (path, lines)
+            last = frames[-1]
+            if path == "/v1/messages":  # Anthropic: an `error` event, no message_stop
+                assert lines[-3:] == ["event: error", f"data: {data[-1]}", ""], lines
+                assert last["type"] == "error" and "drain_timeout" in last["error"]["message"]
+                assert all(f["type"] != "message_stop" for f in frames), lines
+            else:  # OpenAI: an error frame, no finish_reason
+                assert "drain_timeout" in last["error"]["message"], lines
+                assert not any(c.get("finish_reason") for f in frames[:-1]
+                               for c in f["choices"]), lines
+    finally:
+        gw.stop()
+        neuron.stop()

@@ -12,6 +12,8 @@ import httpx
 import msgspec
 import pytest
 
+from cortex import ModelProfile
+
 from .conftest import NeuronProcess
 from .gateway_support import (
     neuron_models,
@@ -120,5 +122,89 @@ async def test_a_model_unloaded_behind_the_gateways_back_is_loaded_again(
             assert reply.status_code == 200, reply.text
             assert reply.json()["usage"]["completion_tokens"] == 3
             assert "s" in await neuron_models(lone)
+    finally:
+        lone.stop()
+
+
+def _lone_synthetic(spec: str) -> ModelProfile:
+    return msgspec.structs.replace(profile("s", neurons=["lone"]), harness="synthetic",
+                                   source=f"synthetic:{spec}")
+
+
+async def test_a_lone_neuron_killed_before_the_first_byte_gives_the_client_that_error(
+        tmp_path: Path) -> None:
+    # One node and nowhere to retry: the client hears that the neuron did not answer
+    # (502), not a generic "no node can serve" from the placement of the retry.
+    lone = NeuronProcess({"name": "lone"}, tmp_path)
+    try:
+        lone.wait_ready()
+        async with running_gateway([("lone", lone)], [_lone_synthetic("rate=0,tokens=3")],
+                                   poll_interval=30) as gw:
+            assert (await gw.client.post("/admin/models/s/load")).status_code == 200
+            kill(lone)
+            reply = await gw.client.post("/v1/chat/completions", json={
+                "model": "s", "messages": [{"role": "user", "content": "Hi"}]})
+            assert reply.status_code == 502, reply.text
+            error = reply.json()["error"]
+            assert error["code"] == "upstream_unreachable", error
+            assert "`lone`" in error["message"] and "did not answer" in error["message"]
+            assert gw.recorder.records[-1].status == 502
+            assert gw.recorder.records[-1].retries == 1
+    finally:
+        lone.stop()
+
+
+@pytest.mark.parametrize("dialect", ["openai", "anthropic"])
+async def test_a_lone_neuron_answering_503_before_the_first_byte_gives_the_client_its_error(
+        tmp_path: Path, dialect: str) -> None:
+    # A neuron unloading the model (waiting for a stream to end) answers new requests
+    # for it with 503 `model is unloading`; with no other node the client gets that 503
+    # and its reason, in its own dialect. (The 503 makes the gateway re-poll the node,
+    # so only the first request after the unload began finds its view stale.)
+    lone = NeuronProcess({"name": "lone"}, tmp_path)
+    try:
+        lone.wait_ready()
+        async with running_gateway([("lone", lone)], [_lone_synthetic("rate=2,tokens=400")],
+                                   poll_interval=30) as gw, \
+                httpx.AsyncClient(base_url=lone.url, timeout=60) as direct:
+            assert (await gw.client.post("/admin/models/s/load")).status_code == 200
+            started = asyncio.Event()
+
+            async def hold() -> None:  # keeps the model busy, so its unload waits
+                async with direct.stream("POST", "/v1/completions", json={
+                        "model": "s", "prompt": "go", "max_tokens": 400,
+                        "stream": True}) as reply:
+                    async for line in reply.aiter_lines():
+                        if line.startswith("data: "):
+                            started.set()
+
+            holding = asyncio.ensure_future(hold())
+            unloading = asyncio.ensure_future(direct.post("/models/unload",
+                                                          json={"model": "s"}))
+            try:
+                await asyncio.wait_for(started.wait(), 30)
+
+                async def is_unloading() -> bool:
+                    return bool((await neuron_models(lone))["s"]["state"] == "unloading")
+
+                await wait_until(is_unloading, timeout=30, what="the neuron is unloading s")
+                messages = [{"role": "user", "content": "Hi"}]
+                if dialect == "openai":
+                    reply = await gw.client.post("/v1/chat/completions", json={
+                        "model": "s", "messages": messages})
+                    assert reply.status_code == 503, reply.text
+                    assert reply.json()["error"]["code"] == "unavailable", reply.text
+                else:
+                    reply = await gw.client.post("/v1/messages", json={
+                        "model": "s", "max_tokens": 3, "messages": messages},
+                        headers={"anthropic-version": "2023-06-01"})
+                    assert reply.status_code == 529, reply.text
+                    assert reply.json()["error"]["type"] == "overloaded_error", reply.text
+                assert reply.json()["error"]["message"] == "model `s` is unloading", reply.text
+                assert gw.recorder.records[-1].retries == 1
+            finally:
+                holding.cancel()
+                unloading.cancel()
+                await asyncio.gather(holding, unloading, return_exceptions=True)
     finally:
         lone.stop()
