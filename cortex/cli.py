@@ -24,6 +24,7 @@ from cortex.config import (
 )
 from cortex.errors import ConfigError
 from cortex.jsonhttp import HttpFailure, call_json
+from cortex.loops import LOOPS
 from cortex.status import gib, table
 from cortex.validate import validate
 
@@ -71,7 +72,9 @@ def embedded_config(listen: str | None, neuron_listen: str
 @click.option("--listen", help="host:port for the API (overrides [gateway] listen)")
 @click.option("--neuron-listen", default=EMBEDDED_NEURON, show_default=True,
               help="embedded mode only: where the in-process neuron listens")
-def serve(config_path: str | None, listen: str | None, neuron_listen: str) -> None:
+@click.option("--loop", type=click.Choice(LOOPS), default="auto", show_default=True,
+              help="event loop: uvloop when installed (auto), or force one")
+def serve(config_path: str | None, listen: str | None, neuron_listen: str, loop: str) -> None:
     """Serve the OpenAI API for the fleet (default 0.0.0.0:31313)."""
     from cortex.gateway import create_app
     from cortex.plugins import build_plugin_manager
@@ -107,7 +110,7 @@ def serve(config_path: str | None, listen: str | None, neuron_listen: str) -> No
             return fresh, fresh_profiles
 
     app = create_app(config, build_plugin_manager(), profiles=profiles, reloader=reloader)
-    run(Served(app, config.gateway.listen, name="gateway"), before=before)
+    run(Served(app, config.gateway.listen, name="gateway"), before=before, loop=loop)
 
 
 # --- talking to a running gateway ---------------------------------------------------------

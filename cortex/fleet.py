@@ -64,6 +64,13 @@ class _Node:
         self.task: asyncio.Task[None] | None = None
 
 
+def _active(node: _Node, model: ModelStatus) -> int:
+    """Requests on the model: this gateway's own now, plus what the neuron last counted
+    beyond them (other gateways' requests)."""
+    others = max(0, model.in_flight + model.queued - node.active_at_poll[model.id])
+    return others + node.active[model.id]
+
+
 class Fleet:
     def __init__(self, settings: GatewaySection, hook: Any) -> None:
         self.settings = settings
@@ -355,12 +362,21 @@ class Fleet:
         return FleetSnapshot(nodes=tuple(self._view(node, profiles, now)
                                          for node in self._nodes.values()))
 
+    def backlog(self, model_id: str) -> int:
+        """Requests beyond the slots of the model's ready replicas, as a snapshot would
+        count them; admission asks on every request, so without building one."""
+        total = 0
+        for node in self._nodes.values():
+            model = node.models.get(model_id)
+            if model is not None and model.state == "ready" and model_id not in node.unloading:
+                total += max(0, _active(node, model) - model.slots)
+        return total
+
     def _view(self, node: _Node, profiles: ProfileIndex, now: float) -> NodeView:
         views: list[ModelView] = []
         for model in node.models.values():
             profile = profiles.get(model.id)
-            others = max(0, model.in_flight + model.queued - node.active_at_poll[model.id])
-            active = others + node.active[model.id]
+            active = _active(node, model)
             state = "unloading" if model.id in node.unloading else model.state
             views.append(ModelView(
                 id=model.id, state=state, n_ctx=model.n_ctx, slots=model.slots,

@@ -186,9 +186,7 @@ class Gateway:
 
     def admit(self, profile: ModelProfile) -> None:
         """Refuse a request (429) when too many already wait for this model."""
-        backlog = sum(m.backlog for _, m in self.snapshot().placements_of(profile.id)
-                      if m.ready)
-        queued = self._waiting[profile.id] + backlog
+        queued = self._waiting[profile.id] + self.fleet.backlog(profile.id)
         limit = self.settings.queue_limit
         if queued >= limit:
             job = self.loader.job(profile.id)

@@ -63,6 +63,14 @@ def _stream_usage(chunk: bytes) -> Usage | None:
     return found
 
 
+def _seconds(header: str | None) -> float:
+    """A Retry-After in seconds (1 when absent or not a number of seconds)."""
+    try:
+        return max(1.0, float(header)) if header else 1.0
+    except ValueError:
+        return 1.0
+
+
 def _rename(body: bytes, model: str) -> bytes:
     """Swap an alias for the profile id the neuron knows (only when an alias was used)."""
     decoded = msgspec.json.decode(body)
@@ -322,6 +330,9 @@ class Proxy:
             if response.status != 200:
                 raw = await response.read()
                 error = upstream_error(response.status, raw)
+                if response.status == 503 and error.retry_after is None:
+                    # Passed on as is when no other node can take the retry.
+                    error.retry_after = _seconds(response.headers.get("retry-after"))
                 if response.status == 401:  # our secret, not the client's key: a 502
                     error = refused(node, response.status, raw)
                     fleet.report_failure(node, error)

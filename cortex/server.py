@@ -15,6 +15,7 @@ from typing import Any
 
 from cortex.config import split_listen
 from cortex.errors import CortexError, Unavailable
+from cortex.loops import run, settle_heap
 from cortex.metrics import metrics_app
 
 __all__ = ["Served", "serve"]
@@ -239,6 +240,7 @@ async def _optional(serving: Awaitable[None], served: Served) -> None:
         log.error("%s not served on %s: %s", served.name, served.listen, exc)
 
 
-def serve(gateway: Served, *, before: Sequence[Served] = ()) -> None:
+def serve(gateway: Served, *, before: Sequence[Served] = (), loop: str = "auto") -> None:
     """Run `before` (each once it accepts connections), then the gateway, until a signal."""
-    asyncio.run(_serve(gateway, before))
+    settle_heap()
+    run(_serve(gateway, before), loop)

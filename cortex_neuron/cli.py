@@ -19,11 +19,13 @@ from cortex.config import split_listen
 from cortex.defaults import BUNDLED_GEMMA
 from cortex.errors import ConfigError
 from cortex.jsonhttp import HttpFailure, call_json
+from cortex.loops import LOOPS, settle_heap
+from cortex.loops import run as run_loop
 
 __all__ = ["main", "serve_app"]
 
 
-def serve_app(app: Any, listen: str) -> None:
+def serve_app(app: Any, listen: str, loop: str = "auto") -> None:
     """Run an ASGI app under hypercorn until SIGINT or SIGTERM."""
     from hypercorn.asyncio import serve
     from hypercorn.config import Config
@@ -36,12 +38,13 @@ def serve_app(app: Any, listen: str) -> None:
 
     async def run() -> None:
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
+        running = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            running.add_signal_handler(sig, stop.set)
         await serve(app, hyper, shutdown_trigger=stop.wait)
 
-    asyncio.run(run())
+    settle_heap()
+    run_loop(run(), loop)
 
 
 def _load_config(path: str | None) -> NeuronConfig:
@@ -66,7 +69,9 @@ def main(log_level: str) -> None:
               help="neuron.toml (every key has a default)")
 @click.option("--listen", help="host:port, overrides the config (default 0.0.0.0:13131)")
 @click.option("--bundled", is_flag=True, help="load the bundled Gemma 3 270M model at start")
-def serve(config_path: str | None, listen: str | None, bundled: bool) -> None:
+@click.option("--loop", type=click.Choice(LOOPS), default="auto", show_default=True,
+              help="event loop: uvloop when installed (auto), or force one")
+def serve(config_path: str | None, listen: str | None, bundled: bool, loop: str) -> None:
     """Serve the lifecycle and inference API."""
     from cortex_neuron.app import create_app
 
@@ -75,7 +80,7 @@ def serve(config_path: str | None, listen: str | None, bundled: bool) -> None:
         config = msgspec.structs.replace(config, listen=listen)
     if bundled and all(p.id != BUNDLED_GEMMA.id for p in config.preload):
         config = msgspec.structs.replace(config, preload=[*config.preload, BUNDLED_GEMMA])
-    serve_app(create_app(config, Plugins(build_plugin_manager())), config.listen)
+    serve_app(create_app(config, Plugins(build_plugin_manager())), config.listen, loop)
 
 
 @main.command()

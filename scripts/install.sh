@@ -9,14 +9,7 @@ extras="${1:-neuron}"
 need=""
 python3 -c 'import ensurepip, venv' 2>/dev/null || need="$need python3-venv"
 command -v c++ >/dev/null 2>&1 || need="$need build-essential"
-if [ -n "$need" ]; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $need
-    else
-        echo "install.sh: please install:$need" >&2
-        exit 1
-    fi
-fi
+[ -z "$need" ] || sh scripts/debian_packages.sh install.sh $need
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip

@@ -1,7 +1,8 @@
 """The llama.cpp harness: GGUF models run in-process through llama-cpp-python.
 
-llama_cpp is imported lazily, so a gateway-only install (no `neuron` extra) can still
-load this plugin module.
+llama_cpp, and the engine with its numpy, are imported lazily, so a gateway-only install
+(no `neuron` extra) can still load this plugin module, and a gateway does not carry
+them in memory.
 """
 
 from __future__ import annotations
@@ -9,14 +10,16 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cortex import Harness, MemoryEstimate, ModelProfile, ResolvedModel, hookimpl
 from cortex.errors import InvalidRequest
 
-from .engine import LlamaEngine
 from .gguf import estimate_memory, kv_bytes_per_token, read_metadata
 from .render import BuiltinRenderer, JinjaRenderer, Renderer
+
+if TYPE_CHECKING:
+    from .engine import LlamaEngine
 
 __all__ = ["LlamaCppHarness", "physical_cores"]
 
@@ -129,6 +132,8 @@ class LlamaCppHarness(Harness):
         measured = int(llama_cpp.llama_model_size(llama_model.model)) + \
             ctx.n_ctx() * kv_bytes_per_token(meta)
         progress(1.0)
+        from .engine import LlamaEngine
+
         return LlamaEngine(model=llama_model, ctx=ctx, model_id=profile.id, slots=slots,
                            n_ctx=ctx.n_ctx() // slots, n_batch=n_batch,
                            prefill_chunk=self.options.prefill_chunk, renderer=renderer,
