@@ -13,7 +13,17 @@ from typing import TypeVar
 
 from starlette.requests import Request
 
-__all__ = ["unless_disconnected"]
+__all__ = ["CUT", "cancelled_status", "unless_disconnected"]
+
+#: Set in a request's ASGI `scope["state"]` by the server when it cancels the request
+#: itself (drain_timeout ran out), so the cancellation is not taken for the client's.
+CUT = "cortex.cut"
+
+
+def cancelled_status(state: dict[str, object]) -> int:
+    """The status a cancelled request is recorded with: 503 when the server cut it, else
+    499 (the client went away), after nginx's convention."""
+    return 503 if state.get(CUT) else 499
 
 T = TypeVar("T")
 

@@ -22,7 +22,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from cortex.client import refused, upstream_error
-from cortex.disconnects import unless_disconnected
+from cortex.disconnects import cancelled_status, unless_disconnected
 from cortex.errors import CortexError, Unavailable, Unreachable
 from cortex.limits import clamp_max_tokens
 from cortex.records import RequestRecord
@@ -118,8 +118,10 @@ class _Relay(StreamingResponse):
 class _Tally:
     """What request_finished will report about one request."""
 
-    def __init__(self, call: Call, dialect: Dialect, request_id: str) -> None:
+    def __init__(self, call: Call, dialect: Dialect, request_id: str,
+                 state: dict[str, object]) -> None:
         self.started = time.monotonic()
+        self.state = state  # the request's ASGI state: says whether a cancel was a cut
         self.record = RequestRecord(request_id=request_id, model=call.model, node=None,
                                     dialect=dialect.name, status=200, stream=call.stream)
 
@@ -150,7 +152,8 @@ class Proxy:
 
     async def forward(self, call: Call, request: Request, dialect: Dialect) -> Response:
         gateway = self.gateway
-        tally = _Tally(call, dialect, getattr(request.state, "request_id", ""))
+        tally = _Tally(call, dialect, getattr(request.state, "request_id", ""),
+                       request.scope.setdefault("state", {}))
         try:
             profile, _ = gateway.resolve(call.model)
             tally.record.model = profile.id
@@ -204,7 +207,7 @@ class Proxy:
             self._finish(tally, exc.status)
             return dialect.error_response(exc)
         except asyncio.CancelledError:
-            self._finish(tally, 499)
+            self._finish(tally, cancelled_status(tally.state))
             raise
         try:
             tally.opened(opened)
@@ -242,7 +245,7 @@ class Proxy:
                             exc.message)
                 yield dialect.stream_error(exc, call)
         except asyncio.CancelledError:
-            status = 499
+            status = cancelled_status(tally.state)
             raise
         finally:
             self._finish(tally, status)

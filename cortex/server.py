@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from cortex.config import split_listen
+from cortex.disconnects import CUT
 from cortex.errors import CortexError, Unavailable
 from cortex.loops import run, settle_heap
 from cortex.metrics import metrics_app
@@ -69,6 +70,7 @@ class _Drain:
         # The task serving each request in flight, with what its response has sent.
         self._flights: dict[asyncio.Task[Any], dict[str, Any]] = {}
         self._cut: set[asyncio.Task[Any]] = set()
+        self._states: dict[asyncio.Task[Any], dict[str, Any]] = {}
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -80,6 +82,7 @@ class _Drain:
         task = asyncio.current_task()
         assert task is not None
         response: dict[str, Any] = {}
+        self._states[task] = scope.setdefault("state", {})
 
         async def sending(message: Any) -> None:
             if message["type"] == "http.response.start":
@@ -103,6 +106,7 @@ class _Drain:
                 await self._end_cut(scope, receive, send, response)
         finally:
             del self._flights[task]
+            del self._states[task]
             self._cut.discard(task)
             self.active -= 1
             if self.active == 0:
@@ -157,6 +161,7 @@ class _Drain:
             log.warning("drain_timeout: %d requests still in flight are cut", self.active)
             for task in self._flights:
                 self._cut.add(task)
+                self._states[task][CUT] = True  # recorded as 503, not the client's 499
                 task.cancel()
             try:
                 await asyncio.wait_for(self._idle.wait(), 1.0)

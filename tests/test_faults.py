@@ -394,6 +394,11 @@ async def test_sigterm_past_drain_timeout_cuts_open_streams_with_an_error_event(
         assert code == 0, gw.log()[-3000:]
         assert f"{len(requests) + 1} requests still in flight are cut" in gw.log(), gw.log()
         assert "Traceback" not in gw.log(), gw.log()
+        # The request log (and so the metrics) record the cuts as the gateway's 503s,
+        # not as clients that went away (499).
+        finished = [line for line in gw.log().splitlines() if "model=slow" in line]
+        assert sum("status=503" in line for line in finished) == len(requests) + 1, finished
+        assert not any("status=499" in line for line in finished), finished
         # A whole answer not yet begun: a 503 the client may retry elsewhere.
         assert cut.status_code == 503 and int(cut.headers["retry-after"]) >= 1, cut.text
         assert "drain_timeout" in cut.json()["error"]["message"], cut.text
