@@ -7,7 +7,8 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -174,3 +175,34 @@ def sse_data(lines: Iterable[str]) -> list[Any]:
             data = line[6:]
             out.append(data if data == "[DONE]" else json.loads(data))
     return out
+
+
+@contextlib.contextmanager
+def neuron_fleet(tmp: Path, cache_dir: Path, names: Iterable[str]
+                 ) -> Iterator[dict[str, NeuronProcess]]:
+    """Real neurons on loopback, one per name, stopped on the way out."""
+    started = {name: NeuronProcess({"name": name, "cache_dir": str(cache_dir)}, tmp)
+               for name in names}
+    try:
+        for neuron in started.values():
+            neuron.wait_ready()
+        yield started
+    finally:
+        for neuron in started.values():
+            neuron.stop()
+
+
+@contextlib.contextmanager
+def roomy_and_tight(tmp: Path, cache_dir: Path, copies: float
+                    ) -> Iterator[dict[str, NeuronProcess]]:
+    """Neuron `a` with room to spare, and `b` whose budget holds `copies` times the
+    bundled Gemma's estimate (so eviction has work to do there)."""
+    with neuron_fleet(tmp, cache_dir, ["a"]) as fleet:
+        budget = int(estimate(fleet["a"], profile("probe")) * copies)
+        b = NeuronProcess({"name": "b", "cache_dir": str(cache_dir), "memory_budget": budget},
+                          tmp)
+        try:
+            b.wait_ready()
+            yield {**fleet, "b": b}
+        finally:
+            b.stop()

@@ -16,6 +16,7 @@ from cortex import ModelProfile
 
 from .conftest import NeuronProcess
 from .gateway_support import (
+    neuron_fleet,
     neuron_models,
     profile,
     running_gateway,
@@ -30,16 +31,9 @@ pytestmark = [pytest.mark.model, pytest.mark.anyio]
 @pytest.fixture(scope="module")
 def neurons(tmp_path_factory: pytest.TempPathFactory, gemma_path: Path,
             cache_dir: Path) -> Iterator[dict[str, NeuronProcess]]:
-    tmp = tmp_path_factory.mktemp("gateway-failover")
-    started = {name: NeuronProcess({"name": name, "cache_dir": str(cache_dir)}, tmp)
-               for name in ("doomed", "fragile", "steady")}
-    try:
-        for neuron in started.values():
-            neuron.wait_ready()
+    with neuron_fleet(tmp_path_factory.mktemp("gateway-failover"), cache_dir,
+                      ("doomed", "fragile", "steady")) as started:
         yield started
-    finally:
-        for neuron in started.values():
-            neuron.stop()
 
 
 def kill(neuron: NeuronProcess) -> None:

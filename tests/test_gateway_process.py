@@ -19,7 +19,7 @@ import msgspec
 import pytest
 
 from .conftest import ROOT, NeuronProcess, free_port
-from .gateway_support import GEMMA
+from .gateway_support import GEMMA, neuron_fleet
 
 pytestmark = pytest.mark.model
 
@@ -91,16 +91,9 @@ def test_embedded_default_ends_with_a_working_openai_endpoint(
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory, gemma_path: Path,
          cache_dir: Path) -> Iterator[dict[str, NeuronProcess]]:
-    tmp = tmp_path_factory.mktemp("gateway-process")
-    started = {name: NeuronProcess({"name": name, "cache_dir": str(cache_dir)}, tmp)
-               for name in ("one", "two")}
-    try:
-        for neuron in started.values():
-            neuron.wait_ready()
+    with neuron_fleet(tmp_path_factory.mktemp("gateway-process"), cache_dir,
+                      ("one", "two")) as started:
         yield started
-    finally:
-        for neuron in started.values():
-            neuron.stop()
 
 
 def write_config(where: Path, neurons: dict[str, NeuronProcess]) -> None:

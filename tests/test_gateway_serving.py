@@ -19,10 +19,10 @@ from .conftest import NeuronProcess
 from .gateway_support import (
     RunningGateway,
     complete,
-    estimate,
     neuron_models,
     profile,
     reset,
+    roomy_and_tight,
     running_gateway,
     sse_data,
     sse_lines,
@@ -35,20 +35,8 @@ pytestmark = [pytest.mark.model, pytest.mark.anyio]
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory, gemma_path: Path,
           cache_dir: Path) -> Iterator[dict[str, NeuronProcess]]:
-    tmp = tmp_path_factory.mktemp("gateway-serving")
-    a = NeuronProcess({"name": "a", "cache_dir": str(cache_dir)}, tmp)
-    started = [a]
-    try:
-        a.wait_ready()
-        budget = int(estimate(a, profile("probe")) * 2.5)
-        b = NeuronProcess({"name": "b", "cache_dir": str(cache_dir), "memory_budget": budget},
-                          tmp)
-        started.append(b)
-        b.wait_ready()
-        yield {"a": a, "b": b}
-    finally:
-        for neuron in started:
-            neuron.stop()
+    with roomy_and_tight(tmp_path_factory.mktemp("gateway-serving"), cache_dir, 2.5) as started:
+        yield started
 
 
 @pytest.fixture(autouse=True)

@@ -26,9 +26,9 @@ from .conftest import ROOT, NeuronProcess
 from .gateway_support import (
     RunningGateway,
     complete,
-    estimate,
     profile,
     reset,
+    roomy_and_tight,
     running_gateway,
     sse_data,
     sse_lines,
@@ -78,20 +78,8 @@ class Billing:
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory, gemma_path: Path,
           cache_dir: Path) -> Iterator[dict[str, NeuronProcess]]:
-    tmp = tmp_path_factory.mktemp("metrics")
-    a = NeuronProcess({"name": "a", "cache_dir": str(cache_dir)}, tmp)
-    started = [a]
-    try:
-        a.wait_ready()
-        budget = int(estimate(a, profile("probe")) * 1.5)
-        b = NeuronProcess({"name": "b", "cache_dir": str(cache_dir), "memory_budget": budget},
-                          tmp)
-        started.append(b)
-        b.wait_ready()
-        yield {"a": a, "b": b}
-    finally:
-        for neuron in started:
-            neuron.stop()
+    with roomy_and_tight(tmp_path_factory.mktemp("metrics"), cache_dir, 1.5) as started:
+        yield started
 
 
 @pytest.fixture
