@@ -1,5 +1,5 @@
 """Network namespaces for multi-host tests: each neuron on its own address, behind its own
-link, so a test can cut, delay or drop one node's traffic with `ip` and `tc`.
+link, so a test can cut, delay or drop one node's traffic with `ip`, `tc` and `iptables`.
 
 Layout: a bridge in the root namespace holds 10.231.S.1/24 (S is the first /24 of
 10.231.0.0/16 that nothing on this machine routes or owns); each `Host` is a namespace
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import shutil
 import subprocess
 import sys
@@ -66,6 +67,7 @@ class Host:
 
     def __init__(self, network: Network, name: str, index: int) -> None:
         self.network, self.name = network, name
+        self.netem: subprocess.Popen[bytes] | None = None
         self.ns = f"cortex-{network.subnet}-{index}-{os.getpid()}"
         self.port = f"cx{network.subnet}p{index}"
         self.addr = f"10.231.{network.subnet}.{index + 2}"
@@ -81,21 +83,56 @@ class Host:
         ip("link", "set", self.port, state)
 
     def impair(self) -> str:
-        """300 ms delay and 5% loss both ways (netem); where the kernel has no netem,
-        a 256 kbit/s token bucket that queues up to 300 ms and drops beyond it (tbf).
-        Returns which was applied."""
-        for qdisc in (["netem", "delay", "300ms", "loss", "5%"],
-                      ["tbf", "rate", "256kbit", "burst", "4kb", "latency", "300ms"]):
-            try:
-                subprocess.run(["tc", "qdisc", "replace", "dev", self.port, "root", *qdisc],
-                               check=True, capture_output=True, timeout=30)
-            except subprocess.CalledProcessError:
-                continue
-            subprocess.run(["ip", "netns", "exec", self.ns, "tc", "qdisc", "replace", "dev",
-                            "eth0", "root", *qdisc], check=True, capture_output=True,
-                           timeout=30)
-            return " ".join(qdisc)
-        raise RuntimeError("neither netem nor tbf qdiscs are available")
+        """300 ms delay and 5% loss each way on this host's link. Returns what applied:
+        `tc netem`; where the kernel has no netem, the same per packet from userspace
+        (iptables NFQUEUE and tests/netem.py); without iptables either, a 256 kbit/s
+        token bucket that queues up to 300 ms and drops beyond it (`tc tbf`)."""
+        netem = ["netem", "delay", "300ms", "loss", "5%"]
+        if self._qdisc(netem):
+            return "tc qdisc " + " ".join(netem)
+        if shutil.which("iptables"):
+            return self._queue(delay=0.3, loss=0.05)
+        tbf = ["tbf", "rate", "256kbit", "burst", "4kb", "latency", "300ms"]
+        if self._qdisc(tbf):
+            return "tc qdisc " + " ".join(tbf)
+        raise RuntimeError("neither netem, iptables nor tbf is available")
+
+    def lift(self) -> dict[str, int]:
+        """Stop tests/netem.py; its counts: {"queued": packets seen, "dropped": of them}."""
+        assert self.netem is not None, "impair() did not start tests/netem.py"
+        self.netem.terminate()
+        out, _ = self.netem.communicate(timeout=30)
+        self.netem = None
+        counts: dict[str, int] = msgspec.json.decode(out.splitlines()[-1])
+        return counts
+
+    def _qdisc(self, qdisc: list[str]) -> bool:
+        """Put `qdisc` on both ends of the link; False when this kernel lacks it."""
+        try:
+            subprocess.run(["tc", "qdisc", "replace", "dev", self.port, "root", *qdisc],
+                           check=True, capture_output=True, timeout=30)
+        except subprocess.CalledProcessError:
+            return False
+        subprocess.run(["ip", "netns", "exec", self.ns, "tc", "qdisc", "replace", "dev",
+                        "eth0", "root", *qdisc], check=True, capture_output=True, timeout=30)
+        return True
+
+    def _queue(self, delay: float, loss: float) -> str:
+        """Queue every packet in and out of eth0 to tests/netem.py in this namespace."""
+        netem = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns, sys.executable, str(ROOT / "tests" / "netem.py"),
+             "0", str(delay), str(loss)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.netem = netem
+        ready, _, _ = select.select([netem.stdout], [], [], 30)
+        if not ready or netem.stdout is None or netem.stdout.readline() != b"ready\n":
+            netem.kill()
+            _, err = netem.communicate(timeout=30)
+            raise RuntimeError(f"tests/netem.py did not start: {err.decode().strip()}")
+        for chain, way in (("INPUT", "-i"), ("OUTPUT", "-o")):
+            subprocess.run(["ip", "netns", "exec", self.ns, "iptables", "-A", chain, way,
+                            "eth0", "-j", "NFQUEUE", "--queue-num", "0"],
+                           check=True, capture_output=True, timeout=30)
+        return f"iptables NFQUEUE + tests/netem.py: delay {delay * 1000:.0f}ms loss {loss:.0%}"
 
     def close(self) -> None:
         with contextlib.suppress(RuntimeError):
@@ -107,6 +144,8 @@ class Host:
             ip("netns", "del", self.ns)  # takes eth0 and so its peer with it
         with contextlib.suppress(RuntimeError):
             ip("link", "del", self.port)
+        if self.netem is not None:  # killed with the namespace's other processes above
+            self.netem.communicate(timeout=30)
 
 
 class Network:

@@ -209,6 +209,13 @@ async def test_a_slow_lossy_link_still_completes_and_least_loaded_prefers_the_he
         assert served["healthy"] + served["slow"] == 72
         # least-loaded keeps in-flight work level, so the faster node finishes more of it.
         assert served["healthy"] > 1.5 * served["slow"], (served, applied)
+        if "delay" in applied:  # netem or its userspace stand-in: 300 ms each way
+            first = {node: min(r.ttft_seconds or 0 for r in gw.recorder.records
+                               if r.node == node) for node in ("healthy", "slow")}
+            assert first["slow"] >= 0.6 > first["healthy"] * 4, (first, applied)
+        if applied.startswith("iptables"):  # the stand-in counts what it dropped
+            counts = slow.host.lift()
+            assert 0 < counts["dropped"] < 0.15 * counts["queued"], counts
 
 
 # --- a neuron restarted with other models --------------------------------------------------

@@ -1,6 +1,6 @@
 """The /ui dashboard in headless Chromium, against a real gateway and neuron.
 
-The browser is Debian's chromium (scripts/install_browser.sh), driven by Playwright's
+The browser is Debian's chromium (scripts/test_packages.sh), driven by Playwright's
 Python package; Playwright's own browser downloads are never used. Screenshots go to
 .artifacts/ (gitignored)."""
 
@@ -34,7 +34,7 @@ async def browser() -> AsyncIterator[Any]:
     async_api = pytest.importorskip("playwright.async_api",
                                     reason="pip install playwright (the dev extra)")
     if not Path(CHROMIUM).exists() and shutil.which("chromium") is None:
-        pytest.skip("no chromium: run scripts/install_browser.sh (apt-get install chromium)")
+        pytest.skip("no chromium: run scripts/test_packages.sh (apt-get install chromium)")
     async with async_api.async_playwright() as playwright:
         browser = await playwright.chromium.launch(
             executable_path=CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium"),
