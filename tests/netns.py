@@ -6,7 +6,6 @@ Layout: a bridge in the root namespace holds 10.231.S.1/24 (S is the first /24 o
 whose `eth0` (10.231.S.N) is a veth paired with a bridge port. The gateway runs in the
 root namespace and reaches the neurons across the bridge. Everything made here is
 removed by `Network.close()`, which the fixtures call even when a test fails.
-`GatewayProcess` runs `cortex serve` itself, for what only a process shows (signals, RSS).
 """
 
 from __future__ import annotations
@@ -25,8 +24,6 @@ from typing import Any
 import msgspec
 
 from cortex import ModelProfile
-
-from .conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 NEURON_PORT = 13131
@@ -242,38 +239,3 @@ class NsNeuron:
 def as_toml(model: ModelProfile) -> dict[str, Any]:
     """A profile as a TOML table (TOML has no null)."""
     return {k: v for k, v in msgspec.to_builtins(model).items() if v is not None}
-
-
-class GatewayProcess:
-    """`cortex serve --config` in the root namespace, on loopback."""
-
-    def __init__(self, tmp: Path, neurons: list[tuple[str, str]],
-                 models: list[dict[str, Any]], **gateway: Any) -> None:
-        self.url = f"http://127.0.0.1:{free_port()}"
-        config = {
-            "models": models,
-            "gateway": {"listen": self.url[7:], "metrics_listen": f"127.0.0.1:{free_port()}",
-                        "poll_interval": 0.5, **gateway},
-            "neurons": [{"name": name, "endpoint": url} for name, url in neurons]}
-        path = tmp / "cortex.toml"
-        path.write_bytes(msgspec.toml.encode(config))
-        self.log_path = tmp / "gateway.log"
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "cortex.cli", "serve", "--config", str(path)],
-                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def rss(self) -> int:
-        """Resident memory in bytes (VmRSS)."""
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        raise RuntimeError("no VmRSS")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)

@@ -1,5 +1,5 @@
-"""`cortex serve --config` as a real process over synthetic neurons (no model needed):
-what the limits, secret and fuzz tests run against, hypercorn settings included."""
+"""`cortex serve` as a real process: what the limits, secret, fuzz, fault and load tests
+run against (over synthetic neurons, no model needed), hypercorn settings included."""
 
 from __future__ import annotations
 
@@ -32,29 +32,33 @@ def synthetic_neuron(tmp: Path, **config: Any) -> NeuronProcess:
     return neuron
 
 
-class ServedGateway:
-    """A `cortex serve --config` subprocess on a free loopback port."""
+class GatewayProcess:
+    """`cortex serve ARGS` as a subprocess on a free loopback port, its output in a log:
+    for what only a process shows (signals, exit codes, RSS, hypercorn's own limits)."""
 
-    def __init__(self, tmp: Path, neurons: list[dict[str, Any]], *,
-                 gateway: dict[str, Any] | None = None,
-                 profiles: list[dict[str, Any]] | None = None) -> None:
+    def __init__(self, tmp: Path, args: list[str], env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        models = tmp / f"models-{self.port}.toml"
-        models.write_bytes(msgspec.toml.encode({"models": profiles or PROFILES}))
-        config = tmp / f"cortex-{self.port}.toml"
-        config.write_bytes(msgspec.toml.encode({
-            "models": models.name,
-            "gateway": {"listen": f"127.0.0.1:{self.port}",
-                        "metrics_listen": f"127.0.0.1:{free_port()}",
-                        "poll_interval": 0.25, "keepalive_interval": 0.5,
-                        "load_timeout": 30.0, **(gateway or {})},
-            "neurons": neurons}))
         self.log_path = tmp / f"gateway-{self.port}.log"
-        self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cortex.cli", "serve", "--config", str(config)],
-            stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ})
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "cortex.cli", "serve", "--listen",
+                 f"127.0.0.1:{self.port}", *args], stdout=log, stderr=subprocess.STDOUT,
+                cwd=ROOT, env={**os.environ, **(env or {})})
+
+    @classmethod
+    def configured(cls, tmp: Path, neurons: list[dict[str, Any]],
+                   models: list[dict[str, Any]] | None = None,
+                   **gateway: Any) -> GatewayProcess:
+        """With a config file: `neurons`, `models` (default PROFILES), short poll and
+        keepalive intervals, and `gateway` over them."""
+        config = tmp / f"cortex-{free_port()}.toml"
+        config.write_bytes(msgspec.toml.encode({
+            "models": models or PROFILES,
+            "gateway": {"metrics_listen": f"127.0.0.1:{free_port()}", "poll_interval": 0.25,
+                        "keepalive_interval": 0.5, "load_timeout": 30.0, **gateway},
+            "neurons": neurons}))
+        return cls(tmp, ["--config", str(config)])
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -71,7 +75,15 @@ class ServedGateway:
                 time.sleep(0.1)
         raise TimeoutError(f"timed out waiting until {what}:\n{self.log()}")
 
-    def stop(self) -> None:
+    def rss(self) -> int:
+        """Resident memory in bytes (VmRSS)."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS")
+
+    def stop(self) -> int:
+        """SIGTERM (the gateway drains), SIGKILL after 30 s; the exit code."""
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -79,7 +91,7 @@ class ServedGateway:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
-        self._log.close()
+        return self.proc.returncode
 
 
 def nodes_up(count: int) -> Callable[[httpx.Client], bool]:
@@ -88,11 +100,13 @@ def nodes_up(count: int) -> Callable[[httpx.Client], bool]:
 
 @contextlib.contextmanager
 def served(tmp: Path, neurons: list[dict[str, Any]], *, up: int | None = None,
-           **kwargs: Any) -> Iterator[ServedGateway]:
-    """A running gateway; waits until `up` nodes (default: all) are live."""
-    gateway = ServedGateway(tmp, neurons, **kwargs)
+           profiles: list[dict[str, Any]] | None = None,
+           gateway: dict[str, Any] | None = None) -> Iterator[GatewayProcess]:
+    """A running gateway (`GatewayProcess.configured`); waits until `up` nodes (default:
+    all) are live."""
+    process = GatewayProcess.configured(tmp, neurons, profiles, **(gateway or {}))
     try:
-        gateway.wait(nodes_up(len(neurons) if up is None else up), "the neurons are up")
-        yield gateway
+        process.wait(nodes_up(len(neurons) if up is None else up), "the neurons are up")
+        yield process
     finally:
-        gateway.stop()
+        process.stop()

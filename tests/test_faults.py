@@ -21,8 +21,8 @@ import pytest
 from cortex import ModelProfile
 
 from .gateway_support import RunningGateway, profile, running_gateway, wait_until
-from .netns import GatewayProcess, Network, NsNeuron, as_toml, unavailable
-from .serve_support import ServedGateway, nodes_up, synthetic_neuron
+from .netns import Network, NsNeuron, as_toml, unavailable
+from .serve_support import GatewayProcess, nodes_up, synthetic_neuron
 
 pytestmark = [pytest.mark.anyio]
 
@@ -278,8 +278,9 @@ def gateway_process(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
 
     def start(neurons: list[NsNeuron], models: list[ModelProfile],
               **gateway: Any) -> GatewayProcess:
-        started.append(GatewayProcess(tmp_path, [(n.host.name, n.url) for n in neurons],
-                                      [as_toml(m) for m in models], **gateway))
+        started.append(GatewayProcess.configured(
+            tmp_path, [{"name": n.host.name, "endpoint": n.url} for n in neurons],
+            [as_toml(m) for m in models], **gateway))
         return started[-1]
 
     try:
@@ -362,8 +363,8 @@ async def test_sigterm_past_drain_timeout_cuts_open_streams_with_an_error_event(
             "n_ctx": 4096, "slots": 8}  # 200-second streams
     drain_timeout = 2.0
     neuron = synthetic_neuron(tmp_path, name="n1")
-    gw = ServedGateway(tmp_path, [{"name": "n1", "endpoint": neuron.url}], profiles=[slow],
-                       gateway={"drain_timeout": drain_timeout})
+    gw = GatewayProcess.configured(tmp_path, [{"name": "n1", "endpoint": neuron.url}], [slow],
+                                   drain_timeout=drain_timeout)
     try:
         await asyncio.to_thread(gw.wait, nodes_up(1), "the neuron is up")
         chat = {**CHAT, "model": "slow", "max_tokens": 400}

@@ -40,7 +40,7 @@ from cortex_plugins.anthropic_translate import (
     to_tokenize,
 )
 
-from .serve_support import ServedGateway, served, synthetic_neuron
+from .serve_support import GatewayProcess, served, synthetic_neuron
 from .test_anthropic_translate import assert_well_formed, call, chunk
 
 FULL = os.environ.get("CORTEX_FUZZ_FULL") == "1"
@@ -49,7 +49,7 @@ MODELS = ["syn", "capped", "missing"]
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedGateway]:
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     tmp = tmp_path_factory.mktemp("fuzz")
     neuron = synthetic_neuron(tmp)
     try:
@@ -70,7 +70,7 @@ def _pin_models(doc: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
-def test_the_document_comes_from_the_wire_types(gateway: ServedGateway) -> None:
+def test_the_document_comes_from_the_wire_types(gateway: GatewayProcess) -> None:
     doc = httpx.get(f"{gateway.url}/openapi.json", timeout=10).json()
     assert doc == openapi_document()
     schemas = doc["components"]["schemas"]
@@ -85,7 +85,7 @@ def test_the_document_comes_from_the_wire_types(gateway: ServedGateway) -> None:
     assert not any(path.startswith("/admin") for path in doc["paths"])
 
 
-def test_schemathesis_finds_no_server_error(gateway: ServedGateway) -> None:
+def test_schemathesis_finds_no_server_error(gateway: GatewayProcess) -> None:
     doc = _pin_models(httpx.get(f"{gateway.url}/openapi.json", timeout=10).json())
     schema = schemathesis.openapi.from_dict(doc)
     strategy = st.one_of(schema.as_strategy(GenerationMode.POSITIVE),

@@ -4,13 +4,11 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,51 +18,9 @@ import pytest
 
 from .conftest import ROOT, NeuronProcess, free_port
 from .gateway_support import GEMMA, neuron_fleet
+from .serve_support import GatewayProcess, nodes_up
 
 pytestmark = pytest.mark.model
-
-
-class GatewayProcess:
-    def __init__(self, args: list[str], tmp: Path, env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = tmp / f"gateway-{self.port}.log"
-        self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cortex.cli", "serve", "--listen", f"127.0.0.1:{self.port}",
-             *args], stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT,
-            env={**os.environ, **(env or {})})
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait(self, check: Callable[[httpx.Client], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        with httpx.Client(base_url=self.url, timeout=5) as client:
-            while time.monotonic() < deadline:
-                assert self.proc.poll() is None, self.log()
-                try:
-                    if check(client):
-                        return
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.1)
-        raise TimeoutError(f"{what}:\n{self.log()}")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._log.close()
-        return self.proc.returncode
-
-
-def nodes_up(count: int) -> Callable[[httpx.Client], bool]:
-    return lambda client: bool(client.get("/health").json()["nodes_up"] == count)
 
 
 def test_embedded_default_ends_with_a_working_openai_endpoint(
@@ -72,10 +28,10 @@ def test_embedded_default_ends_with_a_working_openai_endpoint(
     home = tmp_path / "home"
     (home / ".cache").mkdir(parents=True)
     (home / ".cache" / "cortex").symlink_to(cache_dir)  # reuse the assembled model
-    gateway = GatewayProcess(["--neuron-listen", f"127.0.0.1:{free_port()}"], tmp_path,
+    gateway = GatewayProcess(tmp_path, ["--neuron-listen", f"127.0.0.1:{free_port()}"],
                              env={"HOME": str(home)})
     try:
-        gateway.wait(nodes_up(1), 60, "the embedded neuron comes up")
+        gateway.wait(nodes_up(1), "the embedded neuron comes up", 60)
         with httpx.Client(base_url=gateway.url, timeout=60) as client:
             ids = [m["id"] for m in client.get("/v1/models").json()["data"]]
             assert ids == ["gemma3-270m"]
@@ -110,9 +66,9 @@ def write_config(where: Path, neurons: dict[str, NeuronProcess]) -> None:
 def test_sighup_adds_a_node_and_cortex_reload_removes_it_without_dropping_a_stream(
         tmp_path: Path, pair: dict[str, NeuronProcess]) -> None:
     write_config(tmp_path, {"one": pair["one"]})
-    gateway = GatewayProcess(["--config", str(tmp_path / "cortex.toml")], tmp_path)
+    gateway = GatewayProcess(tmp_path, ["--config", str(tmp_path / "cortex.toml")])
     try:
-        gateway.wait(nodes_up(1), 30, "the gateway sees neuron one")
+        gateway.wait(nodes_up(1), "the gateway sees neuron one", 30)
         with httpx.Client(base_url=gateway.url, timeout=60) as client:
             assert client.post("/admin/models/m-one/load").status_code == 200
             lines: list[str] = []
@@ -132,7 +88,7 @@ def test_sighup_adds_a_node_and_cortex_reload_removes_it_without_dropping_a_stre
             assert first.wait(30)
             write_config(tmp_path, pair)
             gateway.proc.send_signal(signal.SIGHUP)
-            gateway.wait(nodes_up(2), 30, "SIGHUP adds neuron two")
+            gateway.wait(nodes_up(2), "SIGHUP adds neuron two", 30)
             reader.join(120)
             assert not reader.is_alive()
             assert lines[-1] == "data: [DONE]"  # the stream in flight was not dropped

@@ -18,7 +18,7 @@ import pytest
 from cortex.config import GatewaySection
 from cortex.limits import MAX_JSON_DEPTH, json_too_deep
 
-from .serve_support import PROFILES, ServedGateway, served, synthetic_neuron
+from .serve_support import PROFILES, GatewayProcess, served, synthetic_neuron
 
 BODY_LIMIT = 256 * 1024
 TOOLS_LIMIT = 16 * 1024
@@ -29,7 +29,7 @@ SLOW = {"id": "slow", "source": "synthetic:rate=40,tokens=16", "harness": "synth
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedGateway]:
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     tmp = tmp_path_factory.mktemp("limits")
     neuron = synthetic_neuron(tmp)
     try:
@@ -44,7 +44,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedGateway]
 
 
 @pytest.fixture
-def client(gateway: ServedGateway) -> Iterator[httpx.Client]:
+def client(gateway: GatewayProcess) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=gateway.url, timeout=60) as c:
         yield c
 
@@ -109,7 +109,7 @@ def test_a_chunked_body_is_cut_off_as_it_streams_in(client: httpx.Client) -> Non
 # --- header size -----------------------------------------------------------------------------
 
 def test_an_oversized_header_is_431_and_harms_nothing(client: httpx.Client,
-                                                      gateway: ServedGateway) -> None:
+                                                      gateway: GatewayProcess) -> None:
     port = int(gateway.url.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
         raw.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (4 * HEADER_LIMIT)
@@ -239,7 +239,7 @@ def test_oversized_tools_are_413_in_each_dialect(client: httpx.Client) -> None:
 # --- isolation ----------------------------------------------------------------------------------
 
 def test_refusals_leave_a_stream_in_flight_untouched(client: httpx.Client,
-                                                     gateway: ServedGateway) -> None:
+                                                     gateway: GatewayProcess) -> None:
     frames: list[Any] = []
     started = threading.Event()
 

@@ -23,7 +23,8 @@ import pytest
 from cortex import ModelProfile
 
 from .gateway_support import wait_until
-from .netns import GatewayProcess, as_toml
+from .netns import as_toml
+from .serve_support import GatewayProcess
 
 pytestmark = [pytest.mark.anyio]
 
@@ -95,9 +96,9 @@ def fleet(start_neuron: Any, tmp_path: Path) -> Iterator[GatewayProcess]:
                          harness="synthetic", slots=STREAMS)
     neurons = [start_neuron({"name": name, "memory_budget": "4GiB",
                              "preload": [as_toml(model)]}) for name in ("l1", "l2")]
-    gateway = GatewayProcess(tmp_path, [(f"l{i}", n.url) for i, n in enumerate(neurons, 1)],
-                             [as_toml(model)], poll_interval=1.0, queue_limit=4 * STREAMS,
-                             request_timeout=30.0)
+    gateway = GatewayProcess.configured(
+        tmp_path, [{"name": f"l{i}", "endpoint": n.url} for i, n in enumerate(neurons, 1)],
+        [as_toml(model)], poll_interval=1.0, queue_limit=4 * STREAMS, request_timeout=30.0)
     try:
         yield gateway
     finally:
