@@ -3,6 +3,7 @@
     sh bench/gateway.sh                 # the full run (~15 min), tables + PNG plots
     sh bench/gateway.sh --short         # seconds per target; .ci/run runs this
     sh bench/gateway.sh --docs          # full run, plots written into docs/img/
+    sh bench/gateway.sh --only bare-hypercorn,cortex-hypercorn,cortex-info   # a subset
 
 Every target proxies the same synthetic neuron (cortex_plugins/synthetic.py, served by
 uvicorn so the backend is never the bottleneck), all run at once, and each round
@@ -283,10 +284,14 @@ def targets(workdir: Path, *, litellm: bool) -> tuple[Target, list[Target]]:
         server(f"bare-{kind}", "bench.passthrough:app", False, {"BENCH_UPSTREAM": upstream},
                kind)
     # cortex serve itself (hypercorn, as shipped), then the same app under the others.
-    config = cortex_config()
-    made.append(Target("cortex-hypercorn", int(config["port"]), [
-        str(VENV / "cortex"), "--log-level", "warning", "serve", "--config",
-        config["CORTEX_CONFIG"]]))
+    # At warning (no line per request, like the other servers' access logs off), and at
+    # info, `cortex serve`'s default, which logs one line per request (to a file here);
+    # cortex-info runs only when --only names it (docs/benchmarks.md, "The request log").
+    for name, level in (("cortex-hypercorn", "warning"), ("cortex-info", "info")):
+        config = cortex_config()
+        made.append(Target(name, int(config["port"]), [
+            str(VENV / "cortex"), "--log-level", level, "serve", "--config",
+            config["CORTEX_CONFIG"]]))
     for kind in ("uvicorn", "granian"):
         server(f"cortex-{kind}", "cortex.asgi:gateway", True, cortex_config(), kind)
     if litellm:
@@ -474,6 +479,8 @@ def summarise(raw: dict[str, Any], plan: Plan, names: list[str]) -> dict[str, An
 
 
 def goals(summary: dict[str, Any], plan: Plan) -> list[tuple[str, str, bool]]:
+    if "cortex-hypercorn" not in summary or "bare-hypercorn" not in summary:
+        return []  # --only left out what the goals compare
     cortex, bare = summary["cortex-hypercorn"], summary["bare-hypercorn"]
     c1, top = 1, max(plan.concurrency)
     checks: list[tuple[str, str, bool]] = []
@@ -682,6 +689,9 @@ def main() -> int:
     parser.add_argument("--profile", metavar="TARGET",
                         help="py-spy one target (e.g. cortex-hypercorn) instead of the run")
     parser.add_argument("--seconds", type=int, default=15, help="--profile: per phase")
+    parser.add_argument("--only", metavar="NAMES",
+                        help="comma-separated targets to run beside direct (e.g. "
+                             "bare-hypercorn,cortex-hypercorn,cortex-info)")
     args = parser.parse_args()
     plan = SHORT if args.short else FULL
     if shutil.which("wrk") is None or not (shutil.which("nginx") or
@@ -706,6 +716,15 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="cortex-bench-") as tmp:
         workdir = Path(tmp)
         backend, proxies = targets(workdir, litellm=litellm)
+        if args.only:
+            wanted = args.only.split(",")
+            unknown = set(wanted) - {t.name for t in proxies}
+            if unknown:
+                print(f"no target {', '.join(sorted(unknown))}", file=sys.stderr)
+                return 2
+            proxies = [t for t in proxies if t.name in wanted]
+        elif not args.profile:
+            proxies = [t for t in proxies if t.name != "cortex-info"]
         if args.profile:
             chosen = [t for t in proxies if t.name == args.profile]
             if not chosen:
