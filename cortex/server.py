@@ -212,6 +212,8 @@ async def _serve(gateway: Served, before: Sequence[Served]) -> None:
         hyper = Config()
         hyper.bind = [_bind(served.listen)]
         hyper.accesslog = None
+        # hypercorn's own handler on top of ours printed each of its lines twice.
+        hyper.errorlog = logging.getLogger("hypercorn.error")
         # Requests had drain_timeout already; what is left now is closing connections.
         hyper.graceful_timeout = 30 if core is None else 2
         if core is not None:  # oversized request heads get hypercorn's bare 431

@@ -34,6 +34,7 @@ def serve_app(app: Any, listen: str, loop: str = "auto") -> None:
     hyper = Config()
     hyper.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     hyper.accesslog = None
+    hyper.errorlog = logging.getLogger("hypercorn.error")  # through our handler, once
     hyper.graceful_timeout = 30
 
     async def run() -> None:

@@ -40,6 +40,9 @@ def test_embedded_default_ends_with_a_working_openai_endpoint(
                 "messages": [{"role": "user", "content": "Say hi"}]})
             assert reply.status_code == 200, reply.text
             assert reply.json()["choices"][0]["message"]["role"] == "assistant"
+        # hypercorn's lines go through our log handler, once each.
+        assert gateway.log().count(f"Running on http://127.0.0.1:{gateway.port}") == 1, \
+            gateway.log()
     finally:
         assert gateway.stop() == 0, gateway.log()
 

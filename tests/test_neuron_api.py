@@ -65,6 +65,11 @@ def _greedy(client: httpx.Client, prompt: str, n: int, **extra: Any) -> dict[str
     return dict(reply.json())
 
 
+def test_the_server_s_own_lines_are_logged_once(neuron: NeuronProcess) -> None:
+    """hypercorn logs through the neuron's handler, not also through one of its own."""
+    assert neuron.log().count(f"Running on http://127.0.0.1:{neuron.port}") == 1, neuron.log()
+
+
 def test_status_reports_node_budget_and_model(client: httpx.Client) -> None:
     status = client.get("/status").json()
     assert status["node"] == "test-node"
