@@ -72,6 +72,9 @@ class ModelProfile(Base, kw_only=True):
     pinned: bool = False
     neurons: list[str] = []
     ttl: NonNegative | None = None
+    # Load another copy (on a node with room to spare) once a request would queue
+    # behind this many others on the copy it is sent to.
+    spill_after: PositiveInt | None = None
 
     def __post_init__(self) -> None:
         if self.chat_format and self.chat_template:

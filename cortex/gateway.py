@@ -83,6 +83,7 @@ class Gateway:
         self._reloader = reloader
         self._pins: dict[str, bool] = {}
         self._waiting: Counter[str] = Counter()
+        self._spills: dict[str, asyncio.Task[None]] = {}
         self.config = config
         self._base_profiles = list(profiles)
         self.profiles = ProfileIndex(self._base_profiles)
@@ -117,6 +118,8 @@ class Gateway:
         self.reconciler.start()
 
     async def close(self) -> None:
+        for task in list(self._spills.values()):
+            task.cancel()
         await self.reconciler.close()
         await self.loader.close()
         await self.fleet.close()
@@ -237,6 +240,7 @@ class Gateway:
                                           only=only)
             quick = self.router.decide(request, self.snapshot())
             if quick.action == "serve" and quick.node is not None:
+                self._spill_soon(profile, quick)
                 return quick.node
             job = self._usable(self.loader.job(profile.id), exclude, only)
             if job is None:
@@ -271,6 +275,33 @@ class Gateway:
                 await asyncio.sleep(0.2)
             except Unreachable:
                 exclude = exclude | {job.node}
+
+    def _spill_soon(self, profile: ModelProfile, decision: Decision) -> None:
+        """When this request queues behind `spill_after` others, load another copy in the
+        background; requests keep going to the ready copies meanwhile, never wait for it."""
+        if profile.spill_after is None or decision.ahead < profile.spill_after \
+                or profile.id in self._spills or self.loader.job(profile.id) is not None:
+            return
+        task = asyncio.create_task(self._spill(profile), name=f"spill:{profile.id}")
+        self._spills[profile.id] = task
+        task.add_done_callback(lambda _: self._spills.pop(profile.id, None))
+
+    async def _spill(self, profile: ModelProfile) -> None:
+        request = self._route_request(profile, prefix_node=None, exclude=frozenset(),
+                                      only=None)
+        names = [n.name for n in self.snapshot().nodes if request.allows(n)]
+        try:
+            estimates = await self.fleet.estimates(profile, names)
+        except CortexError as exc:
+            log.info("%s: no estimates for another copy: %s", profile.id, exc.message)
+            return
+        decision = self.router.spill(msgspec.structs.replace(request, estimates=estimates),
+                                     self.snapshot())
+        if decision is None or decision.node is None or decision.needs is None \
+                or self.loader.job(profile.id) is not None:
+            return
+        log.info("%s: %s; loading one on %s", profile.id, decision.reason, decision.node)
+        self.loader.start(profile, decision.node, needs=decision.needs, keep=True)
 
     def _act(self, profile: ModelProfile, decision: Decision, *, loadable: bool,
              keep: bool) -> LoadJob | None:

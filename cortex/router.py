@@ -73,6 +73,8 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
     needs: int | None = None
     free_after: int | None = None
     expected_wait: float = 0.0
+    # serve: requests queued ahead of this one on `node` (0: a slot is free there).
+    ahead: int = 0
     reason: str = ""
     candidates: tuple[Verdict, ...] = ()
 
@@ -129,10 +131,11 @@ class Router:
         ready = [Replica(n, m) for n in allowed if (m := n.model(request.model)) and m.ready]
         if ready:
             best = self.strategy.rank_replicas(request, ready)[0]
+            ahead = 0 if best.model.free_slot else best.model.backlog + 1
             return Decision(
-                action="serve", model=request.model, node=best.node.name,
-                reason="ready with a free slot" if best.model.free_slot
-                else f"ready, {best.model.backlog + 1} request(s) ahead",
+                action="serve", model=request.model, node=best.node.name, ahead=ahead,
+                reason=f"ready, {ahead} request(s) ahead" if ahead
+                else "ready with a free slot",
                 candidates=(*verdicts, *(Verdict(r.node.name, "ready") for r in ready)))
 
         loading = [n for n in allowed if (m := n.model(request.model)) and m.state == "loading"]
@@ -179,3 +182,25 @@ class Router:
             free_after=best_place.free_after, expected_wait=round(wait, 2),
             reason="fits" if not best_place.victims else "fits after eviction",
             candidates=tuple(verdicts))
+
+    def spill(self, request: RouteRequest, snapshot: FleetSnapshot) -> Decision | None:
+        """Where to add a copy of a model whose ready copies all have a queue: a node
+        with room to spare, ranked by the strategy. Never evicts: a burst on one model
+        must not push out another. None when no node has room, or a copy is already on
+        its way."""
+        allowed = [n for n in snapshot.nodes if request.allows(n)]
+        if any((m := n.model(request.model)) and m.state == "loading" for n in allowed):
+            return None
+        placements = [Placement(node=n, needs=needs) for n in allowed
+                      if n.model(request.model) is None
+                      and (needs := request.estimates.get(n.name)) is not None
+                      and needs <= n.free]
+        if not placements:
+            return None
+        best = self.strategy.rank_placements(request, placements)[0]
+        return Decision(
+            action="load", model=request.model, node=best.node.name, needs=best.needs,
+            free_after=best.free_after,
+            expected_wait=round(self.expected_load_seconds(request, best.needs), 2),
+            reason="another copy: every ready copy has a queue",
+            candidates=tuple(Verdict(p.node.name, "has room") for p in placements))

@@ -102,6 +102,9 @@ DESCRIPTIONS: dict[str, str] = {
     "ModelProfile.pinned": "gateway: load at start-up, never evict or expire",
     "ModelProfile.neurons": "gateway: the nodes that may load it; empty means any",
     "ModelProfile.ttl": "gateway: unload after this many idle seconds; unset means never",
+    "ModelProfile.spill_after": "gateway: load another copy on a node with room to spare "
+                                "once a request would queue behind this many others; "
+                                "unset means never",
     # neuron.toml
     "NeuronConfig.listen": "host:port (`[::1]:port` for IPv6); `--listen` overrides it",
     "NeuronConfig.name": "the node name in `/status`; empty means the host name",

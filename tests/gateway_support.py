@@ -178,11 +178,13 @@ def sse_data(lines: Iterable[str]) -> list[Any]:
 
 
 @contextlib.contextmanager
-def neuron_fleet(tmp: Path, cache_dir: Path, names: Iterable[str]
-                 ) -> Iterator[dict[str, NeuronProcess]]:
-    """Real neurons on loopback, one per name, stopped on the way out."""
-    started = {name: NeuronProcess({"name": name, "cache_dir": str(cache_dir)}, tmp)
-               for name in names}
+def neuron_fleet(tmp: Path, cache_dir: Path | None, names: Iterable[str],
+                 **config: Any) -> Iterator[dict[str, NeuronProcess]]:
+    """Real neurons on loopback, one per name, with `config` (and `cache_dir`, where the
+    bundled model is assembled), stopped on the way out."""
+    if cache_dir is not None:
+        config["cache_dir"] = str(cache_dir)
+    started = {name: NeuronProcess({"name": name, **config}, tmp) for name in names}
     try:
         for neuron in started.values():
             neuron.wait_ready()

@@ -120,6 +120,48 @@ def test_least_loaded_places_on_the_node_with_least_work() -> None:
                            fleet).node == "gpu-a"  # affinity: most memory left
 
 
+def _with(fleet: FleetSnapshot, node: str, model: str, **fields: object) -> FleetSnapshot:
+    """`fleet` with one model view on one node changed."""
+    return FleetSnapshot(nodes=tuple(msgspec.structs.replace(n, models=tuple(
+        msgspec.structs.replace(m, **fields) if (n.name, m.id) == (node, model) else m
+        for m in n.models)) for n in fleet.nodes))
+
+
+def test_serve_says_how_many_requests_are_ahead() -> None:
+    assert router().decide(RouteRequest(model="qwen2.5-7b"), snapshot()).ahead == 0
+    busy = _with(snapshot(), "gpu-a", "qwen2.5-7b", active=4)  # 2 slots, 2 queued
+    decision = router().decide(RouteRequest(model="qwen2.5-7b"), busy)
+    assert (decision.action, decision.node, decision.ahead) == ("serve", "gpu-a", 3)
+
+
+def test_another_copy_goes_where_there_is_room_to_spare() -> None:
+    busy = _with(snapshot(), "gpu-a", "qwen2.5-7b", active=4)
+    # gpu-b has 4 GiB free (16 budget, 7 + 5 reserved); cpu-c is down.
+    decision = router().spill(RouteRequest(model="qwen2.5-7b", estimates=everywhere(3)), busy)
+    assert decision is not None
+    assert (decision.action, decision.node, decision.victims) == ("load", "gpu-b", ())
+    assert decision.needs == 3 * GiB and decision.free_after == 1 * GiB
+
+
+def test_another_copy_never_evicts_or_doubles_a_load_or_leaves_the_profiles_nodes() -> None:
+    busy = _with(snapshot(), "gpu-a", "qwen2.5-7b", active=4)
+    # 6 GiB would fit gpu-b only by evicting; a request's placement may, a spill may not.
+    assert router().spill(RouteRequest(model="qwen2.5-7b", estimates=everywhere(6)),
+                          busy) is None
+    idle_b = _with(busy, "gpu-b", "llama-3.1-8b", active=0)
+    idle_b = FleetSnapshot(nodes=tuple(msgspec.structs.replace(n, models=tuple(
+        m for m in n.models if m.id != "mistral-7b")) for n in idle_b.nodes))
+    assert router().decide(RouteRequest(model="phi-3", estimates={"gpu-b": 10 * GiB}),
+                           idle_b).victims == ("llama-3.1-8b",)
+    assert router().spill(RouteRequest(model="qwen2.5-7b", estimates={"gpu-b": 10 * GiB}),
+                          idle_b) is None
+    # mistral-7b is already loading on gpu-b: that is the extra copy.
+    assert router().spill(RouteRequest(model="mistral-7b", estimates=everywhere(1)),
+                          snapshot()) is None
+    assert router().spill(RouteRequest(model="qwen2.5-7b", affinity=("gpu-a",),
+                                       estimates=everywhere(1)), busy) is None
+
+
 @pytest.mark.parametrize("strategy", ["affinity", "least-loaded"])
 def test_strategies_are_plugins_chosen_by_name(strategy: str) -> None:
     assert router(strategy).strategy.name == strategy
