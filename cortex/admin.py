@@ -3,6 +3,7 @@
     GET  /admin/fleet                           nodes, models, loads, in-flight, traffic
     GET  /admin/route?model=ID[&node=NAME]      the routing decision, not acted upon
     POST /admin/models/{id}/load|unload|pin|unpin   optional {"node": ..., "force": ...}
+    POST /admin/nodes/{name}/drain|undrain      new work goes elsewhere; in flight finishes
     POST /admin/reload                          re-read cortex.toml and models.toml
 """
 
@@ -108,6 +109,16 @@ def admin_routes(gateway: Gateway) -> list[BaseRoute]:
             return JSONResponse(body)
         raise NotFound(f"no admin action `{verb}` (load, unload, pin, unpin)")
 
+    async def node_action(request: Request) -> Response:
+        name, verb = request.path_params["name"], request.path_params["action"]
+        if verb not in ("drain", "undrain"):
+            raise NotFound(f"no node action `{verb}` (drain, undrain)")
+        known_node(name)
+        status = await gateway.fleet.drain(name, verb == "drain")
+        # The neuron's own count: requests from every gateway replica, not just this one.
+        busy = sum(m.in_flight + m.queued for m in status.models)
+        return JSONResponse({"node": name, "draining": status.draining, "busy": busy})
+
     async def reload(request: Request) -> Response:
         try:
             summary = await gateway.reload()
@@ -119,5 +130,6 @@ def admin_routes(gateway: Gateway) -> list[BaseRoute]:
         Route("/admin/fleet", fleet),
         Route("/admin/route", route),
         Route("/admin/models/{model:path}/{action}", model_action, methods=["POST"]),
+        Route("/admin/nodes/{name}/{action}", node_action, methods=["POST"]),
         Route("/admin/reload", reload, methods=["POST"]),
     ]

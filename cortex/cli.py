@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import time
 import urllib.parse
 from typing import Any
 
@@ -217,6 +218,37 @@ def unpin(url: str, model: str) -> None:
     """Undo `cortex pin` (or a profile's pinned = true, until the next restart)."""
     reply = _model_action(url, model, "unpin", None)
     click.echo(f"{reply['model']} is no longer pinned")
+
+
+@main.command()
+@url_option
+@click.argument("node")
+@click.option("--wait", "wait_for", type=float, is_flag=False, flag_value=600.0, default=None,
+              help="then wait until no request is in flight there (up to SECONDS, "
+                   "default 600)")
+def drain(url: str, node: str, wait_for: float | None) -> None:
+    """Send no new work to NODE (requests, loads); what it runs finishes. Restarting the
+    neuron, or `cortex undrain`, ends it: drain, wait, restart, for a rolling upgrade."""
+    path = f"/admin/nodes/{_quote(node)}/drain"
+    reply = _request(url, path, method="POST")
+    if wait_for is not None:
+        deadline = time.monotonic() + wait_for
+        while reply["busy"] and time.monotonic() < deadline:
+            time.sleep(1.0)
+            reply = _request(url, path, method="POST")
+        if reply["busy"]:
+            raise click.ClickException(f"{node} is draining, {reply['busy']} request(s) "
+                                       f"still in flight after {wait_for:.0f}s")
+    click.echo(f"{node} is draining, {reply['busy']} request(s) in flight")
+
+
+@main.command()
+@url_option
+@click.argument("node")
+def undrain(url: str, node: str) -> None:
+    """Undo `cortex drain NODE`: it takes new work again."""
+    _request(url, f"/admin/nodes/{_quote(node)}/undrain", method="POST")
+    click.echo(f"{node} takes new work again")
 
 
 def explain_text(data: dict[str, Any]) -> str:

@@ -15,6 +15,7 @@ import msgspec
 from cortex.config import ModelProfile, NeuronEntry
 from cortex.errors import CortexError, Unreachable, UpstreamError, from_openai_envelope
 from cortex.types import (
+    DrainRequest,
     EstimateRequest,
     LoadRequest,
     MemoryEstimate,
@@ -108,6 +109,9 @@ class NeuronClient:
 
     async def status(self, *, timeout: float | None = None) -> NodeStatus:
         return await self._call("GET", "/status", None, NodeStatus, timeout=timeout)
+
+    async def drain(self, draining: bool) -> NodeStatus:
+        return await self._call("POST", "/drain", DrainRequest(draining=draining), NodeStatus)
 
     async def estimate(self, profile: ModelProfile) -> MemoryEstimate:
         return await self._call("POST", "/models/estimate",

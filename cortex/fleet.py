@@ -170,6 +170,13 @@ class Fleet:
         if node is not None:
             node.wake.set()
 
+    async def drain(self, name: str, draining: bool) -> NodeStatus:
+        """Tell a neuron to drain (or stop draining) and take its answer as a poll's."""
+        node = self._node(name)
+        status = await node.client.drain(draining)
+        self._apply_status(node, status)
+        return status
+
     async def refresh(self, name: str) -> None:
         """Poll a node and wait for the answer."""
         node = self._nodes.get(name)
@@ -397,7 +404,8 @@ class Fleet:
         status = node.status
         return NodeView(name=node.entry.name, endpoint=node.entry.endpoint, up=node.up,
                         budget=status.budget_bytes if status else 0, models=tuple(views),
-                        cycles=node.cycles, last_error=node.last_error)
+                        cycles=node.cycles, last_error=node.last_error,
+                        draining=status.draining if status else False)
 
     def describe(self) -> list[dict[str, Any]]:
         """Everything known about each node, for /admin/fleet and `cortex status`."""
@@ -406,6 +414,7 @@ class Fleet:
             status = node.status
             out.append({
                 "name": name, "endpoint": node.entry.endpoint, "up": node.up,
+                "draining": status.draining if status else False,
                 "failures": node.failures, "last_error": node.last_error,
                 "cycles": node.cycles,
                 "cpu_only": status.cpu_only if status else None,

@@ -84,6 +84,8 @@ class Reconciler:
                 self._pinning.add(profile.id)
                 self._spawn(self._pin(profile.id), f"pin:{profile.id}")
         for node in snapshot.nodes:
+            if node.draining:  # it would refuse the reloads
+                continue
             plan = gateway.router.evictor.defrag(node)
             if plan is not None and node.name not in self._defragging:
                 self._defragging.add(node.name)

@@ -37,7 +37,7 @@ class RouteRequest(msgspec.Struct, frozen=True, kw_only=True):
     load_seconds: float | None = None
 
     def allows(self, node: NodeView) -> bool:
-        return node.up and node.name not in self.exclude and (
+        return node.up and not node.draining and node.name not in self.exclude and (
             not self.affinity or node.name in self.affinity)
 
 
@@ -125,6 +125,8 @@ class Router:
             elif not node.up:
                 verdicts.append(Verdict(node.name, f"down: {node.last_error}"
                                         if node.last_error else "down"))
+            elif node.draining:
+                verdicts.append(Verdict(node.name, "draining"))
             else:
                 verdicts.append(Verdict(node.name, "not in the profile's neurons"))
 

@@ -64,6 +64,8 @@ class NodeView(msgspec.Struct, frozen=True, kw_only=True):
     cycles: int = 0
     # Why the last poll or request failed, if it did (a down node's verdict names it).
     last_error: str | None = None
+    # The neuron was told to drain: it finishes its work and takes nothing new.
+    draining: bool = False
 
     @property
     def reserved(self) -> int:

@@ -57,7 +57,8 @@ def render(fleet: dict[str, Any], *, unicode: bool = True) -> str:
     nodes, gpus, models = [], [], []
     for node in fleet["nodes"]:
         name = node["name"]
-        nodes.append([name, "up" if node["up"] else "DOWN", node["endpoint"],
+        state = "DOWN" if not node["up"] else "draining" if node.get("draining") else "up"
+        nodes.append([name, state, node["endpoint"],
                       len(node["models"]), sum(node["in_flight"].values()),
                       bar(node["reserved_bytes"], node["budget_bytes"], unicode=unicode),
                       f"{gib(node['reserved_bytes'])}/{gib(node['budget_bytes'])} GiB"])

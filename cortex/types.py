@@ -306,6 +306,14 @@ class NodeStatus(Wire, kw_only=True):
     free_bytes: int
     models: list[ModelStatus] = []
     uptime_seconds: float = 0.0
+    # Set by POST /drain: the node finishes what it has and takes nothing new.
+    draining: bool = False
+
+
+class DrainRequest(Wire, kw_only=True):
+    """Body of a neuron's POST /drain: start (true) or stop (false) draining."""
+
+    draining: bool = True
 
 
 class LoadRequest(Wire, kw_only=True):

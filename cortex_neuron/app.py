@@ -22,11 +22,18 @@ import cortex
 from cortex import NeuronConfig, Plugins, build_plugin_manager
 from cortex.config import parse_bytes
 from cortex.disconnects import unless_disconnected
-from cortex.errors import AuthenticationFailed, CortexError, InvalidRequest, NotFound
+from cortex.errors import (
+    AuthenticationFailed,
+    CortexError,
+    InvalidRequest,
+    NotFound,
+    Unavailable,
+)
 from cortex.harness import GenerationEvent
 from cortex.types import (
     ChatCompletionRequest,
     CompletionRequest,
+    DrainRequest,
     EmbeddingData,
     EmbeddingRequest,
     EmbeddingResponse,
@@ -87,6 +94,8 @@ class _Neuron:
             overhead_bytes=parse_bytes(config.overhead_bytes),
             harness_options=config.harness)
         self.metrics = NeuronMetrics(self.registry, self.hardware)
+        # In memory on purpose: a restarted neuron (the point of draining it) takes work.
+        self.draining = False
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -101,7 +110,25 @@ class _Neuron:
             cpu_only=self.hardware.cpu_only, gpus=gpus,
             budget_bytes=self.registry.budget_bytes, reserved_bytes=reserved,
             free_bytes=max(0, self.registry.budget_bytes - reserved),
-            models=self.registry.statuses(), uptime_seconds=time.monotonic() - self.started))
+            models=self.registry.statuses(), uptime_seconds=time.monotonic() - self.started,
+            draining=self.draining))
+
+    async def drain(self, request: Request) -> Response:
+        """Stop taking new requests and loads (every gateway sees it at its next poll, and
+        a request that arrives before then gets a 503 it retries elsewhere); requests in
+        flight finish. `{"draining": false}` undoes it."""
+        raw = await request.body()
+        body = await decode(request, DrainRequest) if raw.strip() else DrainRequest()
+        if body.draining != self.draining:
+            self.draining = body.draining
+            log.info("%s", "draining: no new requests or loads" if body.draining
+                     else "no longer draining")
+        return await self.status(request)
+
+    def _accepting(self) -> None:
+        if self.draining:
+            raise Unavailable(f"node `{self.config.node_name}` is draining: it takes no new "
+                              "requests", retry_after=5)
 
     async def models(self, request: Request) -> Response:
         return MsgspecResponse({"models": self.registry.statuses()})
@@ -112,6 +139,7 @@ class _Neuron:
             for m in self.registry.statuses() if m.state == "ready"]})
 
     async def load(self, request: Request) -> Response:
+        self._accepting()
         body = await decode(request, LoadRequest)
         status = await self.registry.load(body.profile, wait=body.wait)
         return MsgspecResponse(status, status_code=200 if status.state == "ready" else 202)
@@ -148,6 +176,7 @@ class _Neuron:
         The first event is awaited before the response starts: errors found up front
         (no chat template, prompt too long) become proper 4xx answers, not broken streams.
         """
+        self._accepting()
         hold = self.registry.use(model)
         engine = await hold.__aenter__()
         events = start(engine)
@@ -175,6 +204,7 @@ class _Neuron:
         return StreamingResponse(body(), media_type="text/event-stream", headers=_SSE_HEADERS)
 
     async def embeddings(self, request: Request) -> Response:
+        self._accepting()
         body = await decode(request, EmbeddingRequest)
         inputs = body.input
         if isinstance(inputs, str):
@@ -274,6 +304,7 @@ def create_app(config: NeuronConfig | None = None, plugins: Plugins | None = Non
             Route("/models", n.models), Route("/models/load", n.load, methods=["POST"]),
             Route("/models/unload", n.unload, methods=["POST"]),
             Route("/models/estimate", n.estimate, methods=["POST"]),
+            Route("/drain", n.drain, methods=["POST"]),
             Route("/tokenize", n.tokenize, methods=["POST"]),
             Route("/v1/models", n.openai_models),
             Route("/v1/chat/completions", n.chat, methods=["POST"]),

@@ -162,6 +162,18 @@ def test_another_copy_never_evicts_or_doubles_a_load_or_leaves_the_profiles_node
                                        estimates=everywhere(1)), busy) is None
 
 
+def test_a_draining_node_takes_no_new_work_and_says_so() -> None:
+    fleet = snapshot()
+    draining = FleetSnapshot(nodes=tuple(msgspec.structs.replace(n, draining=n.name == "gpu-b")
+                                         for n in fleet.nodes))
+    decision = router().decide(RouteRequest(model="llama-3.1-8b"), draining)
+    assert (decision.action, decision.node) == ("serve", "gpu-a")  # queued, not gpu-b's slot
+    assert ("gpu-b", "draining") in [(v.node, v.verdict) for v in decision.candidates]
+    placed = router().decide(RouteRequest(model="phi-3", affinity=("gpu-b",),
+                                          estimates=everywhere(1)), draining)
+    assert placed.action == "none"
+
+
 @pytest.mark.parametrize("strategy", ["affinity", "least-loaded"])
 def test_strategies_are_plugins_chosen_by_name(strategy: str) -> None:
     assert router(strategy).strategy.name == strategy
