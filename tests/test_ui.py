@@ -108,6 +108,14 @@ async def test_dashboard_shows_the_fleet_and_its_buttons_unload_load_and_pin(
         entry = (await gw.client.get(f"/v1/models/{MODEL}")).json()
         assert entry["pinned"] is True
         await page.screenshot(path=str(ARTIFACTS / "ui-pinned.png"), full_page=True)
+
+        assert (await gw.client.post("/admin/nodes/a/drain")).json()["draining"] is True
+        try:
+            await expect(card.locator(".state-draining")).to_have_text("draining",
+                                                                       timeout=WAIT_MS)
+        finally:
+            await gw.client.post("/admin/nodes/a/undrain")
+        await expect(card.locator(".state-up")).to_have_text("up", timeout=WAIT_MS)
         assert problems == []
 
 

@@ -110,7 +110,7 @@ async function act(action, model, node) {
 
 function renderNodes(nodes) {
   const cards = nodes.map((node) => {
-    const state = node.up ? "up" : "down";
+    const state = !node.up ? "down" : node.draining ? "draining" : "up";
     const gpus = node.gpus.map((gpu) => meter(
       `GPU ${gpu.index}: ${gpu.name}${gpu.utilization === null || gpu.utilization === undefined
         ? "" : `, ${gpu.utilization}% busy`}`,
