@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -17,12 +18,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from cortex.errors import ConfigError, Conflict, InvalidRequest, NotFound
+from cortex.errors import ConfigError, Conflict, CortexError, InvalidRequest, NotFound
 
 if TYPE_CHECKING:
     from cortex.gateway import Gateway
 
 __all__ = ["AdminAction", "admin_routes"]
+
+log = logging.getLogger("cortex.admin")
 
 
 class AdminAction(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -106,6 +109,15 @@ def admin_routes(gateway: Gateway) -> list[BaseRoute]:
             if verb == "pin":
                 body["node"] = await gateway.place(profile, deadline=deadline, keep=True,
                                                    only=node)
+                # On the neuron too, so other gateway replicas do not evict it either.
+                await gateway.fleet.pin(body["node"], profile.id, True)
+            else:
+                for holder, _ in gateway.snapshot().placements_of(profile.id):
+                    try:
+                        await gateway.fleet.pin(holder.name, profile.id, False)
+                    except CortexError as exc:  # gone or unreachable: nothing left to unpin
+                        log.warning("could not unpin %s on %s: %s", profile.id, holder.name,
+                                    exc.message)
             return JSONResponse(body)
         raise NotFound(f"no admin action `{verb}` (load, unload, pin, unpin)")
 

@@ -21,6 +21,7 @@ from cortex.types import (
     MemoryEstimate,
     ModelStatus,
     NodeStatus,
+    PinRequest,
     UnloadRequest,
 )
 
@@ -120,6 +121,10 @@ class NeuronClient:
     async def load(self, profile: ModelProfile, *, wait: bool = True) -> ModelStatus:
         return await self._call("POST", "/models/load",
                                 LoadRequest(profile=neuron_profile(profile), wait=wait),
+                                ModelStatus)
+
+    async def pin(self, model: str, pinned: bool) -> ModelStatus:
+        return await self._call("POST", "/models/pin", PinRequest(model=model, pinned=pinned),
                                 ModelStatus)
 
     async def unload(self, model: str, *, force: bool = False) -> ModelStatus:

@@ -170,6 +170,10 @@ class Fleet:
         if node is not None:
             node.wake.set()
 
+    async def pin(self, name: str, model: str, pinned: bool) -> None:
+        """Record the pin on the neuron holding the copy, where every replica sees it."""
+        self.apply_model(name, await self._node(name).client.pin(model, pinned))
+
     async def drain(self, name: str, draining: bool) -> NodeStatus:
         """Tell a neuron to drain (or stop draining) and take its answer as a poll's."""
         node = self._node(name)
@@ -390,7 +394,7 @@ class Fleet:
                 bytes=model.estimate.total if model.estimate else node.loading.get(model.id, 0),
                 active=active, last_used=model.last_used,
                 idle_for=0.0 if active else now - node.idle_since.get(model.id, now),
-                pinned=profile.pinned if profile else False,
+                pinned=model.pinned or (profile.pinned if profile else False),
                 priority=profile.priority if profile else 0,
                 ttl=profile.ttl if profile else None, load_seconds=model.load_seconds))
         for model_id, needs in node.loading.items():

@@ -99,6 +99,7 @@ class Reconciler:
                 return
             deadline = time.monotonic() + gateway.settings.load_timeout
             node = await gateway.place(profile, deadline=deadline, keep=True)
+            await gateway.fleet.pin(node, model, True)  # for the other gateway replicas
             log.info("pinned model %s is loaded on %s", model, node)
         except CortexError as exc:
             log.warning("cannot load pinned model %s (trying again in %.0fs): %s", model,

@@ -294,6 +294,9 @@ class ModelStatus(Wire, kw_only=True):
     chat: bool = True
     embeddings: bool = False
     error: str | None = None
+    # Set by a gateway's pin (POST /models/pin), so every gateway replica's evictor
+    # leaves this copy alone; it goes with the copy (an unload, a restart).
+    pinned: bool = False
 
 
 class NodeStatus(Wire, kw_only=True):
@@ -314,6 +317,13 @@ class DrainRequest(Wire, kw_only=True):
     """Body of a neuron's POST /drain: start (true) or stop (false) draining."""
 
     draining: bool = True
+
+
+class PinRequest(Wire, kw_only=True):
+    """Body of a neuron's POST /models/pin."""
+
+    model: str
+    pinned: bool = True
 
 
 class LoadRequest(Wire, kw_only=True):

@@ -40,6 +40,7 @@ from cortex.types import (
     EstimateRequest,
     LoadRequest,
     NodeStatus,
+    PinRequest,
     TokenizeRequest,
     TokenizeResponse,
     UnloadRequest,
@@ -147,6 +148,10 @@ class _Neuron:
     async def estimate(self, request: Request) -> Response:
         body = await decode(request, EstimateRequest)
         return MsgspecResponse(await self.registry.estimate(body.profile))
+
+    async def pin(self, request: Request) -> Response:
+        body = await decode(request, PinRequest)
+        return MsgspecResponse(self.registry.pin(body.model, body.pinned))
 
     async def unload(self, request: Request) -> Response:
         body = await decode(request, UnloadRequest)
@@ -304,6 +309,7 @@ def create_app(config: NeuronConfig | None = None, plugins: Plugins | None = Non
             Route("/models", n.models), Route("/models/load", n.load, methods=["POST"]),
             Route("/models/unload", n.unload, methods=["POST"]),
             Route("/models/estimate", n.estimate, methods=["POST"]),
+            Route("/models/pin", n.pin, methods=["POST"]),
             Route("/drain", n.drain, methods=["POST"]),
             Route("/tokenize", n.tokenize, methods=["POST"]),
             Route("/v1/models", n.openai_models),

@@ -52,6 +52,7 @@ class Slot:
         self.load_seconds: float | None = None
         self.last_used = time.time()
         self.active = 0
+        self.pinned = False
         self.idle = asyncio.Event()
         self.idle.set()
         self.loaded: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -69,7 +70,7 @@ class Slot:
             queued=max(0, self.active - (engine.in_flight if engine else 0)),
             last_used=self.last_used, load_seconds=self.load_seconds,
             load_progress=self.progress, chat=engine.chat_supported if engine else True,
-            embeddings=self.profile.embeddings, error=self.error)
+            embeddings=self.profile.embeddings, error=self.error, pinned=self.pinned)
 
 
 class ModelRegistry:
@@ -104,6 +105,12 @@ class ModelRegistry:
 
     def status(self, model_id: str) -> ModelStatus:
         return self._slot(model_id).status()
+
+    def pin(self, model_id: str, pinned: bool) -> ModelStatus:
+        """Mark a resident model pinned: the neuron only records it, for every gateway."""
+        slot = self._slot(model_id)
+        slot.pinned = pinned
+        return slot.status()
 
     def _slot(self, model_id: str) -> Slot:
         slot = self._slots.get(model_id)

@@ -72,6 +72,19 @@ def test_every_route_is_documented() -> None:
         assert documented in DOC, f"{path} is not in docs/gateway.md"
 
 
+def test_every_neuron_route_is_documented() -> None:
+    from cortex_neuron.app import create_app as neuron_app
+
+    doc = (ROOT / "docs" / "neuron.md").read_text()
+    for route in neuron_app().routes:
+        assert isinstance(route, Route)
+        for method in route.methods or ():
+            if method == "HEAD":
+                continue
+            heading = f"`{method} {route.path}`"
+            assert heading in doc, f"{heading} is not in docs/neuron.md"
+
+
 def test_every_command_is_documented() -> None:
     for name in main.commands:
         assert f"cortex {name}" in DOC, f"`cortex {name}` is not in docs/gateway.md"
