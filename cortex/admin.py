@@ -75,7 +75,13 @@ def admin_routes(gateway: Gateway) -> list[BaseRoute]:
         profile, loadable = gateway.resolve(name)
         only = known_node(request.query_params.get("node"))
         decision = await gateway.decide(profile, loadable=loadable, only=only)
-        return JSONResponse({"requested": name, **msgspec.to_builtins(decision)})
+        body = {"requested": name, **msgspec.to_builtins(decision)}
+        if decision.action == "serve" and profile.spill_after is not None \
+                and decision.ahead >= profile.spill_after and only is None:
+            # The request would also start another copy (spill_after), here if anywhere.
+            spill = await gateway.spill_decision(profile)
+            body["spill"] = msgspec.to_builtins(spill) if spill is not None else None
+        return JSONResponse(body)
 
     async def model_action(request: Request) -> Response:
         name = request.path_params["model"]

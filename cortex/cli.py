@@ -263,6 +263,10 @@ def explain_text(data: dict[str, Any]) -> str:
         lines.append(f"  needs: {gib(data['needs'])} GiB, "
                      f"free after: {gib(data.get('free_after'))} GiB")
     lines.append(f"  expected wait: {data.get('expected_wait', 0):.1f}s")
+    if "spill" in data:
+        spill = data["spill"]
+        lines.append(f"  another copy (spill_after): load on {spill['node']}" if spill
+                     else "  another copy (spill_after): no node has room to spare")
     if data.get("candidates"):
         lines.append("  nodes:")
         lines.extend(f"    {c['node']}: {c['verdict']}" for c in data["candidates"])

@@ -286,7 +286,8 @@ class Gateway:
         self._spills[profile.id] = task
         task.add_done_callback(lambda _: self._spills.pop(profile.id, None))
 
-    async def _spill(self, profile: ModelProfile) -> None:
+    async def spill_decision(self, profile: ModelProfile) -> Decision | None:
+        """Where another copy of `profile` would load now (Router.spill), if anywhere."""
         request = self._route_request(profile, prefix_node=None, exclude=frozenset(),
                                       only=None)
         names = [n.name for n in self.snapshot().nodes if request.allows(n)]
@@ -294,9 +295,12 @@ class Gateway:
             estimates = await self.fleet.estimates(profile, names)
         except CortexError as exc:
             log.info("%s: no estimates for another copy: %s", profile.id, exc.message)
-            return
-        decision = self.router.spill(msgspec.structs.replace(request, estimates=estimates),
-                                     self.snapshot())
+            return None
+        return self.router.spill(msgspec.structs.replace(request, estimates=estimates),
+                                 self.snapshot())
+
+    async def _spill(self, profile: ModelProfile) -> None:
+        decision = await self.spill_decision(profile)
         if decision is None or decision.node is None or decision.needs is None \
                 or self.loader.job(profile.id) is not None:
             return

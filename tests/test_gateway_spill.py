@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from cortex import ModelProfile
+from cortex.cli import explain_text
 from cortex.gateway import Gateway
 
 from .conftest import NeuronProcess
@@ -49,6 +50,11 @@ async def test_a_queue_on_every_copy_loads_another_where_there_is_room(
         assert placed.json()["node"] == "a"
         first = asyncio.ensure_future(_stream(gw.client, 20))
         await wait_until(lambda: _busy(gw.gateway, "a"), timeout=10, what="a's slot is taken")
+        route = (await gw.client.get("/admin/route", params={"model": "m"})).json()
+        assert (route["action"], route["node"], route["ahead"]) == ("serve", "a", 1)
+        assert route["spill"]["node"] == "b"  # what the next request would start
+        assert "another copy (spill_after): load on b" in explain_text(route)
+        assert "m" not in await neuron_models(pair["b"])  # explaining did not act
         # This one queues behind the first on a: one ahead, so another copy is loaded.
         second = asyncio.ensure_future(_stream(gw.client, 5))
 
