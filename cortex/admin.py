@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -18,14 +17,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from cortex.errors import ConfigError, Conflict, CortexError, InvalidRequest, NotFound
+from cortex.errors import ConfigError, Conflict, InvalidRequest, NotFound
 
 if TYPE_CHECKING:
     from cortex.gateway import Gateway
 
 __all__ = ["AdminAction", "admin_routes"]
-
-log = logging.getLogger("cortex.admin")
 
 
 class AdminAction(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -119,11 +116,7 @@ def admin_routes(gateway: Gateway) -> list[BaseRoute]:
                 await gateway.fleet.pin(body["node"], profile.id, True)
             else:
                 for holder, _ in gateway.snapshot().placements_of(profile.id):
-                    try:
-                        await gateway.fleet.pin(holder.name, profile.id, False)
-                    except CortexError as exc:  # gone or unreachable: nothing left to unpin
-                        log.warning("could not unpin %s on %s: %s", profile.id, holder.name,
-                                    exc.message)
+                    await gateway.fleet.pin(holder.name, profile.id, False)
             return JSONResponse(body)
         raise NotFound(f"no admin action `{verb}` (load, unload, pin, unpin)")
 

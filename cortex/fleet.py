@@ -170,9 +170,18 @@ class Fleet:
         if node is not None:
             node.wake.set()
 
-    async def pin(self, name: str, model: str, pinned: bool) -> None:
-        """Record the pin on the neuron holding the copy, where every replica sees it."""
-        self.apply_model(name, await self._node(name).client.pin(model, pinned))
+    async def pin(self, name: str, model: str, pinned: bool) -> bool:
+        """Record the pin on the neuron holding the copy, where every replica sees it.
+        Best effort: this gateway holds its own pins either way, and a neuron that cannot
+        (gone, unreachable, a version before /models/pin) only costs the other replicas."""
+        try:
+            status = await self._node(name).client.pin(model, pinned)
+        except CortexError as exc:
+            log.warning("could not %s %s on %s: %s", "pin" if pinned else "unpin", model,
+                        name, exc.message)
+            return False
+        self.apply_model(name, status)
+        return True
 
     async def drain(self, name: str, draining: bool) -> NodeStatus:
         """Tell a neuron to drain (or stop draining) and take its answer as a poll's."""
