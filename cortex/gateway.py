@@ -232,6 +232,7 @@ class Gateway:
                     deadline: float, keep: bool = False, only: str | None = None) -> str:
         """A node where the model is ready, loading it first (one load per model) if needed."""
         refusals = 0
+        failed: CortexError | None = None  # the last load that failed on a node now excluded
         while True:
             if time.monotonic() >= deadline:
                 raise Timeout(f"model `{profile.id}` could not be placed before the deadline",
@@ -254,6 +255,8 @@ class Gateway:
                     await asyncio.sleep(min(self.settings.poll_interval,
                                             max(0.0, deadline - time.monotonic())))
                     continue
+                if job is None and decision.action == "none" and failed is not None:
+                    raise failed  # what went wrong, not "no node can serve it"
                 if job is None:
                     job = self._act(profile, decision, loadable=loadable, keep=keep)
                     if job is None:
@@ -273,8 +276,12 @@ class Gateway:
             except Conflict:
                 await self.fleet.refresh(job.node)
                 await asyncio.sleep(0.2)
-            except Unreachable:
+            except (Unreachable, Unavailable) as exc:
+                # Unavailable: the neuron would not load it (draining, or the load
+                # failed there); another node may.
+                failed = exc
                 exclude = exclude | {job.node}
+                self.fleet.poke(job.node)
 
     def _spill_soon(self, profile: ModelProfile, decision: Decision) -> None:
         """When this request queues behind `spill_after` others, load another copy in the

@@ -163,3 +163,25 @@ async def test_cortex_drain_wait_returns_once_the_node_is_idle(
             CliRunner().invoke, cortex_cli, ["undrain", "a", "--url", gw.url])
         assert result.exit_code == 0 and "takes new work again" in result.output
         assert await _stream(gw.client) == "data: [DONE]"
+
+
+async def test_a_stale_gateway_loading_on_a_draining_node_loads_elsewhere(
+        tmp_path: Path) -> None:
+    # `a` has the most room, so a gateway that has not seen the drain places the load
+    # there; the neuron refuses it (503) and the request is placed again, on `b`.
+    fresh = ModelProfile(id="fresh", source="synthetic:rate=0,tokens=3", harness="synthetic")
+    with neuron_fleet(tmp_path, None, ("a",), memory_budget="8GiB") as big, \
+            neuron_fleet(tmp_path, None, ("b",), memory_budget="4GiB") as small:
+        nodes = [("a", big["a"]), ("b", small["b"])]
+        async with running_gateway(nodes, [fresh], poll_interval=30) as gw:
+            assert (await gw.client.get("/admin/route", params={"model": "fresh"})).json()[
+                "node"] == "a"
+            async with httpx.AsyncClient(base_url=big["a"].url) as neuron:
+                assert (await neuron.post("/drain")).json()["draining"] is True
+            reply = await gw.client.post("/v1/chat/completions", json={
+                "model": "fresh", "max_tokens": 3,
+                "messages": [{"role": "user", "content": "hi"}]})
+            assert reply.status_code == 200, reply.text
+            assert gw.recorder.records[-1].node == "b"
+            assert "fresh" not in await neuron_models(big["a"])
+
