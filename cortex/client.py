@@ -36,11 +36,11 @@ def neuron_profile(profile: ModelProfile) -> ModelProfile:
     """The profile as sent to a neuron, without gateway-only fields.
 
     A neuron treats a load of a different profile under the same id as a conflict, so
-    fleet settings (aliases, pinning, priority, affinity, ttl, spill_after) must not reach
-    it: editing them in models.toml must not disturb a loaded model.
+    fleet settings (aliases, pinning, priority, affinity, ttl, spill_after, max_copies)
+    must not reach it: editing them in models.toml must not disturb a loaded model.
     """
     return msgspec.structs.replace(profile, aliases=[], pinned=False, priority=0, neurons=[],
-                                   ttl=None, spill_after=None)
+                                   ttl=None, spill_after=None, max_copies=None)
 
 
 def upstream_error(status: int, body: bytes) -> CortexError:

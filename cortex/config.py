@@ -75,6 +75,8 @@ class ModelProfile(Base, kw_only=True):
     # Load another copy (on a node with room to spare) once a request would queue
     # behind this many others on the copy it is sent to.
     spill_after: PositiveInt | None = None
+    # The most copies spill_after keeps on the fleet at once (unset: one per node).
+    max_copies: PositiveInt | None = None
 
     def __post_init__(self) -> None:
         if self.chat_format and self.chat_template:

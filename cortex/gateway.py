@@ -204,7 +204,8 @@ class Gateway:
                        exclude: frozenset[str], only: str | None) -> RouteRequest:
         affinity = (only,) if only else tuple(profile.neurons)
         return RouteRequest(model=profile.id, affinity=affinity, prefix_node=prefix_node,
-                            exclude=exclude, load_seconds=self.fleet.load_seconds(profile.id))
+                            exclude=exclude, load_seconds=self.fleet.load_seconds(profile.id),
+                            max_copies=profile.max_copies)
 
     async def decide(self, profile: ModelProfile, *, loadable: bool = True,
                      prefix_node: str | None = None, exclude: frozenset[str] = frozenset(),

@@ -35,6 +35,8 @@ class RouteRequest(msgspec.Struct, frozen=True, kw_only=True):
     prefix_node: str | None = None
     exclude: frozenset[str] = frozenset()
     load_seconds: float | None = None
+    # Router.spill adds no copy once the fleet holds this many (the profile's max_copies).
+    max_copies: int | None = None
 
     def allows(self, node: NodeView) -> bool:
         return node.up and not node.draining and node.name not in self.exclude and (
@@ -188,10 +190,14 @@ class Router:
     def spill(self, request: RouteRequest, snapshot: FleetSnapshot) -> Decision | None:
         """Where to add a copy of a model whose ready copies all have a queue: a node
         with room to spare, ranked by the strategy. Never evicts: a burst on one model
-        must not push out another. None when no node has room, or a copy is already on
-        its way."""
+        must not push out another. None when no node has room, a copy is already on its
+        way, or the fleet holds `max_copies` already."""
         allowed = [n for n in snapshot.nodes if request.allows(n)]
         if any((m := n.model(request.model)) and m.state == "loading" for n in allowed):
+            return None
+        copies = sum(1 for _, m in snapshot.placements_of(request.model)
+                     if m.state in ("ready", "loading"))
+        if request.max_copies is not None and copies >= request.max_copies:
             return None
         placements = [Placement(node=n, needs=needs) for n in allowed
                       if n.model(request.model) is None

@@ -105,6 +105,8 @@ DESCRIPTIONS: dict[str, str] = {
     "ModelProfile.spill_after": "gateway: load another copy on a node with room to spare "
                                 "once a request would queue behind this many others; "
                                 "unset means never",
+    "ModelProfile.max_copies": "gateway: the most copies spill_after keeps on the fleet at "
+                               "once; unset means one per node with room",
     # neuron.toml
     "NeuronConfig.listen": "host:port (`[::1]:port` for IPv6); `--listen` overrides it",
     "NeuronConfig.name": "the node name in `/status`; empty means the host name",

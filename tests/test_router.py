@@ -162,6 +162,16 @@ def test_another_copy_never_evicts_or_doubles_a_load_or_leaves_the_profiles_node
                                        estimates=everywhere(1)), busy) is None
 
 
+def test_max_copies_caps_the_copies_a_spill_adds() -> None:
+    busy = _with(snapshot(), "gpu-a", "qwen2.5-7b", active=4)  # one copy, on gpu-a
+    fits = RouteRequest(model="qwen2.5-7b", estimates=everywhere(3))
+    assert router().spill(msgspec.structs.replace(fits, max_copies=2), busy) is not None
+    assert router().spill(msgspec.structs.replace(fits, max_copies=1), busy) is None
+    # llama-3.1-8b has a copy on gpu-a and gpu-b already.
+    assert router().spill(RouteRequest(model="llama-3.1-8b", estimates={"gpu-a": GiB},
+                                       max_copies=2), snapshot()) is None
+
+
 def test_a_draining_node_takes_no_new_work_and_says_so() -> None:
     fleet = snapshot()
     draining = FleetSnapshot(nodes=tuple(msgspec.structs.replace(n, draining=n.name == "gpu-b")
