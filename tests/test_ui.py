@@ -109,13 +109,17 @@ async def test_dashboard_shows_the_fleet_and_its_buttons_unload_load_and_pin(
         assert entry["pinned"] is True
         await page.screenshot(path=str(ARTIFACTS / "ui-pinned.png"), full_page=True)
 
-        assert (await gw.client.post("/admin/nodes/a/drain")).json()["draining"] is True
+        await card.locator('button[data-action="drain"]').click()
         try:
             await expect(card.locator(".state-draining")).to_have_text("draining",
                                                                        timeout=WAIT_MS)
+            fleet = (await gw.client.get("/admin/fleet")).json()
+            assert fleet["nodes"][0]["draining"] is True
+            await card.locator('button[data-action="undrain"]').click()
+            await expect(card.locator(".state-up")).to_have_text("up", timeout=WAIT_MS)
         finally:
-            await gw.client.post("/admin/nodes/a/undrain")
-        await expect(card.locator(".state-up")).to_have_text("up", timeout=WAIT_MS)
+            await gw.client.post("/admin/nodes/a/undrain")  # the module's neuron is shared
+        await expect(card.locator('button[data-action="drain"]')).to_have_count(1)
         assert problems == []
 
 

@@ -83,24 +83,33 @@ function button(action, model, node, label) {
   return el("button", {
     type: "button", "data-action": action, "data-model": model, "data-node": node,
     disabled: busy.has(id) ? "" : null, text: label,
-    onclick: () => act(action, model, node),
+    onclick: () => act(id, `${action} ${model}${node ? ` on ${node}` : ""}`,
+      `/admin/models/${encodeURIComponent(model)}/${action}`, node ? { node } : {}),
   });
 }
 
-async function act(action, model, node) {
-  const id = `${action} ${model} ${node || ""}`;
+function nodeButton(node) {
+  const action = node.draining ? "undrain" : "drain";
+  const id = `${action} node ${node.name}`;
+  return el("button", {
+    type: "button", "data-action": action, "data-node": node.name,
+    disabled: busy.has(id) ? "" : null, text: action,
+    onclick: () => act(id, `${action} ${node.name}`,
+      `/admin/nodes/${encodeURIComponent(node.name)}/${action}`, {}),
+  });
+}
+
+async function act(id, what, path, body) {
   busy.add(id);
   render.last && render(render.last);
-  say(`${action} ${model}${node ? ` on ${node}` : ""}…`);
+  say(`${what}…`);
   try {
-    const reply = await api(`/admin/models/${encodeURIComponent(model)}/${action}`, {
-      method: "POST", body: JSON.stringify(node ? { node } : {}),
-    });
+    const reply = await api(path, { method: "POST", body: JSON.stringify(body) });
     const where = reply.unloaded_from ? ` (from ${reply.unloaded_from.join(", ")})`
-      : reply.node ? ` (on ${reply.node})` : "";
-    say(`${action} ${model}: done${where}`);
+      : reply.node && !what.endsWith(reply.node) ? ` (on ${reply.node})` : "";
+    say(`${what}: done${where}`);
   } catch (error) {
-    say(`${action} ${model}: ${error.message}`, true);
+    say(`${what}: ${error.message}`, true);
     if (error.status === 401 || error.status === 403) askForKey(error.message);
   } finally {
     busy.delete(id);
@@ -119,7 +128,8 @@ function renderNodes(nodes) {
     return el("article", { class: "node", "data-node": node.name },
       el("h3", {}, el("span", { text: node.name }),
         el("span", { class: `state-${state}`, text: state }),
-        el("span", { class: "endpoint", text: node.endpoint })),
+        el("span", { class: "endpoint", text: node.endpoint }),
+        node.up ? nodeButton(node) : null),
       meter("reserved by models / budget", node.reserved_bytes, node.budget_bytes,
         `budget-${node.name}`),
       ...gpus,
