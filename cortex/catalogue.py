@@ -45,12 +45,13 @@ def build_catalogue(profiles: ProfileIndex, snapshot: FleetSnapshot) -> list[Cat
             continue
         loaded = [n.name for n in live if (m := n.model(profile.id)) and m.ready]
         loading = [n.name for n in live if (m := n.model(profile.id)) and m.state == "loading"]
-        # A copy may be pinned on its neuron by another gateway replica (`cortex pin`).
-        pinned = any(m.pinned for n in live if (m := n.model(profile.id)) is not None)
         entries.append(CatalogueEntry(
             id=profile.id, state=_state(loaded, loading), loaded_on=loaded, loading_on=loading,
             aliases=list(profile.aliases), n_ctx=profile.n_ctx, slots=profile.slots,
-            pinned=profile.pinned or pinned, priority=profile.priority, ttl=profile.ttl,
+            # A copy may be pinned on its neuron by another replica (`cortex pin`).
+            pinned=profile.pinned or any(m.pinned for n in live
+                                         if (m := n.model(profile.id)) is not None),
+            priority=profile.priority, ttl=profile.ttl,
             neurons=list(profile.neurons)))
     extra: dict[str, CatalogueEntry] = {}
     for node in live:
