@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from cortex.catalogue import CatalogueEntry
 from cortex.config import (
     GatewayConfig,
     ModelProfile,
@@ -15,7 +14,7 @@ from cortex.config import (
     load_gateway_config,
     load_neuron_config,
 )
-from cortex.dialect import Call, Dialect, GatewayAPI, sse_frame
+from cortex.dialect import Call, CatalogueEntry, Dialect, GatewayAPI, sse_frame
 from cortex.errors import ConfigError, CortexError, InvalidRequest, PluginError
 from cortex.evictor import EvictionPolicy, Evictor
 from cortex.harness import (

@@ -1,30 +1,18 @@
-"""An ASGI factory, for running the gateway under a server other than hypercorn.
+"""`cortex.asgi:gateway`, the ASGI factory's documented name (cortex.gateway.asgi).
 
-    CORTEX_CONFIG=/etc/cortex/cortex.toml uvicorn --factory cortex.asgi:gateway
-    CORTEX_CONFIG=/etc/cortex/cortex.toml granian --interface asgi --factory cortex.asgi:gateway
-
-`cortex serve` (hypercorn) stays the supported way: only it drains on SIGTERM, reloads
-on SIGHUP and serves `metrics_listen`. The app itself is server-agnostic, so this is
-all another server needs; docs/benchmarks.md compares the three.
+Kept where ASGI servers' command lines already point; the one module of the core that
+names the gateway package, and only when a server calls the factory.
 """
 
 from __future__ import annotations
 
-import os
-
 from starlette.applications import Starlette
-
-from cortex.config import load_gateway_config
-from cortex.gateway import create_app
-from cortex.plugins import build_plugin_manager
 
 __all__ = ["gateway"]
 
 
 def gateway() -> Starlette:
     """The gateway app for the config file named by `CORTEX_CONFIG`."""
-    path = os.environ.get("CORTEX_CONFIG")
-    if not path:
-        raise RuntimeError("set CORTEX_CONFIG to the gateway's cortex.toml")
-    config, profiles = load_gateway_config(path)
-    return create_app(config, build_plugin_manager(), profiles=profiles)
+    from cortex.gateway.asgi import gateway as build
+
+    return build()

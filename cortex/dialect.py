@@ -11,7 +11,7 @@ translating dialect overrides `reply`, `relay` and the error methods.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Literal, Protocol
 
 import msgspec
 from starlette.responses import JSONResponse, Response
@@ -22,9 +22,7 @@ if TYPE_CHECKING:
     from starlette.requests import Request
     from starlette.routing import BaseRoute
 
-    from cortex.catalogue import CatalogueEntry
-
-__all__ = ["Call", "Dialect", "GatewayAPI", "sse_frame"]
+__all__ = ["Call", "CatalogueEntry", "Dialect", "GatewayAPI", "sse_frame"]
 
 _encode = msgspec.json.Encoder().encode
 
@@ -33,6 +31,23 @@ def sse_frame(payload: object, *, event: str | None = None) -> bytes:
     """One server-sent event: `event:` (when given) and a single `data:` line."""
     head = b"event: " + event.encode() + b"\n" if event else b""
     return head + b"data: " + _encode(payload) + b"\n\n"
+
+
+class CatalogueEntry(msgspec.Struct, kw_only=True):
+    """One model in the catalogue (`/v1/models`): what a dialect lists for clients."""
+
+    id: str
+    state: Literal["ready", "loading", "available"]
+    loaded_on: list[str] = []
+    loading_on: list[str] = []
+    aliases: list[str] = []
+    n_ctx: int = 0
+    slots: int = 1
+    pinned: bool = False
+    priority: int = 0
+    ttl: float | None = None
+    neurons: list[str] = []
+    configured: bool = True
 
 
 class Call(msgspec.Struct, kw_only=True):

@@ -2,7 +2,7 @@
 
 The loop is uvloop when it is installed, else asyncio's own: uvloop's C transports
 cut the gateway's CPU per streamed chunk by about a quarter (docs/benchmarks.md), and
-the apps work on either. Kept apart from cortex.server so that the CLIs can offer
+the apps work on either. Kept apart from cortex.gateway.server so that the CLIs can offer
 `--loop` without importing a server.
 """
 

@@ -1,13 +1,14 @@
 """Plugin manager factory and the name-keyed registries built from `register_*` hooks.
 
 A fresh manager is built per app (and per test): there is no module-global one.
-Default plugins are ordinary modules named in DEFAULT_PLUGINS and loaded by the same
-path as third-party plugins, which come from the `cortex` entry-point group.
+Plugins come from the `cortex` entry-point group. The defaults (`cortex_plugins/`) are
+ordinary entry points of this distribution, loaded by the same path as third-party
+plugins but first, so the core never names the plugin package.
 """
 
 from __future__ import annotations
 
-import importlib
+import importlib.metadata
 from collections.abc import Iterable, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
@@ -25,24 +26,29 @@ if TYPE_CHECKING:
     from cortex.router import RoutingStrategy
 
 __all__ = [
-    "DEFAULT_PLUGINS",
+    "DISTRIBUTION",
     "ENTRY_POINT_GROUP",
     "Plugins",
     "build_options",
     "build_plugin_manager",
+    "default_plugins",
 ]
 
 ENTRY_POINT_GROUP = "cortex"
-DEFAULT_PLUGINS: tuple[str, ...] = (
-    "cortex_plugins.llamacpp",
-    "cortex_plugins.synthetic",
-    "cortex_plugins.nvml",
-    "cortex_plugins.routing",
-    "cortex_plugins.eviction",
-    "cortex_plugins.openai",
-    "cortex_plugins.anthropic",
-    "cortex_plugins.observers",
-)
+#: The distribution whose entry points are the default plugins.
+DISTRIBUTION = "cortex"
+
+
+def _entry_points(*, ours: bool) -> list[importlib.metadata.EntryPoint]:
+    """The group's entry points of this distribution (`ours`) or of every other, by name."""
+    found = [ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+             if (ep.dist is not None and ep.dist.name == DISTRIBUTION) == ours]
+    return sorted(found, key=lambda ep: ep.name)
+
+
+def default_plugins() -> tuple[str, ...]:
+    """The names of the default plugins (each the module it loads)."""
+    return tuple(ep.name for ep in _entry_points(ours=True))
 
 
 class _Named(Protocol):
@@ -57,19 +63,19 @@ def build_plugin_manager(*, entry_points: bool = True, defaults: bool = True,
                          ) -> pluggy.PluginManager:
     """Build a manager with the default plugins, entry-point plugins and `extra` objects.
 
-    `blocked` names plugins (a DEFAULT_PLUGINS module name or an entry-point name) to skip.
+    `blocked` names plugins (a default's module name or an entry-point name) to skip.
     """
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     for name in blocked:
         pm.set_blocked(name)
-    if defaults:
-        for module_name in DEFAULT_PLUGINS:
-            if pm.is_blocked(module_name):
+    batches = ([_entry_points(ours=True)] if defaults else []) \
+        + ([_entry_points(ours=False)] if entry_points else [])
+    for batch in batches:
+        for ep in batch:
+            if pm.is_blocked(ep.name) or pm.get_plugin(ep.name) is not None:
                 continue
-            pm.register(importlib.import_module(module_name), name=module_name)
-    if entry_points:
-        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+            pm.register(ep.load(), name=ep.name)
     for plugin in extra:
         pm.register(plugin)
     return pm

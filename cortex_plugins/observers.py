@@ -1,6 +1,6 @@
 """The default request log: one line per finished request, on the `cortex.requests` logger.
 
-A plain module in DEFAULT_PLUGINS because it holds no state (metrics, which hold a
+A plain module among the default plugins because it holds no state (metrics, which hold a
 MeterProvider per app, are registered by the app instead); block
 `cortex_plugins.observers` to silence it. The line is logfmt, and the record also rides
 on the LogRecord as `cortex_request` (a dict) for JSON log handlers.

@@ -16,7 +16,7 @@ import msgspec
 
 from cortex import FleetEvent, ModelProfile, build_plugin_manager, hookimpl
 from cortex.config import GatewayConfig
-from cortex.gateway import Gateway, create_app
+from cortex.gateway.app import Gateway, create_app
 from cortex.metrics import metrics_app
 
 from .conftest import NeuronProcess, free_port

@@ -1,0 +1,146 @@
+"""Admin API: fleet state, routing explanations, manual lifecycle and config reload.
+
+    GET  /admin/fleet                           nodes, models, loads, in-flight, traffic
+    GET  /admin/route?model=ID[&node=NAME]      the routing decision, not acted upon
+    POST /admin/models/{id}/load|unload|pin|unpin   optional {"node": ..., "force": ...}
+    POST /admin/nodes/{name}/drain|undrain      new work goes elsewhere; in flight finishes
+    POST /admin/reload                          re-read cortex.toml and models.toml
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from cortex.errors import ConfigError, Conflict, InvalidRequest, NotFound
+
+if TYPE_CHECKING:
+    from cortex.gateway.app import Gateway
+
+__all__ = ["AdminAction", "admin_routes"]
+
+
+class AdminAction(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Body of POST /admin/models/{id}/{action}; `node` may also come as ?node=."""
+
+    node: str | None = None
+    force: bool = False
+
+
+async def _action(request: Request) -> AdminAction:
+    body = await request.body()
+    try:
+        action = msgspec.json.decode(body, type=AdminAction) if body.strip() else AdminAction()
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise InvalidRequest(f"invalid request: {exc}") from None
+    node = request.query_params.get("node")
+    if node:
+        action.node = node
+    if "force" in request.query_params:
+        action.force = request.query_params["force"].lower() in ("1", "true", "yes")
+    return action
+
+
+def admin_routes(gateway: Gateway) -> list[BaseRoute]:
+    def known_node(name: str | None) -> str | None:
+        if name is not None and not gateway.fleet.has(name):
+            raise NotFound(f"no neuron named `{name}` in the fleet")
+        return name
+
+    async def fleet(request: Request) -> Response:
+        now = time.monotonic()
+        return JSONResponse({
+            "nodes": gateway.fleet.describe(),
+            "loads": [{"model": j.model, "node": j.node, "waiters": j.waiters,
+                       "seconds": round(now - j.started, 3), "keep": j.keep}
+                      for j in gateway.loader.jobs],
+            "routing": gateway.router.strategy.name,
+            "eviction": gateway.router.evictor.policy.name,
+            "traffic": gateway.traffic.describe(),
+        })
+
+    async def route(request: Request) -> Response:
+        name = request.query_params.get("model")
+        if not name:
+            raise InvalidRequest("give the model to explain: /admin/route?model=ID",
+                                 param="model")
+        profile, loadable = gateway.resolve(name)
+        only = known_node(request.query_params.get("node"))
+        decision = await gateway.decide(profile, loadable=loadable, only=only)
+        body = {"requested": name, **msgspec.to_builtins(decision)}
+        if decision.action == "serve" and profile.spill_after is not None \
+                and decision.ahead >= profile.spill_after and only is None:
+            # The request would also start another copy (spill_after), here if anywhere.
+            spill = await gateway.spill_decision(profile)
+            body["spill"] = msgspec.to_builtins(spill) if spill is not None else None
+        return JSONResponse(body)
+
+    async def model_action(request: Request) -> Response:
+        name = request.path_params["model"]
+        verb = request.path_params["action"]
+        action = await _action(request)
+        node = known_node(action.node)
+        profile, loadable = gateway.resolve(name)
+        deadline = time.monotonic() + gateway.settings.load_timeout
+        if verb == "load":
+            if not loadable:
+                raise Conflict(f"model `{profile.id}` has no profile here, so it cannot be "
+                               "loaded through the gateway")
+            placed = await gateway.place(profile, deadline=deadline, keep=True, only=node)
+            return JSONResponse({"model": profile.id, "node": placed, "state": "ready"})
+        if verb == "unload":
+            if profile.pinned:
+                raise Conflict(f"model `{profile.id}` is pinned: unpin it first")
+            nodes = [n.name for n, m in gateway.snapshot().placements_of(profile.id)
+                     if node is None or n.name == node]
+            if not nodes:
+                raise NotFound(f"model `{profile.id}` is not loaded"
+                               + (f" on `{node}`" if node else ""))
+            for each in nodes:
+                await gateway.fleet.unload(each, profile.id, reason="manual", force=action.force)
+            return JSONResponse({"model": profile.id, "unloaded_from": nodes})
+        if verb in ("pin", "unpin"):
+            if not loadable:
+                raise Conflict(f"model `{profile.id}` has no profile here to pin")
+            profile = gateway.set_pin(profile.id, verb == "pin")
+            body: dict[str, Any] = {"model": profile.id, "pinned": profile.pinned}
+            if verb == "pin":
+                body["node"] = await gateway.place(profile, deadline=deadline, keep=True,
+                                                   only=node)
+                # On the neuron too, so other gateway replicas do not evict it either.
+                await gateway.fleet.pin(body["node"], profile.id, True)
+            else:
+                for holder, _ in gateway.snapshot().placements_of(profile.id):
+                    await gateway.fleet.pin(holder.name, profile.id, False)
+            return JSONResponse(body)
+        raise NotFound(f"no admin action `{verb}` (load, unload, pin, unpin)")
+
+    async def node_action(request: Request) -> Response:
+        name, verb = request.path_params["name"], request.path_params["action"]
+        if verb not in ("drain", "undrain"):
+            raise NotFound(f"no node action `{verb}` (drain, undrain)")
+        known_node(name)
+        status = await gateway.fleet.drain(name, verb == "drain")
+        # The neuron's own count: requests from every gateway replica, not just this one.
+        busy = sum(m.in_flight + m.queued for m in status.models)
+        return JSONResponse({"node": name, "draining": status.draining, "busy": busy})
+
+    async def reload(request: Request) -> Response:
+        try:
+            summary = await gateway.reload()
+        except ConfigError as exc:
+            raise InvalidRequest(f"configuration not reloaded: {exc.message}") from None
+        return JSONResponse({"status": "reloaded", "summary": summary})
+
+    return [
+        Route("/admin/fleet", fleet),
+        Route("/admin/route", route),
+        Route("/admin/models/{model:path}/{action}", model_action, methods=["POST"]),
+        Route("/admin/nodes/{name}/{action}", node_action, methods=["POST"]),
+        Route("/admin/reload", reload, methods=["POST"]),
+    ]

@@ -1,0 +1,101 @@
+"""The package layering, computed from every module's imports (importlib strings too).
+
+- the library (`cortex/*.py`) imports neither the gateway (`cortex.gateway`), the CLI
+  (`cortex.cli`), the neuron nor the default plugins, so a plugin author or an app that
+  embeds the router gets the library alone;
+- nothing names a project module in a string for importlib: the neuron is started
+  through its package's public `create_app`, plugins through entry points.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("cortex", "cortex_neuron", "cortex_plugins")
+#: `cortex.asgi:gateway` is the ASGI factory's documented name; it defers to the gateway.
+SHIMS = {"cortex.asgi": "cortex.gateway.asgi"}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(path): path for package in PACKAGES
+            for path in sorted((ROOT / package).rglob("*.py"))}
+
+
+def _absolute(node: ast.ImportFrom, name: str, path: Path) -> str:
+    if node.level == 0:
+        return node.module or ""
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    base = package[: len(package) - node.level + 1]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def imports_of(name: str, path: Path) -> set[str]:
+    """Every module `name` imports (at any depth: functions and TYPE_CHECKING blocks
+    count), `from x import y` counted as x.y where y is a module, and every string given
+    to importlib.import_module or __import__."""
+    known = modules()
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = _absolute(node, name, path)
+            found.add(base)
+            found.update(f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in known)
+        elif isinstance(node, ast.Call):
+            func = node.func
+            called = func.attr if isinstance(func, ast.Attribute) else \
+                func.id if isinstance(func, ast.Name) else ""
+            if called in IMPORTERS and node.args \
+                    and isinstance(node.args[0], ast.Constant) \
+                    and isinstance(node.args[0].value, str):
+                found.add(node.args[0].value)
+    return found
+
+
+def within(module: str, *packages: str) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in packages)
+
+
+def library() -> dict[str, Path]:
+    """cortex/*.py: what plugins and both daemons build on."""
+    return {name: path for name, path in modules().items()
+            if within(name, "cortex") and not within(name, "cortex.gateway", "cortex.cli")}
+
+
+def test_the_library_imports_neither_gateway_cli_neuron_nor_plugins() -> None:
+    found = modules()
+    assert "cortex.router" in found and "cortex.gateway.proxy" in found  # the walk works
+    forbidden = ("cortex.gateway", "cortex.cli", "cortex_neuron", "cortex_plugins")
+    wrong = {name: sorted(m for m in imports_of(name, path)
+                          if within(m, *forbidden) and SHIMS.get(name) != m)
+             for name, path in library().items()}
+    assert {name: bad for name, bad in wrong.items() if bad} == {}
+
+
+IMPORTERS = ("import_module", "__import__", "find_spec")
+
+
+def test_no_project_module_is_imported_by_a_string() -> None:
+    strings: dict[str, list[str]] = {}
+    for name, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call) or not node.args:
+                continue
+            func = node.func
+            called = func.attr if isinstance(func, ast.Attribute) else \
+                func.id if isinstance(func, ast.Name) else ""
+            arg = node.args[0]
+            if called in IMPORTERS and isinstance(arg, ast.Constant) \
+                    and isinstance(arg.value, str) and within(arg.value, *PACKAGES):
+                strings.setdefault(name, []).append(arg.value)
+    assert strings == {}

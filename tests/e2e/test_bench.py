@@ -1,0 +1,23 @@
+"""The benchmarks run in a short mode here, so they cannot rot between full runs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.model
+def test_batching_bench_quick(tmp_path: Path, gemma_path: Path) -> None:
+    subprocess.run([sys.executable, str(ROOT / "bench" / "batching.py"), "--quick",
+                    "--out", str(tmp_path)], check=True, timeout=300, capture_output=True)
+    report = (tmp_path / "batching.md").read_text()
+    rows = [line for line in report.splitlines() if line.startswith("| 1 ") or
+            line.startswith("| 2 ")]
+    assert len(rows) == 2
+    assert all(float(row.split("|")[3]) > 0 for row in rows)
+    assert "TTFT p50 idle" in report

@@ -1,0 +1,81 @@
+"""`cortex pin` on one gateway replica holds on every replica: the pin is recorded on
+the neuron holding the copy, whose status every replica polls. Synthetic neuron: what is
+tested is placement and eviction, not inference."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cortex import ModelProfile
+
+from ..conftest import NeuronProcess
+from ..gateway_support import RunningGateway, neuron_models, running_gateway, wait_until
+
+pytestmark = [pytest.mark.anyio]
+
+# Room for one of the two on a 3 GiB node.
+BIG = [ModelProfile(id=f"big{i}", source="synthetic:rate=0,tokens=3,bytes=2GiB",
+                    harness="synthetic") for i in (1, 2)]
+CHAT = {"max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[NeuronProcess]:
+    neuron = NeuronProcess({"name": "n", "memory_budget": "3GiB"}, tmp_path)
+    try:
+        neuron.wait_ready()
+        yield neuron
+    finally:
+        neuron.stop()
+
+
+async def _seen_pinned(gw: RunningGateway, pinned: bool) -> None:
+    async def check() -> bool:
+        view = gw.gateway.snapshot().node("n")
+        model = view.model("big1") if view is not None else None
+        return model is not None and model.pinned is pinned
+
+    await wait_until(check, timeout=10, what=f"the replica sees big1 pinned={pinned}")
+
+
+async def test_a_pin_made_on_one_replica_stops_the_other_from_evicting(
+        node: NeuronProcess) -> None:
+    async with running_gateway([("n", node)], BIG) as one, \
+            running_gateway([("n", node)], BIG) as two:
+        pinned = await one.client.post("/admin/models/big1/pin")
+        assert pinned.json() == {"model": "big1", "pinned": True, "node": "n"}, pinned.text
+        assert (await neuron_models(node))["big1"]["pinned"] is True
+        await _seen_pinned(two, True)
+
+        route = (await two.client.get("/admin/route", params={"model": "big2"})).json()
+        assert route["action"] == "none", route
+        assert "pinned" in dict((c["node"], c["verdict"]) for c in route["candidates"])["n"]
+        refused = await two.client.post("/v1/chat/completions", json={**CHAT, "model": "big2"})
+        assert refused.status_code == 503, refused.text
+        assert "big1" in await neuron_models(node)
+        listed = {m["id"]: m for m in (await two.client.get("/v1/models")).json()["data"]}
+        assert listed["big1"]["pinned"] is True  # the other replica's pin shows here too
+
+        unpinned = await one.client.post("/admin/models/big1/unpin")
+        assert unpinned.json() == {"model": "big1", "pinned": False}
+        assert (await neuron_models(node))["big1"]["pinned"] is False
+        await _seen_pinned(two, False)
+        served = await two.client.post("/v1/chat/completions", json={**CHAT, "model": "big2"})
+        assert served.status_code == 200, served.text
+        assert set(await neuron_models(node)) == {"big2"}
+        # Pinning on the neuron is best effort (this gateway keeps its own pins): a copy
+        # that is gone, or a neuron too old for /models/pin, is a warning, not a failure.
+        assert await one.gateway.fleet.pin("n", "big1", True) is False
+
+
+async def test_the_neuron_pins_only_what_it_holds(node: NeuronProcess) -> None:
+    async with httpx.AsyncClient(base_url=node.url) as neuron:
+        missing = await neuron.post("/models/pin", json={"model": "big1"})
+        assert missing.status_code == 404, missing.text
+        assert missing.json()["error"]["code"] == "model_not_found"
+        malformed = await neuron.post("/models/pin", json={"model": "big1", "pinned": "yes"})
+        assert malformed.status_code == 400, malformed.text
