@@ -88,25 +88,33 @@ def serve(config_path: str | None, listen: str | None, bundled: bool, loop: str)
 @click.option("--config", "config_path", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def gpus(config_path: str | None, as_json: bool) -> None:
-    """Show the GPUs this host reports (NVML), or that it is CPU-only."""
-    from cortex_neuron.hardware import Hardware
+    """Show the GPUs this host reports (NVML), or that it is CPU-only, and whether the
+    installed llama.cpp can offload to a GPU."""
+    from cortex_neuron.hardware import Hardware, llama_gpu_offload
 
     config = _load_config(config_path)
     hardware = Hardware(config, build_plugin_manager().hook)
     found = hardware.gpus()
+    offload = llama_gpu_offload()
     if as_json:
         click.echo(json.dumps({"cpu_only": hardware.cpu_only,
                                "budget_bytes": hardware.budget_bytes,
+                               "gpu_offload": offload,
                                "gpus": msgspec.to_builtins(found)}, indent=2))
         return
     if not found:
         click.echo(f"CPU-only node; budget {hardware.budget_bytes / 2**30:.1f} GiB of system RAM")
-        return
     for gpu in found:
         click.echo(f"{gpu.index}  {gpu.name:<28} {gpu.memory_used / 2**30:6.1f} / "
                    f"{gpu.memory_total / 2**30:6.1f} GiB  util {gpu.utilization}%  "
                    f"driver {gpu.driver}")
-    click.echo(f"budget {hardware.budget_bytes / 2**30:.1f} GiB")
+    if found:
+        click.echo(f"budget {hardware.budget_bytes / 2**30:.1f} GiB")
+    click.echo({None: "llama.cpp: not installed (the `neuron` extra)",
+                True: "llama.cpp: GPU offload supported",
+                False: "llama.cpp: no GPU offload (a CPU build)" + (
+                    ": models would run on the CPU; rebuild it with CUDA (docs/deploy.md)"
+                    if found else "")}[offload])
 
 
 @main.command()

@@ -9,13 +9,29 @@ from typing import Any
 from cortex import GPU, NeuronConfig
 from cortex.config import parse_bytes
 
-__all__ = ["Hardware", "system_memory"]
+__all__ = ["Hardware", "llama_gpu_offload", "system_memory"]
 
 log = logging.getLogger("cortex.neuron.gpus")
 
 
 def system_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def llama_gpu_offload() -> bool | None:
+    """Whether the installed llama.cpp can offload layers to a GPU; None without it.
+
+    llama-cpp-python built without CUDA runs every layer on the CPU whatever
+    `n_gpu_layers` says, while NVML still reports the GPUs the budget is made of.
+    """
+    try:
+        import llama_cpp
+    except ImportError:
+        return None
+    except Exception as exc:  # its shared library failed to load (e.g. no CUDA runtime)
+        log.warning("llama-cpp-python is installed but does not load: %s", exc)
+        return None
+    return bool(llama_cpp.llama_supports_gpu_offload())
 
 
 class Hardware:
@@ -32,6 +48,10 @@ class Hardware:
         self.cpu_only = not gpus
         if self.cpu_only:
             log.info("no GPU found (no NVML or no device): CPU-only node, budget from system RAM")
+        elif llama_gpu_offload() is False:
+            log.warning("%d GPU(s) found but this llama-cpp-python cannot offload to a GPU (a "
+                        "CPU build): models will run on the CPU against a GPU-memory budget. "
+                        "Rebuild it with CUDA for this GPU (docs/deploy.md)", len(gpus))
         if config.memory_budget is not None:
             self.budget_bytes = parse_bytes(config.memory_budget)
         else:
