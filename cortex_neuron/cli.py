@@ -1,4 +1,4 @@
-"""`neuron`: serve this host's models, show its GPUs, list what a running neuron holds."""
+"""`neuron`: serve this host's models, show its GPUs, list what a running neuron holds, drain it."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from typing import Any
 
 import click
@@ -115,6 +116,40 @@ def gpus(config_path: str | None, as_json: bool) -> None:
                 False: "llama.cpp: no GPU offload (a CPU build)" + (
                     ": models would run on the CPU; rebuild it with CUDA (docs/deploy.md)"
                     if found else "")}[offload])
+
+
+@main.command()
+@click.option("--url", default="http://127.0.0.1:13131", show_default=True)
+@click.option("--wait", "wait_for", type=float, metavar="SECONDS",
+              help="then wait up to SECONDS for the requests it runs to finish")
+@click.option("--undo", is_flag=True, help="take new requests and loads again")
+def drain(url: str, wait_for: float | None, undo: bool) -> None:
+    """Stop this neuron taking new requests and loads; what it runs finishes.
+
+    The same as `cortex drain NODE` without a gateway at hand: a Kubernetes preStop hook
+    runs it in the neuron's own container ($NEURON_SECRET if the neuron has a secret).
+    """
+    secret = os.environ.get("NEURON_SECRET")
+
+    def busy(status: dict[str, Any]) -> int:
+        return sum(m.get("in_flight", 0) + m.get("queued", 0) for m in status["models"])
+
+    try:
+        status = call_json(url, "/drain", body={"draining": not undo}, timeout=10,
+                           bearer=secret)
+        if undo:
+            click.echo(f"{status['node']} takes new work again")
+            return
+        deadline = time.monotonic() + (wait_for or 0.0)
+        while wait_for is not None and busy(status) and time.monotonic() < deadline:
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+            status = call_json(url, "/status", timeout=10, bearer=secret)
+    except HttpFailure as exc:
+        raise click.ClickException(f"{url}: {exc.message}") from None
+    if wait_for is not None and busy(status):
+        raise click.ClickException(f"{status['node']} is draining, {busy(status)} request(s) "
+                                   f"still in flight after {wait_for:g}s")
+    click.echo(f"{status['node']} is draining, {busy(status)} request(s) in flight")
 
 
 @main.command()
