@@ -23,7 +23,11 @@ from cortex.jsonhttp import HttpFailure, call_json
 from cortex.loops import LOOPS, settle_heap
 from cortex.loops import run as run_loop
 
-__all__ = ["main", "serve_app"]
+__all__ = ["GRACEFUL_TIMEOUT", "main", "serve_app"]
+
+# Seconds open connections get after SIGTERM before hypercorn closes them (a Kubernetes
+# terminationGracePeriodSeconds covers this plus the preStop drain).
+GRACEFUL_TIMEOUT = 30
 
 
 def serve_app(app: Any, listen: str, loop: str = "auto") -> None:
@@ -36,7 +40,7 @@ def serve_app(app: Any, listen: str, loop: str = "auto") -> None:
     hyper.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     hyper.accesslog = None
     hyper.errorlog = logging.getLogger("hypercorn.error")  # through our handler, once
-    hyper.graceful_timeout = 30
+    hyper.graceful_timeout = GRACEFUL_TIMEOUT
 
     async def run() -> None:
         stop = asyncio.Event()
