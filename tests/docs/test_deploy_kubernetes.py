@@ -176,8 +176,8 @@ def test_every_resource_validates_against_the_kubernetes_schemas(
             continue
         # strict: unknown fields are errors, so a misspelt key does not pass unseen.
         kubernetes_validate.validate(resource, version, strict=True)
-    assert {"DaemonSet", "Deployment", "Service", "ConfigMap", "Secret",
-            "PodDisruptionBudget", "HorizontalPodAutoscaler"} <= kinds
+    assert {"DaemonSet", "Deployment", "Service", "ConfigMap", "PodDisruptionBudget",
+            "HorizontalPodAutoscaler"} <= kinds
 
 
 def test_strict_validation_catches_a_misspelt_field(base: list[Resource]) -> None:
@@ -373,6 +373,30 @@ def test_services_budgets_and_scalers_find_their_targets(rendered: list[Resource
             if credentials:
                 secret = one(rendered, "Secret", credentials["name"])
                 assert credentials["key"] in secret.get("stringData", secret.get("data"))
+
+
+def test_the_secrets_keys_are_the_ones_the_pods_use(rendered: list[Resource]) -> None:
+    used: set[tuple[str, str]] = set()
+    for workload, container in containers(rendered):
+        for env in container.get("env", []):
+            ref = env.get("valueFrom", {}).get("secretKeyRef")
+            if ref:
+                used.add((ref["name"], ref["key"]))
+        for volume in workload["spec"]["template"]["spec"]["volumes"]:
+            for source in volume.get("projected", {}).get("sources", []):
+                if "secret" in source:
+                    used.update((source["secret"]["name"], i["key"])
+                                for i in source["secret"]["items"])
+    assert {name for name, _ in used} == {"cortex-secrets"}
+    # The placeholder Secret, and the `kubectl create secret` its comment tells people
+    # to run instead (an overlay may drop the placeholder: overlays/example does).
+    placeholder = yaml.safe_load((KUBERNETES / "base" / "secret.yaml").read_text())
+    keys = set(placeholder["stringData"])
+    told = set(re.findall(r"--from-(?:file|literal)=([\w-]+)=",
+                          (KUBERNETES / "base" / "secret.yaml").read_text()))
+    assert {key for _, key in used} == keys == told
+    for secret in (r for r in rendered if r["kind"] == "Secret"):
+        assert set(secret.get("stringData", secret.get("data"))) == keys
 
 
 def test_neurons_run_on_gpu_nodes_and_ask_for_gpus(rendered: list[Resource]) -> None:
