@@ -117,9 +117,8 @@ def gpus(config_path: str | None, as_json: bool) -> None:
         click.echo(f"budget {hardware.budget_bytes / 2**30:.1f} GiB")
     click.echo({None: "llama.cpp: not installed (the `neuron` extra)",
                 True: "llama.cpp: GPU offload supported",
-                False: "llama.cpp: no GPU offload (a CPU build)" + (
-                    ": models would run on the CPU; rebuild it with CUDA (docs/deploy.md)"
-                    if found else "")}[offload])
+                False: "llama.cpp: no GPU offload (a CPU build, or no device it can use)" + (
+                    ": models would run on the CPU (docs/deploy.md)" if found else "")}[offload])
 
 
 @main.command()

@@ -19,10 +19,11 @@ def system_memory() -> int:
 
 
 def llama_gpu_offload() -> bool | None:
-    """Whether the installed llama.cpp can offload layers to a GPU; None without it.
+    """Whether the installed llama.cpp has a GPU to offload layers to; None without it.
 
-    llama-cpp-python built without CUDA runs every layer on the CPU whatever
-    `n_gpu_layers` says, while NVML still reports the GPUs the budget is made of.
+    False for a build without CUDA, and for a CUDA build that finds no device (no driver
+    in a container, say): either way every layer runs on the CPU whatever `n_gpu_layers`
+    says, while NVML may still report the GPUs the budget is made of.
     """
     try:
         import llama_cpp
@@ -49,9 +50,10 @@ class Hardware:
         if self.cpu_only:
             log.info("no GPU found (no NVML or no device): CPU-only node, budget from system RAM")
         elif llama_gpu_offload() is False:
-            log.warning("%d GPU(s) found but this llama-cpp-python cannot offload to a GPU (a "
-                        "CPU build): models will run on the CPU against a GPU-memory budget. "
-                        "Rebuild it with CUDA for this GPU (docs/deploy.md)", len(gpus))
+            log.warning("%d GPU(s) found but llama.cpp cannot offload to any (a CPU build "
+                        "of llama-cpp-python, or a CUDA build that sees no device): models "
+                        "will run on the CPU against a GPU-memory budget. See docs/deploy.md, "
+                        "llama.cpp for your GPUs", len(gpus))
         if config.memory_budget is not None:
             self.budget_bytes = parse_bytes(config.memory_budget)
         else:

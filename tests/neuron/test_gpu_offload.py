@@ -64,7 +64,7 @@ def test_neuron_gpus_reports_offload() -> None:
     assert json.loads(out)["gpu_offload"] is False
     text = subprocess.run([sys.executable, "-m", "cortex_neuron.cli", "gpus"],
                           capture_output=True, text=True, check=True).stdout
-    assert "llama.cpp: no GPU offload (a CPU build)" in text
+    assert "llama.cpp: no GPU offload (a CPU build, or no device it can use)" in text
 
 
 def test_neuron_gpus_on_a_gpu_host_says_models_would_run_on_the_cpu(
@@ -75,4 +75,4 @@ def test_neuron_gpus_on_a_gpu_host_says_models_would_run_on_the_cpu(
     result = CliRunner().invoke(cortex_neuron.cli.main, ["gpus"])
     assert result.exit_code == 0, result.output
     assert "Test GPU" in result.output
-    assert "no GPU offload (a CPU build): models would run on the CPU" in result.output
+    assert "no device it can use): models would run on the CPU" in result.output
