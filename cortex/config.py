@@ -129,6 +129,8 @@ class GatewaySection(Base, kw_only=True):
     max_body_bytes: PositiveInt = 16 * 2**20
     max_header_bytes: PositiveInt = 64 * 2**10
     max_tools_bytes: PositiveInt = 2**20
+    # Seconds a request body may go without a byte before 408 (slow or stalled clients).
+    body_timeout: Annotated[float, msgspec.Meta(gt=0)] = 30.0
     drain_timeout: NonNegative = 30.0
 
 

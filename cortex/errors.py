@@ -13,6 +13,7 @@ failure anywhere reaches the client in its own envelope::
     ├── PermissionDenied             403 permission_error
     ├── NotFound                     404 not_found_error
     │   └── ModelNotFound            404 model_not_found
+    ├── RequestTimeout               408 (a request body stalled; the connection closes)
     ├── Conflict                     409 (e.g. unload of a model that is loading)
     ├── PayloadTooLarge              413 request_too_large
     ├── RateLimited                  429 rate_limit_error (carries Retry-After)
@@ -41,6 +42,7 @@ __all__ = [
     "PermissionDenied",
     "PluginError",
     "RateLimited",
+    "RequestTimeout",
     "Timeout",
     "Unavailable",
     "Unreachable",
@@ -137,6 +139,19 @@ class ModelNotFound(NotFound):
         self.model = model
 
 
+class RequestTimeout(CortexError):
+    """The client stopped sending its body. The answer closes the connection: what is
+    left of the body would otherwise be read as the next request."""
+
+    status = 408
+    openai_type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
+    code = "request_timeout"
+
+    def headers(self) -> dict[str, str]:
+        return {**super().headers(), "connection": "close"}
+
+
 class Conflict(CortexError):
     status = 409
     openai_type = "invalid_request_error"
@@ -192,7 +207,7 @@ class Timeout(CortexError):
 
 _BY_STATUS: dict[int, type[CortexError]] = {
     400: InvalidRequest, 401: AuthenticationFailed, 403: PermissionDenied, 404: NotFound,
-    409: Conflict, 413: PayloadTooLarge, 429: RateLimited, 502: UpstreamError,
+    408: RequestTimeout, 409: Conflict, 413: PayloadTooLarge, 429: RateLimited, 502: UpstreamError,
     503: Unavailable, 504: Timeout, 507: InsufficientMemory,
 }
 

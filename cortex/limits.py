@@ -3,7 +3,9 @@
 Each refusal is cheap, uses the envelope of the dialect that owns the path, and touches
 nothing but its own request. A body is counted as it streams in, so one over
 `max_body_bytes` costs at most that much memory (a Content-Length over it is refused
-before a byte is read). A complete body must be UTF-8 (RFC 8259) and nest no deeper than
+before a byte is read), and one that stops arriving for `body_timeout` seconds gets 408
+and its connection closed, so stalled clients cannot hold connections (and file
+descriptors) for ever. A complete body must be UTF-8 (RFC 8259) and nest no deeper than
 MAX_JSON_DEPTH: msgspec and every JSON parser after it recurse, and a deep enough body
 would otherwise end as a RecursionError, a 500, here or on a neuron. A `tools` array over
 `max_tools_bytes` is refused as too large. Request heads are bounded by hypercorn
@@ -21,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from cortex.errors import CortexError, InvalidRequest, PayloadTooLarge
+from cortex.errors import CortexError, InvalidRequest, PayloadTooLarge, RequestTimeout
 
 if TYPE_CHECKING:
     from starlette.responses import Response
@@ -145,7 +147,14 @@ class BodyLimits:
         chunks: list[bytes] = []
         size = 0
         while True:
-            message = await receive()
+            try:
+                async with asyncio.timeout(settings.body_timeout):
+                    message = await receive()
+            except TimeoutError:
+                stalled = RequestTimeout(f"no byte of the body for {settings.body_timeout:g} "
+                                         "seconds (body_timeout)")
+                await self.respond(path, stalled)(scope, receive, send)
+                return
             if message["type"] == "http.disconnect":
                 return  # the client left before sending it all: nobody to answer
             chunk = message.get("body", b"")

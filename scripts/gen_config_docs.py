@@ -59,6 +59,8 @@ DESCRIPTIONS: dict[str, str] = {
                                        "(hypercorn's limit)",
     "GatewaySection.max_tools_bytes": "a request whose `tools` array is more JSON than this "
                                       "gets 413",
+    "GatewaySection.body_timeout": "seconds a request body may go without a byte; then 408 "
+                                   "and the connection is closed",
     "GatewaySection.drain_timeout": "seconds SIGTERM/SIGINT wait for requests in flight "
                                     "to finish (new ones get 503) before the gateway exits",
     "EvictionConfig.strategy": "the eviction policy plugin, by `name`",
