@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
     from cortex.gateway import Gateway
 
 __all__ = ["AdminAction", "admin_routes"]
+
+log = logging.getLogger("cortex.admin")
 
 
 class AdminAction(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -134,6 +137,7 @@ def admin_routes(gateway: Gateway) -> list[BaseRoute]:
         try:
             summary = await gateway.reload()
         except ConfigError as exc:
+            log.error("POST /admin/reload: configuration not reloaded: %s", exc.message)
             raise InvalidRequest(f"configuration not reloaded: {exc.message}") from None
         return JSONResponse({"status": "reloaded", "summary": summary})
 

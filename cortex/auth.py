@@ -2,19 +2,25 @@
 
 Keys come from `[auth] api_keys`, the file `api_keys_file` (one key a line, `#` starts a
 comment) and the CORTEX_API_KEYS environment variable (comma-separated); admin keys
-from `admin_keys` and CORTEX_ADMIN_KEYS. With no keys at all the gateway is open, as
-llama-swap and Ollama are by default; once any key is configured, every route but
+from `admin_keys` and CORTEX_ADMIN_KEYS. Once any key is configured, every route but
 /health and the /ui dashboard's static files needs one, and /admin needs an admin key
 (the dashboard sends the key its user types in). Keys arrive as
 `Authorization: Bearer KEY` or `x-api-key: KEY` (the Anthropic SDK's header).
 Comparison is constant-time against every configured key, so timing tells nothing
 about which key was close.
+
+Keys fail closed: a keys file that is named but unreadable or empty is a ConfigError
+(start refused, a reload refused with the old keys kept), never a gateway that has
+silently become open. With no keys at all the gateway is open, as llama-swap and
+Ollama are by default; `[auth] open = true` says that is meant, else every start and
+reload logs a warning.
 """
 
 from __future__ import annotations
 
 import collections
 import hmac
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -34,6 +40,8 @@ from cortex.errors import (
 
 __all__ = ["ALLOWED_MODELS", "AuthGuard", "KeyRing", "allowed_models"]
 
+log = logging.getLogger("cortex.auth")
+
 ADMIN_PREFIX = "/admin"
 #: Where the guard leaves a key's model allow-list for the gateway (request.state).
 ALLOWED_MODELS = "cortex_allowed_models"
@@ -43,11 +51,20 @@ OPEN_PREFIXES = ("/ui/",)
 
 
 def _read_keys(path: str) -> list[str]:
+    """The keys in `path`; a file that cannot be read, or holds none, is an error: it was
+    named to hold keys, and losing them must not open the gateway."""
     try:
         lines = Path(path).expanduser().read_text().splitlines()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read api_keys_file: {exc.strerror}") from None
-    return [line.split("#", 1)[0].strip() for line in lines if line.split("#", 1)[0].strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(f"[auth] api_keys_file `{path}`: cannot read it ({reason}); "
+                          "refusing to run without the keys it should hold") from None
+    keys = [line.split("#", 1)[0].strip() for line in lines]
+    if not any(keys):
+        raise ConfigError(f"[auth] api_keys_file `{path}` holds no key; refusing to run "
+                          "without the keys it should hold (for an open gateway, remove "
+                          "api_keys_file and set [auth] open = true)")
+    return [key for key in keys if key]
 
 
 def _env_keys(name: str) -> list[str]:
@@ -55,15 +72,20 @@ def _env_keys(name: str) -> list[str]:
 
 
 class KeyRing:
-    """The keys of one configuration, and the per-key request counts for its limit."""
+    """The keys of one configuration, and the per-key request counts for its limit.
+    Raises ConfigError for a keys source that lost its keys, or `open` with keys."""
 
     def __init__(self, config: AuthConfig, *, clock: Callable[[], float] = time.monotonic
                  ) -> None:
         keys = list(config.api_keys) + _env_keys("CORTEX_API_KEYS")
-        if config.api_keys_file:
+        if config.api_keys_file is not None:
             keys += _read_keys(config.api_keys_file)
         self._admin = [k.encode() for k in config.admin_keys + _env_keys("CORTEX_ADMIN_KEYS")]
         self._clients = [k.encode() for k in keys] + [k.key.encode() for k in config.keys]
+        self.declared_open = config.open
+        if config.open and not self.open:
+            raise ConfigError("[auth] open = true, but keys are configured (in [auth] or "
+                              "CORTEX_API_KEYS/CORTEX_ADMIN_KEYS): remove one or the other")
         self._limit = config.requests_per_minute
         self._limits = {k.key.encode(): k.requests_per_minute for k in config.keys
                         if k.requests_per_minute is not None}
@@ -74,6 +96,18 @@ class KeyRing:
     @property
     def open(self) -> bool:
         return not self._clients and not self._admin
+
+    def announce(self, listen: str) -> None:
+        """Log, at every start and reload, that the gateway is open: loudly unless
+        `[auth] open = true` says it is meant."""
+        if not self.open:
+            log.info("API keys: %d client, %d admin", len(self._clients), len(self._admin))
+        elif self.declared_open:
+            log.info("the gateway is open ([auth] open = true): no key is asked for")
+        else:
+            log.warning("the gateway is OPEN: no API or admin keys are configured, so anyone "
+                        "who can reach %s may use every model and /admin. Configure keys in "
+                        "[auth], or set [auth] open = true if this is meant", listen)
 
     @staticmethod
     def _match(given: bytes, keys: list[bytes]) -> bytes | None:

@@ -85,6 +85,7 @@ class Gateway:
         self._waiting: Counter[str] = Counter()
         self._spills: dict[str, asyncio.Task[None]] = {}
         self.config = config
+        self.keys = KeyRing(config.auth)  # a keys file that lost its keys refuses start
         self._base_profiles = list(profiles)
         self.profiles = ProfileIndex(self._base_profiles)
         self.router = self._router(config)
@@ -114,6 +115,7 @@ class Gateway:
     # --- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self.keys.announce(self.settings.listen)
         self.fleet.configure(self.config.neurons)
         self.reconciler.start()
 
@@ -129,10 +131,14 @@ class Gateway:
         if self._reloader is None:
             raise Conflict("this gateway runs an embedded configuration: nothing to reload")
         config, profiles = await asyncio.to_thread(self._reloader)
+        # Keys first: a keys file emptied or unreadable refuses the reload, old keys kept.
+        keys = await asyncio.to_thread(KeyRing, config.auth)
         router = self._router(config)
         if config.gateway.listen != self.config.gateway.listen:
             log.warning("gateway.listen changed: restart the gateway to move it")
         self.config = config
+        self.keys = keys
+        keys.announce(config.gateway.listen)
         self._base_profiles = list(profiles)
         self.profiles = ProfileIndex(self._base_profiles, self._pins)
         self.router = router
@@ -454,16 +460,6 @@ def create_app(config: GatewayConfig, plugin_manager: pluggy.PluginManager, *,
     app.state.gateway = gateway
     # Served on [gateway] metrics_listen by cortex.server (None when blocked).
     app.state.metrics = metrics
-    rings: dict[int, KeyRing] = {}
-
-    def keyring() -> KeyRing:
-        # Rebuilt when a reload brings a new [auth] table; reused otherwise.
-        auth = gateway.config.auth
-        if id(auth) not in rings:
-            rings.clear()
-            rings[id(auth)] = KeyRing(auth)
-        return rings[id(auth)]
-
     def refuse(path: str, exc: CortexError) -> Response:
         dialect = gateway.dialect_for(path)
         if dialect is not None:
@@ -472,6 +468,6 @@ def create_app(config: GatewayConfig, plugin_manager: pluggy.PluginManager, *,
                             headers=exc.headers())
 
     app.add_middleware(BodyLimits, settings=lambda: gateway.settings, respond=refuse)
-    app.add_middleware(AuthGuard, keyring=keyring, respond=refuse)
+    app.add_middleware(AuthGuard, keyring=lambda: gateway.keys, respond=refuse)
     app.add_middleware(_RequestIds)
     return app

@@ -71,15 +71,19 @@ DESCRIPTIONS: dict[str, str] = {
     "RoutingConfig.options": "the chosen strategy's own `Options` (`[routing.options]`)",
     "NeuronEntry.name": "the node's name in profiles' `neurons`, the admin API and the CLI",
     "NeuronEntry.endpoint": "`http://host:port` of its `neuron serve`",
-    "NeuronEntry.secret": "the neuron's shared secret, sent as `Authorization: Bearer`",
+    "NeuronEntry.secret": "the neuron's shared secret, sent as `Authorization: Bearer`; "
+                          "empty is an error",
     "AuthConfig.api_keys": "client keys, sent as `Authorization: Bearer` or `x-api-key` (also "
                            "`CORTEX_API_KEYS`); with none at all the gateway is open",
-    "AuthConfig.api_keys_file": "a file of client keys, one per line, `#` comments",
+    "AuthConfig.api_keys_file": "a file of client keys, one per line, `#` comments; missing, "
+                                "unreadable or empty refuses start and reload",
     "AuthConfig.admin_keys": "keys allowed on `/admin` (also `CORTEX_ADMIN_KEYS`)",
     "AuthConfig.requests_per_minute": "per-key request limit (429 with `Retry-After`); 0 means "
                                       "unlimited",
     "AuthConfig.keys": "one `[[auth.keys]]` table per client key that has its own allow-list "
                        "or limit",
+    "AuthConfig.open": "`true`: no keys on purpose (an error beside any key); else a gateway "
+                       "without keys warns at every start and reload",
     "ApiKey.key": "the client key",
     "ApiKey.models": "model ids or aliases this key may use (403 otherwise); empty = any",
     "ApiKey.requests_per_minute": "this key's limit, over `[auth] requests_per_minute`",
@@ -120,7 +124,8 @@ DESCRIPTIONS: dict[str, str] = {
                                   "RAM) minus `memory_headroom`",
     "NeuronConfig.memory_headroom": "kept free when the budget is detected",
     "NeuronConfig.overhead_bytes": "fixed per-model overhead added to every estimate",
-    "NeuronConfig.secret": "when set, every route but `/health` needs `Bearer <secret>`",
+    "NeuronConfig.secret": "when set, every route but `/health` needs `Bearer <secret>`; "
+                           "empty is an error",
     "NeuronConfig.preload": "profiles loaded at start-up (`[[preload]]`, the keys of "
                             "`[[models]]`)",
     "NeuronConfig.harness": "`[harness.NAME]`: each harness plugin's own `Options`",
