@@ -1,6 +1,6 @@
 """Admin API: fleet state, routing explanations, manual lifecycle and config reload.
 
-    GET  /admin/fleet                           nodes, models, loads, in-flight, traffic
+    GET  /admin/fleet                           nodes, models, loads, in-flight, traffic, turns
     GET  /admin/route?model=ID[&node=NAME]      the routing decision, not acted upon
     POST /admin/models/{id}/load|unload|pin|unpin   optional {"node": ..., "force": ...}
     POST /admin/nodes/{name}/drain|undrain      new work goes elsewhere; in flight finishes
@@ -65,6 +65,8 @@ def admin_routes(gateway: Gateway) -> list[BaseRoute]:
             "routing": gateway.router.strategy.name,
             "eviction": gateway.router.evictor.policy.name,
             "traffic": gateway.traffic.describe(),
+            # Per busy model: requests let through, and those waiting for their turn.
+            "turns": gateway.fair.describe(),
         })
 
     async def route(request: Request) -> Response:

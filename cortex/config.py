@@ -168,6 +168,7 @@ class ApiKey(Base, kw_only=True):
     key: Annotated[str, msgspec.Meta(min_length=1)]
     models: list[str] = []
     requests_per_minute: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    max_concurrent_requests: Annotated[int, msgspec.Meta(ge=0)] | None = None
 
 
 class AuthConfig(Base, kw_only=True):
@@ -178,6 +179,8 @@ class AuthConfig(Base, kw_only=True):
     api_keys_file: str | None = None
     admin_keys: list[str] = []
     requests_per_minute: Annotated[int, msgspec.Meta(ge=0)] = 0
+    # Requests one key may have in flight at once (429 beyond); 0 = no cap.
+    max_concurrent_requests: Annotated[int, msgspec.Meta(ge=0)] = 0
     keys: list[ApiKey] = []
     open: bool = False
 

@@ -43,6 +43,7 @@ from cortex.errors import (
     Unreachable,
 )
 from cortex.evictor import Evictor
+from cortex.fairshare import FairShare
 from cortex.fleet import Fleet
 from cortex.limits import BodyLimits
 from cortex.loader import Loader, LoadJob
@@ -91,6 +92,8 @@ class Gateway:
         self.router = self._router(config)
         self.fleet = Fleet(config.gateway, self.hook)
         self.loader = Loader(self.fleet, load_timeout=config.gateway.load_timeout)
+        # Fair turns between clients on a busy model (held here, not in a neuron's FIFO).
+        self.fair = FairShare(self.fleet.ready_slots)
         self.prefixes = PrefixTable()
         self.proxy = Proxy(self)
         self.reconciler = Reconciler(self)
@@ -195,7 +198,8 @@ class Gateway:
 
     def admit(self, profile: ModelProfile) -> None:
         """Refuse a request (429) when too many already wait for this model."""
-        queued = self._waiting[profile.id] + self.fleet.backlog(profile.id)
+        queued = self._waiting[profile.id] + self.fleet.backlog(profile.id) \
+            + self.fair.waiting(profile.id)
         limit = self.settings.queue_limit
         if queued >= limit:
             job = self.loader.job(profile.id)
@@ -291,9 +295,13 @@ class Gateway:
                 self.fleet.poke(job.node)
 
     def _spill_soon(self, profile: ModelProfile, decision: Decision) -> None:
-        """When this request queues behind `spill_after` others, load another copy in the
-        background; requests keep going to the ready copies meanwhile, never wait for it."""
-        if profile.spill_after is None or decision.ahead < profile.spill_after \
+        self.spill_if_queued(profile, decision.ahead)
+
+    def spill_if_queued(self, profile: ModelProfile, ahead: int) -> None:
+        """When a request queues behind `spill_after` others (`ahead`: on a neuron, or
+        waiting for its turn here), load another copy in the background; requests keep
+        going to the ready copies meanwhile, never wait for it."""
+        if profile.spill_after is None or ahead < profile.spill_after \
                 or profile.id in self._spills or self.loader.job(profile.id) is not None:
             return
         task = asyncio.create_task(self._spill(profile), name=f"spill:{profile.id}")

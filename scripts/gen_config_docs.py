@@ -80,6 +80,8 @@ DESCRIPTIONS: dict[str, str] = {
     "AuthConfig.admin_keys": "keys allowed on `/admin` (also `CORTEX_ADMIN_KEYS`)",
     "AuthConfig.requests_per_minute": "per-key request limit (429 with `Retry-After`); 0 means "
                                       "unlimited",
+    "AuthConfig.max_concurrent_requests": "requests one key may have in flight at once "
+                                          "(429 beyond); 0 means no cap",
     "AuthConfig.keys": "one `[[auth.keys]]` table per client key that has its own allow-list "
                        "or limit",
     "AuthConfig.open": "`true`: no keys on purpose (an error beside any key); else a gateway "
@@ -87,6 +89,8 @@ DESCRIPTIONS: dict[str, str] = {
     "ApiKey.key": "the client key",
     "ApiKey.models": "model ids or aliases this key may use (403 otherwise); empty = any",
     "ApiKey.requests_per_minute": "this key's limit, over `[auth] requests_per_minute`",
+    "ApiKey.max_concurrent_requests": "this key's cap, over `[auth] "
+                                      "max_concurrent_requests`",
     # models.toml
     "ModelsFile.models": "one `[[models]]` table per profile",
     "ModelProfile.id": "the name clients put in `model`; may contain `/`",

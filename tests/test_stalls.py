@@ -1,6 +1,8 @@
 """Slow and greedy clients against a real `cortex serve` over a synthetic neuron: a body
 that stops arriving gets 408 and its connection closed (`body_timeout`), so stalled
-clients cannot hold the gateway's connections and file descriptors for ever."""
+clients cannot hold the gateway's connections and file descriptors for ever; and a key
+gets no more requests in flight than `max_concurrent_requests` (tests/test_fairness.py
+has the fair turns between keys)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import pytest
 from .serve_support import GatewayProcess, served, synthetic_neuron
 
 KEY = "stall-key"
+CAPPED = "capped-key"
 BODY_TIMEOUT = 1.0
 
 
@@ -30,12 +33,12 @@ def neuron_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def _stall(port: int, path: str = "/v1/chat/completions", extra: bytes = b"",
-           timeout: float = 10) -> socket.socket:
+           timeout: float = 10, key: str = KEY) -> socket.socket:
     """A connection that sends its head and the first bytes of a 1,000-byte body, then
     nothing more."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     sock.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                 f"Authorization: Bearer {KEY}\r\nContent-Type: application/json\r\n"
+                 f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\n"
                  "Content-Length: 1000\r\n".encode() + extra + b"\r\n" + b'{"model": "syn"')
     return sock
 
@@ -60,8 +63,10 @@ def _body(answer: bytes) -> dict[str, object]:
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory, neuron_url: str
             ) -> Iterator[GatewayProcess]:
+    auth = {"api_keys": [KEY], "max_concurrent_requests": 3,
+            "keys": [{"key": CAPPED, "max_concurrent_requests": 2}]}
     with served(tmp_path_factory.mktemp("stalls"), [{"name": "n1", "endpoint": neuron_url}],
-                gateway={"body_timeout": BODY_TIMEOUT}, auth={"api_keys": [KEY]}) as gw:
+                gateway={"body_timeout": BODY_TIMEOUT}, auth=auth) as gw:
         yield gw
 
 
@@ -122,3 +127,36 @@ def test_many_stalled_bodies_do_not_lock_out_other_clients(
         finally:
             for sock in stalled:
                 sock.close()
+
+
+def test_a_key_past_max_concurrent_requests_gets_429_in_its_dialect(
+        gateway: GatewayProcess) -> None:
+    """Two stalled bodies hold the capped key's two requests in flight (the cap counts
+    from the request's head to its answer's end): a third gets 429, other keys do not."""
+    port = int(gateway.url.rsplit(":", 1)[1])
+    chat = {"model": "syn", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}
+    capped = {"authorization": f"Bearer {CAPPED}"}
+    with _stall(port, key=CAPPED) as one, _stall(port, key=CAPPED) as two, \
+            httpx.Client(base_url=gateway.url, timeout=30) as client:
+        # Both stalled requests are in (their heads were read) before the third comes.
+        gateway.wait(lambda c: c.post("/v1/chat/completions", json=chat,
+                                      headers=capped).status_code == 429,
+                     "the capped key's third request is refused", timeout=20)
+        reply = client.post("/v1/chat/completions", json=chat, headers=capped)
+        assert reply.status_code == 429 and reply.headers["retry-after"] == "1"
+        error = reply.json()["error"]
+        assert (error["type"], error["code"]) == ("rate_limit_error", "rate_limit_exceeded")
+        assert "max_concurrent_requests" in error["message"]
+        anthropic = client.post("/v1/messages", json=chat, headers={
+            **capped, "anthropic-version": "2023-06-01"})
+        assert anthropic.status_code == 429
+        assert anthropic.json()["error"]["type"] == "rate_limit_error"
+        other = client.post("/v1/chat/completions", json=chat,
+                            headers={"authorization": f"Bearer {KEY}"})
+        assert other.status_code == 200, other.text
+        # Once body_timeout frees the stalled two, the key is served again.
+        assert _read_to_close(one, BODY_TIMEOUT + 20).startswith(b"HTTP/1.1 408 ")
+        assert _read_to_close(two, BODY_TIMEOUT + 20).startswith(b"HTTP/1.1 408 ")
+        gateway.wait(lambda c: c.post("/v1/chat/completions", json=chat,
+                                      headers=capped).status_code == 200,
+                     "the capped key is served again", timeout=20)
