@@ -45,7 +45,7 @@ from cortex.errors import (
 )
 
 __all__ = ["ALLOWED_MODELS", "CLIENT", "AuthGuard", "Grant", "KeyRing", "allowed_models",
-           "client_of"]
+           "client_of", "route_path"]
 
 log = logging.getLogger("cortex.auth")
 
@@ -179,6 +179,16 @@ class KeyRing:
         recent.append(now)
 
 
+def route_path(scope: Scope) -> str:
+    """The path within this app: without the prefix it is mounted under (`root_path`),
+    so `/llm/admin/fleet` is an admin route when the gateway is mounted at `/llm`."""
+    path: str = scope.get("path", "")
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root):len(root) + 1] in ("/", ""):
+        return path[len(root):] or "/"
+    return path
+
+
 def presented_key(scope: Scope) -> bytes | None:
     headers: dict[bytes, bytes] = dict(scope["headers"])
     auth = headers.get(b"authorization", b"")
@@ -200,7 +210,7 @@ class AuthGuard:
         self.in_flight: collections.Counter[bytes] = collections.Counter()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "")
+        path = route_path(scope)
         if scope["type"] != "http" or path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
             await self.app(scope, receive, send)
             return

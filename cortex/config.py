@@ -139,6 +139,9 @@ class GatewaySection(Base, kw_only=True):
     max_tools_bytes: PositiveInt = 2**20
     # Seconds a request body may go without a byte before 408 (slow or stalled clients).
     body_timeout: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    # Host names a gateway without keys answers beyond IP literals, localhost, its listen
+    # host and the machine's name (DNS rebinding; cortex.origins).
+    allowed_hosts: list[str] = []
     drain_timeout: NonNegative = 30.0
 
 

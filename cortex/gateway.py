@@ -49,6 +49,7 @@ from cortex.limits import BodyLimits
 from cortex.loader import Loader, LoadJob
 from cortex.metrics import METRICS_PLUGIN, GatewayMetrics
 from cortex.openapi import openapi_document
+from cortex.origins import OriginGuard
 from cortex.plugins import Plugins, build_options
 from cortex.prefixes import PrefixTable
 from cortex.profiles import ProfileIndex
@@ -477,5 +478,7 @@ def create_app(config: GatewayConfig, plugin_manager: pluggy.PluginManager, *,
 
     app.add_middleware(BodyLimits, settings=lambda: gateway.settings, respond=refuse)
     app.add_middleware(AuthGuard, keyring=lambda: gateway.keys, respond=refuse)
+    app.add_middleware(OriginGuard, settings=lambda: gateway.settings,
+                       keyed=lambda: not gateway.keys.open, respond=refuse)
     app.add_middleware(_RequestIds)
     return app

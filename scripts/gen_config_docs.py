@@ -59,6 +59,9 @@ DESCRIPTIONS: dict[str, str] = {
                                        "(hypercorn's limit)",
     "GatewaySection.max_tools_bytes": "a request whose `tools` array is more JSON than this "
                                       "gets 413",
+    "GatewaySection.allowed_hosts": "without keys, `Host` names answered beyond IP literals, "
+                                    "`localhost`, the listen host and the machine's name "
+                                    "(`*.example.com`, or `*` for any); 403 otherwise",
     "GatewaySection.body_timeout": "seconds a request body may go without a byte; then 408 "
                                    "and the connection is closed",
     "GatewaySection.drain_timeout": "seconds SIGTERM/SIGINT wait for requests in flight "
