@@ -16,6 +16,7 @@ failure anywhere reaches the client in its own envelope::
     ├── RequestTimeout               408 (a request body stalled; the connection closes)
     ├── Conflict                     409 (e.g. unload of a model that is loading)
     ├── PayloadTooLarge              413 request_too_large
+    ├── HeadersTooLarge              431 (a request line plus headers over max_header_bytes)
     ├── RateLimited                  429 rate_limit_error (carries Retry-After)
     ├── InsufficientMemory           507 (a load that does not fit the node's budget)
     ├── UpstreamError                502 api_error (a neuron failed)
@@ -34,6 +35,7 @@ __all__ = [
     "Conflict",
     "ContextLengthExceeded",
     "CortexError",
+    "HeadersTooLarge",
     "InsufficientMemory",
     "InvalidRequest",
     "ModelNotFound",
@@ -164,6 +166,13 @@ class PayloadTooLarge(CortexError):
     openai_type = "invalid_request_error"
     anthropic_type = "request_too_large"
     code = "request_too_large"
+
+
+class HeadersTooLarge(CortexError):
+    status = 431
+    openai_type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
+    code = "request_header_fields_too_large"
 
 
 class RateLimited(CortexError):

@@ -45,7 +45,7 @@ from cortex.errors import (
 from cortex.evictor import Evictor
 from cortex.fairshare import FairShare
 from cortex.fleet import Fleet
-from cortex.limits import BodyLimits
+from cortex.limits import BodyLimits, HeadLimit
 from cortex.loader import Loader, LoadJob
 from cortex.metrics import METRICS_PLUGIN, GatewayMetrics
 from cortex.openapi import openapi_document
@@ -481,4 +481,5 @@ def create_app(config: GatewayConfig, plugin_manager: pluggy.PluginManager, *,
     app.add_middleware(OriginGuard, settings=lambda: gateway.settings,
                        keyed=lambda: not gateway.keys.open, respond=refuse)
     app.add_middleware(_RequestIds)
+    app.add_middleware(HeadLimit, settings=lambda: gateway.settings, respond=refuse)
     return app

@@ -8,9 +8,12 @@ and its connection closed, so stalled clients cannot hold connections (and file
 descriptors) for ever. A complete body must be UTF-8 (RFC 8259) and nest no deeper than
 MAX_JSON_DEPTH: msgspec and every JSON parser after it recurse, and a deep enough body
 would otherwise end as a RecursionError, a 500, here or on a neuron. A `tools` array over
-`max_tools_bytes` is refused as too large. Request heads are bounded by hypercorn
-(`max_header_bytes`, set in cortex.server). `clamp_max_tokens` caps a request's token
-budget at its profile's `max_tokens`.
+`max_tools_bytes` is refused as too large. A request head (line and headers) over
+`max_header_bytes` gets 431 from HeadLimit: hypercorn's own bound (set to the same in
+cortex.server) only looks at heads still incomplete after each 64 KiB read, so it let
+through any head that ended within the read that crossed it, up to about twice the
+limit; it still bounds what a head can make the server buffer. `clamp_max_tokens` caps
+a request's token budget at its profile's `max_tokens`.
 """
 
 from __future__ import annotations
@@ -23,7 +26,13 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from cortex.errors import CortexError, InvalidRequest, PayloadTooLarge, RequestTimeout
+from cortex.errors import (
+    CortexError,
+    HeadersTooLarge,
+    InvalidRequest,
+    PayloadTooLarge,
+    RequestTimeout,
+)
 
 if TYPE_CHECKING:
     from starlette.responses import Response
@@ -31,7 +40,8 @@ if TYPE_CHECKING:
 
     from cortex.config import GatewaySection
 
-__all__ = ["MAX_JSON_DEPTH", "BodyLimits", "check_body", "clamp_max_tokens", "json_too_deep"]
+__all__ = ["MAX_JSON_DEPTH", "BodyLimits", "HeadLimit", "check_body", "clamp_max_tokens",
+           "head_bytes", "json_too_deep"]
 
 #: Deepest JSON nesting accepted; real requests (tool schemas included) stay under 30.
 MAX_JSON_DEPTH = 128
@@ -119,6 +129,39 @@ def clamp_max_tokens(body: bytes, cap: int | None) -> bytes:
     for key in over:
         decoded[key] = cap
     return msgspec.json.encode(decoded)
+
+
+def head_bytes(scope: Scope) -> int:
+    """The bytes of the request line and headers as HTTP/1.1 writes them
+    (`METHOD target HTTP/1.1`, `name: value` lines, the blank line)."""
+    target = len(scope.get("raw_path") or scope.get("path", "").encode())
+    query = scope.get("query_string", b"")
+    if query:
+        target += 1 + len(query)
+    return (len(scope.get("method", "")) + target + 12
+            + sum(len(name) + len(value) + 4 for name, value in scope["headers"]) + 2)
+
+
+class HeadLimit:
+    """ASGI middleware: 431 for a request head over `max_header_bytes`, in the dialect of
+    the path (`settings` and `respond` as for BodyLimits)."""
+
+    def __init__(self, app: ASGIApp, *, settings: Callable[[], GatewaySection],
+                 respond: Callable[[str, CortexError], Response]) -> None:
+        self.app = app
+        self.settings = settings
+        self.respond = respond
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            limit = self.settings().max_header_bytes
+            size = head_bytes(scope)
+            if size > limit:
+                error = HeadersTooLarge(f"the request line and headers are {size} bytes; this "
+                                        f"gateway takes at most {limit} (max_header_bytes)")
+                await self.respond(scope.get("path", ""), error)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class BodyLimits:

@@ -55,8 +55,8 @@ DESCRIPTIONS: dict[str, str] = {
     "GatewaySection.connect_timeout": "seconds to open a connection to a neuron",
     "GatewaySection.max_body_bytes": "a larger request body gets 413, counted as it streams "
                                      "in (docs/operations.md, security and input limits)",
-    "GatewaySection.max_header_bytes": "a larger request line plus headers gets 431 "
-                                       "(hypercorn's limit)",
+    "GatewaySection.max_header_bytes": "a larger request line plus headers gets 431, counted "
+                                       "to the byte",
     "GatewaySection.max_tools_bytes": "a request whose `tools` array is more JSON than this "
                                       "gets 413",
     "GatewaySection.allowed_hosts": "without keys, `Host` names answered beyond IP literals, "

@@ -123,6 +123,39 @@ def test_an_oversized_header_is_431_and_harms_nothing(client: httpx.Client,
     assert client.get("/health", headers={"x-big": "a" * (HEADER_LIMIT // 2)}).status_code == 200
 
 
+def _raw(port: int, path: str, size: int, extra: bytes = b"") -> bytes:
+    """Send a GET whose request line and headers are exactly `size` bytes; the answer."""
+    start = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n".encode()
+             + extra + b"X-Pad: ")
+    end = b"\r\n\r\n"
+    head = start + b"a" * (size - len(start) - len(end)) + end
+    assert len(head) == size
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+        raw.sendall(head)
+        answer = b""
+        while chunk := raw.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_max_header_bytes_is_the_limit_to_the_byte(gateway: GatewayProcess) -> None:
+    """hypercorn alone let through any head that ended within the 64 KiB read crossing
+    its limit (up to about twice max_header_bytes); the gateway counts exactly."""
+    port = int(gateway.url.rsplit(":", 1)[1])
+    assert _raw(port, "/v1/models", HEADER_LIMIT).startswith(b"HTTP/1.1 200 ")
+    over = _raw(port, "/v1/models", HEADER_LIMIT + 1)
+    assert over.startswith(b"HTTP/1.1 431 "), over[:200]
+    error = json.loads(over.partition(b"\r\n\r\n")[2])["error"]
+    assert error["code"] == "request_header_fields_too_large"
+    assert f"at most {HEADER_LIMIT} (max_header_bytes)" in error["message"]
+    anthropic = _raw(port, "/v1/messages", HEADER_LIMIT + 1)
+    assert anthropic.startswith(b"HTTP/1.1 431 ")
+    assert json.loads(anthropic.partition(b"\r\n\r\n")[2])["type"] == "error"
+    # Well over (as the test above) hypercorn refuses on its own, before a byte reaches
+    # the app; between the two, only the gateway's count refuses it.
+    assert _raw(port, "/v1/models", HEADER_LIMIT + 32 * 1024).startswith(b"HTTP/1.1 431 ")
+
+
 # --- max_tokens and context ------------------------------------------------------------------
 
 @pytest.mark.parametrize(("fields", "expected", "finish"), [
