@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 import uuid
 from collections import Counter
@@ -55,6 +56,7 @@ from cortex.prefixes import PrefixTable
 from cortex.profiles import ProfileIndex
 from cortex.proxy import Proxy
 from cortex.reconciler import Reconciler
+from cortex.records import log_value
 from cortex.router import Decision, Router, RouteRequest
 from cortex.snapshot import FleetSnapshot
 from cortex.traffic import TRAFFIC_PLUGIN, Traffic
@@ -62,6 +64,8 @@ from cortex.traffic import TRAFFIC_PLUGIN, Traffic
 __all__ = ["Gateway", "Reloader", "create_app"]
 
 log = logging.getLogger("cortex.gateway")
+#: A client's `x-request-id` that is kept (else a fresh one is made).
+_PRINTABLE = re.compile(rb"[\x20-\x7e]{1,128}")
 
 #: Re-reads configuration for SIGHUP and POST /admin/reload.
 Reloader = Callable[[], tuple[GatewayConfig, list[ModelProfile]]]
@@ -368,7 +372,10 @@ class Gateway:
 
 class _RequestIds:
     """Give every response an `x-request-id` and a `request-id` (the client's own, or a
-    fresh one): the OpenAI SDK reads the first, the Anthropic SDK the second."""
+    fresh one): the OpenAI SDK reads the first, the Anthropic SDK the second. The
+    client's is kept only when it is printable ASCII of at most 128 characters: it goes
+    into headers to the neuron and back (where a control character is refused, which
+    made it a 500) and into the request log."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -377,8 +384,8 @@ class _RequestIds:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        request_id = given[:128] or uuid.uuid4().hex
+        given = dict(scope["headers"]).get(b"x-request-id", b"").strip()
+        request_id = given.decode() if _PRINTABLE.fullmatch(given) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
 
         async def tagged(message: Message) -> None:
@@ -445,7 +452,7 @@ def create_app(config: GatewayConfig, plugin_manager: pluggy.PluginManager, *,
         return response
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error on %s", request.url.path)
+        log.exception("unhandled error on %s", log_value(request.url.path))
         return envelope(request, CortexError(f"internal error: {type(exc).__name__}"))
 
     async def health(request: Request) -> Response:

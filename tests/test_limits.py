@@ -302,6 +302,58 @@ def test_refusals_leave_a_stream_in_flight_untouched(client: httpx.Client,
     assert len(text.split()) == 16
 
 
+# --- the request log --------------------------------------------------------------------------
+
+_LOGFMT = re.compile(r'([a-z_]+)=("(?:[^"\\]|\\.)*"|[^ "]*)(?: |$)')
+FIELDS = ["request_id", "model", "node", "dialect", "status", "stream", "tokens_in",
+          "tokens_out", "ttft", "duration", "queue", "retries"]
+
+
+def _logfmt(line: str) -> dict[str, str]:
+    """The fields of one logfmt line, quoted values decoded; fails on anything else."""
+    pairs = _LOGFMT.findall(line)
+    assert "".join(f"{k}={v} " for k, v in pairs).rstrip() == line, line
+    return {k: json.loads(v) if v.startswith('"') else v for k, v in pairs}
+
+
+def test_client_text_cannot_forge_request_log_lines_or_fields(client: httpx.Client,
+                                                             gateway: GatewayProcess) -> None:
+    forged_model = 'nope\nrequest_id=forged model=syn status=200 x="'
+    forged_id = 'mine" status=200 extra="'
+    reply = client.post("/v1/chat/completions", json=chat(forged_model),
+                        headers={"x-request-id": "plain-id"})
+    assert reply.status_code == 404
+    assert client.post("/v1/chat/completions", json=chat("x" * 5000)).status_code == 404
+    reply = client.post("/v1/chat/completions", json=chat(),
+                        headers={"x-request-id": forged_id})
+    assert reply.status_code == 200 and reply.headers["x-request-id"] == forged_id
+    # Control characters (an escape sequence, NEL, which splitlines takes for a line
+    # break) never reach a header or a log: the request gets an id of its own.
+    reply = client.post("/v1/chat/completions", json=chat(),
+                        headers={"x-request-id": b"bad\x1b[2J\x85id"})
+    assert reply.status_code == 200, reply.text
+    assert re.fullmatch("[0-9a-f]{32}", reply.headers["x-request-id"])
+    assert client.post("/v1/chat/completions", json=chat(), headers={
+        "x-request-id": "i" * 129}).headers["x-request-id"] != "i" * 129
+
+    def lines() -> list[str]:
+        return [line.split("cortex.requests: ", 1)[1] for line in gateway.log().splitlines()
+                if "cortex.requests: " in line]
+
+    gateway.wait(lambda _: any("plain-id" in line for line in lines())
+                 and any("mine" in line for line in lines()), "the three are logged")
+    assert not any("forged" in line.split("cortex.requests: ")[0]
+                   for line in gateway.log().splitlines())  # no line of its own
+    for line in lines():
+        assert list(_logfmt(line)) == FIELDS, line  # no field added, none lost
+        assert len(line) < 600
+    by_id = {_logfmt(line)["request_id"]: _logfmt(line) for line in lines()}
+    assert by_id["plain-id"]["model"] == forged_model  # escaped, and read back whole
+    assert by_id["plain-id"]["status"] == "404"
+    assert by_id[forged_id]["status"] == "200"
+    assert any(fields["model"] == "x" * 128 + "..." for fields in by_id.values())
+
+
 # --- units --------------------------------------------------------------------------------------
 
 def test_documented_defaults() -> None:
