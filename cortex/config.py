@@ -87,6 +87,13 @@ class ModelsFile(Base, kw_only=True):
     models: list[ModelProfile] = []
 
 
+def _check_secret(secret: str | None) -> None:
+    """An empty secret would silently mean none at all: refuse it."""
+    if secret is not None and not secret.strip():
+        raise ValueError("secret is empty, which would mean no secret at all: remove the "
+                         "key for a neuron without one, or set a secret")
+
+
 class NeuronConfig(Base, kw_only=True):
     """neuron.toml. Every key has a default, so the daemon runs with no file at all."""
 
@@ -103,6 +110,7 @@ class NeuronConfig(Base, kw_only=True):
     harness: dict[str, dict[str, Any]] = {}
 
     def __post_init__(self) -> None:
+        _check_secret(self.secret)
         split_listen(self.listen)
         for key in ("memory_budget", "memory_headroom", "overhead_bytes"):
             value = getattr(self, key)
@@ -129,6 +137,11 @@ class GatewaySection(Base, kw_only=True):
     max_body_bytes: PositiveInt = 16 * 2**20
     max_header_bytes: PositiveInt = 64 * 2**10
     max_tools_bytes: PositiveInt = 2**20
+    # Seconds a request body may go without a byte before 408 (slow or stalled clients).
+    body_timeout: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    # Host names a gateway without keys answers beyond IP literals, localhost, its listen
+    # host and the machine's name (DNS rebinding; cortex.gateway.origins).
+    allowed_hosts: list[str] = []
     drain_timeout: NonNegative = 30.0
 
 
@@ -148,6 +161,9 @@ class NeuronEntry(Base, kw_only=True):
     endpoint: Annotated[str, msgspec.Meta(min_length=1)]
     secret: str | None = None
 
+    def __post_init__(self) -> None:
+        _check_secret(self.secret)
+
 
 class ApiKey(Base, kw_only=True):
     """A client key with its own model allow-list and request limit (`[[auth.keys]]`)."""
@@ -155,14 +171,21 @@ class ApiKey(Base, kw_only=True):
     key: Annotated[str, msgspec.Meta(min_length=1)]
     models: list[str] = []
     requests_per_minute: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    max_concurrent_requests: Annotated[int, msgspec.Meta(ge=0)] | None = None
 
 
 class AuthConfig(Base, kw_only=True):
+    """`[auth]`. With no keys at all the gateway is open: `open = true` says so on
+    purpose (else every start and reload warns). cortex.gateway.auth.KeyRing reads the keys."""
+
     api_keys: list[str] = []
     api_keys_file: str | None = None
     admin_keys: list[str] = []
     requests_per_minute: Annotated[int, msgspec.Meta(ge=0)] = 0
+    # Requests one key may have in flight at once (429 beyond); 0 = no cap.
+    max_concurrent_requests: Annotated[int, msgspec.Meta(ge=0)] = 0
     keys: list[ApiKey] = []
+    open: bool = False
 
 
 class GatewayConfig(Base, kw_only=True):

@@ -13,8 +13,10 @@ failure anywhere reaches the client in its own envelope::
     ├── PermissionDenied             403 permission_error
     ├── NotFound                     404 not_found_error
     │   └── ModelNotFound            404 model_not_found
+    ├── RequestTimeout               408 (a request body stalled; the connection closes)
     ├── Conflict                     409 (e.g. unload of a model that is loading)
     ├── PayloadTooLarge              413 request_too_large
+    ├── HeadersTooLarge              431 (a request line plus headers over max_header_bytes)
     ├── RateLimited                  429 rate_limit_error (carries Retry-After)
     ├── InsufficientMemory           507 (a load that does not fit the node's budget)
     ├── UpstreamError                502 api_error (a neuron failed)
@@ -33,6 +35,7 @@ __all__ = [
     "Conflict",
     "ContextLengthExceeded",
     "CortexError",
+    "HeadersTooLarge",
     "InsufficientMemory",
     "InvalidRequest",
     "ModelNotFound",
@@ -41,6 +44,7 @@ __all__ = [
     "PermissionDenied",
     "PluginError",
     "RateLimited",
+    "RequestTimeout",
     "Timeout",
     "Unavailable",
     "Unreachable",
@@ -137,6 +141,19 @@ class ModelNotFound(NotFound):
         self.model = model
 
 
+class RequestTimeout(CortexError):
+    """The client stopped sending its body. The answer closes the connection: what is
+    left of the body would otherwise be read as the next request."""
+
+    status = 408
+    openai_type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
+    code = "request_timeout"
+
+    def headers(self) -> dict[str, str]:
+        return {**super().headers(), "connection": "close"}
+
+
 class Conflict(CortexError):
     status = 409
     openai_type = "invalid_request_error"
@@ -149,6 +166,13 @@ class PayloadTooLarge(CortexError):
     openai_type = "invalid_request_error"
     anthropic_type = "request_too_large"
     code = "request_too_large"
+
+
+class HeadersTooLarge(CortexError):
+    status = 431
+    openai_type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
+    code = "request_header_fields_too_large"
 
 
 class RateLimited(CortexError):
@@ -192,7 +216,7 @@ class Timeout(CortexError):
 
 _BY_STATUS: dict[int, type[CortexError]] = {
     400: InvalidRequest, 401: AuthenticationFailed, 403: PermissionDenied, 404: NotFound,
-    409: Conflict, 413: PayloadTooLarge, 429: RateLimited, 502: UpstreamError,
+    408: RequestTimeout, 409: Conflict, 413: PayloadTooLarge, 429: RateLimited, 502: UpstreamError,
     503: Unavailable, 504: Timeout, 507: InsufficientMemory,
 }
 

@@ -1,12 +1,31 @@
-"""Records handed to observer hooks (request_finished, fleet_event)."""
+"""Records handed to observer hooks (request_finished, fleet_event), and `log_value`,
+the form any text a client sent takes in a log line."""
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Literal
 
 import msgspec
 
-__all__ = ["FleetEvent", "RequestRecord"]
+__all__ = ["MAX_LOGGED", "FleetEvent", "RequestRecord", "log_value"]
+
+#: Characters of client text a log line keeps (a model name may be megabytes of JSON).
+MAX_LOGGED = 128
+_BARE = re.compile(r"[A-Za-z0-9._:/@+\-]+")
+
+
+def log_value(text: str, limit: int = MAX_LOGGED) -> str:
+    """`text` as one logfmt value that cannot end the line or add a field: bare when it
+    is plain (ids, model names), else quoted with every control, quote, backslash and
+    non-ASCII character escaped (JSON's escapes; U+2028 and NEL split lines for some
+    readers). Cut to `limit` characters, marked with `...`."""
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    if _BARE.fullmatch(text):
+        return text
+    return json.dumps(text, ensure_ascii=True)
 
 
 class RequestRecord(msgspec.Struct, kw_only=True):

@@ -3,7 +3,9 @@
 A plain module among the default plugins because it holds no state (metrics, which hold a
 MeterProvider per app, are registered by the app instead); block
 `cortex_plugins.observers` to silence it. The line is logfmt, and the record also rides
-on the LogRecord as `cortex_request` (a dict) for JSON log handlers.
+on the LogRecord as `cortex_request` (a dict) for JSON log handlers. What a client sent
+(the model it asked for, its `x-request-id`) is escaped and cut short
+(cortex.records.log_value): it can neither start a line nor add a field.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import msgspec
 
 from cortex import RequestRecord, hookimpl
+from cortex.records import MAX_LOGGED, log_value
 
 __all__ = ["request_line"]
 
@@ -24,12 +27,11 @@ def _seconds(value: float | None) -> str:
 
 
 def request_line(record: RequestRecord) -> str:
-    """The logfmt line for one request (values here never contain spaces or quotes,
-    except model ids, which are quoted when they do)."""
-    model = record.model if " " not in record.model and '"' not in record.model \
-        else msgspec.json.encode(record.model).decode()
-    return (f"request_id={record.request_id or '-'} model={model} "
-            f"node={record.node or '-'} dialect={record.dialect} status={record.status} "
+    """The logfmt line for one request; text from the client or a neuron is quoted and
+    escaped where it is not plain (log_value)."""
+    return (f"request_id={log_value(record.request_id or '-')} model={log_value(record.model)} "
+            f"node={log_value(record.node or '-')} dialect={record.dialect} "
+            f"status={record.status} "
             f"stream={str(record.stream).lower()} tokens_in={record.prompt_tokens} "
             f"tokens_out={record.completion_tokens} ttft={_seconds(record.ttft_seconds)} "
             f"duration={record.duration_seconds:.3f} queue={record.queue_seconds:.3f} "
@@ -39,5 +41,8 @@ def request_line(record: RequestRecord) -> str:
 @hookimpl
 def request_finished(record: RequestRecord) -> None:
     if log.isEnabledFor(logging.INFO):
-        log.info(request_line(record),
-                 extra={"cortex_request": msgspec.structs.asdict(record)})
+        fields = msgspec.structs.asdict(record)
+        for key in ("request_id", "model"):  # JSON handlers escape; the length is ours
+            if len(fields[key]) > MAX_LOGGED:
+                fields[key] = fields[key][:MAX_LOGGED] + "..."
+        log.info(request_line(record), extra={"cortex_request": fields})

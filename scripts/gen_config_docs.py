@@ -55,10 +55,15 @@ DESCRIPTIONS: dict[str, str] = {
     "GatewaySection.connect_timeout": "seconds to open a connection to a neuron",
     "GatewaySection.max_body_bytes": "a larger request body gets 413, counted as it streams "
                                      "in (docs/operations.md, security and input limits)",
-    "GatewaySection.max_header_bytes": "a larger request line plus headers gets 431 "
-                                       "(hypercorn's limit)",
+    "GatewaySection.max_header_bytes": "a larger request line plus headers gets 431, counted "
+                                       "to the byte",
     "GatewaySection.max_tools_bytes": "a request whose `tools` array is more JSON than this "
                                       "gets 413",
+    "GatewaySection.allowed_hosts": "without keys, `Host` names answered beyond IP literals, "
+                                    "`localhost`, the listen host and the machine's name "
+                                    "(`*.example.com`, or `*` for any); 403 otherwise",
+    "GatewaySection.body_timeout": "seconds a request body may go without a byte; then 408 "
+                                   "and the connection is closed",
     "GatewaySection.drain_timeout": "seconds SIGTERM/SIGINT wait for requests in flight "
                                     "to finish (new ones get 503) before the gateway exits",
     "EvictionConfig.strategy": "the eviction policy plugin, by `name`",
@@ -69,18 +74,26 @@ DESCRIPTIONS: dict[str, str] = {
     "RoutingConfig.options": "the chosen strategy's own `Options` (`[routing.options]`)",
     "NeuronEntry.name": "the node's name in profiles' `neurons`, the admin API and the CLI",
     "NeuronEntry.endpoint": "`http://host:port` of its `neuron serve`",
-    "NeuronEntry.secret": "the neuron's shared secret, sent as `Authorization: Bearer`",
+    "NeuronEntry.secret": "the neuron's shared secret, sent as `Authorization: Bearer`; "
+                          "empty is an error",
     "AuthConfig.api_keys": "client keys, sent as `Authorization: Bearer` or `x-api-key` (also "
                            "`CORTEX_API_KEYS`); with none at all the gateway is open",
-    "AuthConfig.api_keys_file": "a file of client keys, one per line, `#` comments",
+    "AuthConfig.api_keys_file": "a file of client keys, one per line, `#` comments; missing, "
+                                "unreadable or empty refuses start and reload",
     "AuthConfig.admin_keys": "keys allowed on `/admin` (also `CORTEX_ADMIN_KEYS`)",
     "AuthConfig.requests_per_minute": "per-key request limit (429 with `Retry-After`); 0 means "
                                       "unlimited",
+    "AuthConfig.max_concurrent_requests": "requests one key may have in flight at once "
+                                          "(429 beyond); 0 means no cap",
     "AuthConfig.keys": "one `[[auth.keys]]` table per client key that has its own allow-list "
                        "or limit",
+    "AuthConfig.open": "`true`: no keys on purpose (an error beside any key); else a gateway "
+                       "without keys warns at every start and reload",
     "ApiKey.key": "the client key",
     "ApiKey.models": "model ids or aliases this key may use (403 otherwise); empty = any",
     "ApiKey.requests_per_minute": "this key's limit, over `[auth] requests_per_minute`",
+    "ApiKey.max_concurrent_requests": "this key's cap, over `[auth] "
+                                      "max_concurrent_requests`",
     # models.toml
     "ModelsFile.models": "one `[[models]]` table per profile",
     "ModelProfile.id": "the name clients put in `model`; may contain `/`",
@@ -118,7 +131,8 @@ DESCRIPTIONS: dict[str, str] = {
                                   "RAM) minus `memory_headroom`",
     "NeuronConfig.memory_headroom": "kept free when the budget is detected",
     "NeuronConfig.overhead_bytes": "fixed per-model overhead added to every estimate",
-    "NeuronConfig.secret": "when set, every route but `/health` needs `Bearer <secret>`",
+    "NeuronConfig.secret": "when set, every route but `/health` needs `Bearer <secret>`; "
+                           "empty is an error",
     "NeuronConfig.preload": "profiles loaded at start-up (`[[preload]]`, the keys of "
                             "`[[models]]`)",
     "NeuronConfig.harness": "`[harness.NAME]`: each harness plugin's own `Options`",

@@ -61,10 +61,11 @@ async def running_gateway(neurons: Iterable[tuple[str, NeuronProcess]],
                           profiles: Iterable[ModelProfile], *, eviction: str = "lru",
                           routing: str = "affinity", defrag_after_cycles: int = 0,
                           plugins: Iterable[object] = (), metrics: bool = False,
+                          auth: dict[str, Any] | None = None,
                           **settings: Any) -> AsyncIterator[RunningGateway]:
     """Serve a gateway with hypercorn on a free loopback port, in this event loop; with
     `metrics`, its Prometheus endpoint on another (`metrics_listen`), as `cortex serve`
-    does. `plugins` are registered beside the Recorder."""
+    does. `plugins` are registered beside the Recorder; `auth` is the `[auth]` table."""
     from hypercorn.asyncio import serve
     from hypercorn.config import Config
 
@@ -78,6 +79,7 @@ async def running_gateway(neurons: Iterable[tuple[str, NeuronProcess]],
         "eviction": {"strategy": eviction, "defrag_after_cycles": defrag_after_cycles},
         "routing": {"strategy": routing},
         "neurons": [{"name": name, "endpoint": n.url} for name, n in nodes],
+        "auth": auth or {},
     }, GatewayConfig)
     recorder = Recorder()
     app = create_app(config, build_plugin_manager(entry_points=False,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -36,29 +37,38 @@ class GatewayProcess:
     """`cortex serve ARGS` as a subprocess on a free loopback port, its output in a log:
     for what only a process shows (signals, exit codes, RSS, hypercorn's own limits)."""
 
-    def __init__(self, tmp: Path, args: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(self, tmp: Path, args: list[str], env: dict[str, str] | None = None,
+                 nofile: int | None = None) -> None:
+        """`nofile`: the process's limit on open files (RLIMIT_NOFILE), to run out of
+        them without opening thousands of connections."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp / f"gateway-{self.port}.log"
+
+        def limit() -> None:
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "cortex.cli", "serve", "--listen",
                  f"127.0.0.1:{self.port}", *args], stdout=log, stderr=subprocess.STDOUT,
-                cwd=ROOT, env={**os.environ, **(env or {})})
+                cwd=ROOT, env={**os.environ, **(env or {})}, preexec_fn=limit)
 
     @classmethod
     def configured(cls, tmp: Path, neurons: list[dict[str, Any]],
-                   models: list[dict[str, Any]] | None = None,
+                   models: list[dict[str, Any]] | None = None, *,
+                   auth: dict[str, Any] | None = None, nofile: int | None = None,
                    **gateway: Any) -> GatewayProcess:
         """With a config file: `neurons`, `models` (default PROFILES), short poll and
-        keepalive intervals, and `gateway` over them."""
+        keepalive intervals, and `gateway` over them; `auth` is its `[auth]` table."""
         config = tmp / f"cortex-{free_port()}.toml"
         config.write_bytes(msgspec.toml.encode({
             "models": models or PROFILES,
             "gateway": {"metrics_listen": f"127.0.0.1:{free_port()}", "poll_interval": 0.25,
                         "keepalive_interval": 0.5, "load_timeout": 30.0, **gateway},
-            "neurons": neurons}))
-        return cls(tmp, ["--config", str(config)])
+            "neurons": neurons, **({"auth": auth} if auth is not None else {})}))
+        return cls(tmp, ["--config", str(config)], nofile=nofile)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -101,10 +111,12 @@ def nodes_up(count: int) -> Callable[[httpx.Client], bool]:
 @contextlib.contextmanager
 def served(tmp: Path, neurons: list[dict[str, Any]], *, up: int | None = None,
            profiles: list[dict[str, Any]] | None = None,
-           gateway: dict[str, Any] | None = None) -> Iterator[GatewayProcess]:
+           gateway: dict[str, Any] | None = None, auth: dict[str, Any] | None = None,
+           nofile: int | None = None) -> Iterator[GatewayProcess]:
     """A running gateway (`GatewayProcess.configured`); waits until `up` nodes (default:
     all) are live."""
-    process = GatewayProcess.configured(tmp, neurons, profiles, **(gateway or {}))
+    process = GatewayProcess.configured(tmp, neurons, profiles, auth=auth, nofile=nofile,
+                                        **(gateway or {}))
     try:
         process.wait(nodes_up(len(neurons) if up is None else up), "the neurons are up")
         yield process

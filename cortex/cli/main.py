@@ -110,7 +110,10 @@ def serve(config_path: str | None, listen: str | None, neuron_listen: str, loop:
                     fresh, gateway=msgspec.structs.replace(fresh.gateway, listen=override))
             return fresh, fresh_profiles
 
-    app = create_app(config, build_plugin_manager(), profiles=profiles, reloader=reloader)
+    try:
+        app = create_app(config, build_plugin_manager(), profiles=profiles, reloader=reloader)
+    except ConfigError as exc:  # e.g. a keys file that lost its keys: one line, no trace
+        raise click.ClickException(str(exc)) from None
     run(Served(app, config.gateway.listen, name="gateway"), before=before, loop=loop)
 
 
@@ -306,9 +309,19 @@ def config() -> None:
 @config.command("check")
 @click.argument("path", type=click.Path(dir_okay=False))
 def config_check(path: str) -> None:
-    """Validate cortex.toml and the models it names; errors name file, key and reason."""
+    """Validate cortex.toml, the models and the keys file it names; errors name file, key
+    and reason."""
+    from cortex.gateway.auth import KeyRing
+
     gateway, profiles = _load(path)
-    click.echo(f"{path}: ok ({len(gateway.neurons)} neurons, {len(profiles)} models)")
+    try:
+        keys = KeyRing(gateway.auth)
+    except ConfigError as exc:
+        raise click.ClickException(f"{path}: {exc}") from None
+    access = ("open to anyone (open = true)" if keys.declared_open else
+              "OPEN: no keys, and no [auth] open = true") if keys.open else "keys required"
+    click.echo(f"{path}: ok ({len(gateway.neurons)} neurons, {len(profiles)} models, "
+               f"{access})")
 
 
 main.add_command(validate)

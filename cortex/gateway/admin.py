@@ -1,6 +1,6 @@
 """Admin API: fleet state, routing explanations, manual lifecycle and config reload.
 
-    GET  /admin/fleet                           nodes, models, loads, in-flight, traffic
+    GET  /admin/fleet                           nodes, models, loads, in-flight, traffic, turns
     GET  /admin/route?model=ID[&node=NAME]      the routing decision, not acted upon
     POST /admin/models/{id}/load|unload|pin|unpin   optional {"node": ..., "force": ...}
     POST /admin/nodes/{name}/drain|undrain      new work goes elsewhere; in flight finishes
@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
     from cortex.gateway.app import Gateway
 
 __all__ = ["AdminAction", "admin_routes"]
+
+log = logging.getLogger("cortex.gateway.admin")
 
 
 class AdminAction(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -62,6 +65,8 @@ def admin_routes(gateway: Gateway) -> list[BaseRoute]:
             "routing": gateway.router.strategy.name,
             "eviction": gateway.router.evictor.policy.name,
             "traffic": gateway.traffic.describe(),
+            # Per busy model: requests let through, and those waiting for their turn.
+            "turns": gateway.fair.describe(),
         })
 
     async def route(request: Request) -> Response:
@@ -134,6 +139,7 @@ def admin_routes(gateway: Gateway) -> list[BaseRoute]:
         try:
             summary = await gateway.reload()
         except ConfigError as exc:
+            log.error("POST /admin/reload: configuration not reloaded: %s", exc.message)
             raise InvalidRequest(f"configuration not reloaded: {exc.message}") from None
         return JSONResponse({"status": "reloaded", "summary": summary})
 

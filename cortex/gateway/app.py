@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 import uuid
 from collections import Counter
@@ -43,23 +44,28 @@ from cortex.errors import (
 from cortex.evictor import Evictor
 from cortex.gateway.auth import AuthGuard, KeyRing, allowed_models
 from cortex.gateway.catalogue import build_catalogue, unconfigured_profile
+from cortex.gateway.fairshare import FairShare
 from cortex.gateway.fleet import Fleet
-from cortex.gateway.limits import BodyLimits
+from cortex.gateway.limits import BodyLimits, HeadLimit
 from cortex.gateway.loader import Loader, LoadJob
 from cortex.gateway.metrics import METRICS_PLUGIN, GatewayMetrics
 from cortex.gateway.openapi import openapi_document
+from cortex.gateway.origins import OriginGuard
 from cortex.gateway.prefixes import PrefixTable
 from cortex.gateway.profiles import ProfileIndex
 from cortex.gateway.proxy import Proxy
 from cortex.gateway.reconciler import Reconciler
 from cortex.gateway.traffic import TRAFFIC_PLUGIN, Traffic
 from cortex.plugins import Plugins, build_options
+from cortex.records import log_value
 from cortex.router import Decision, Router, RouteRequest
 from cortex.snapshot import FleetSnapshot
 
 __all__ = ["Gateway", "Reloader", "create_app"]
 
 log = logging.getLogger("cortex.gateway")
+#: A client's `x-request-id` that is kept (else a fresh one is made).
+_PRINTABLE = re.compile(rb"[\x20-\x7e]{1,128}")
 
 #: Re-reads configuration for SIGHUP and POST /admin/reload.
 Reloader = Callable[[], tuple[GatewayConfig, list[ModelProfile]]]
@@ -85,11 +91,14 @@ class Gateway:
         self._waiting: Counter[str] = Counter()
         self._spills: dict[str, asyncio.Task[None]] = {}
         self.config = config
+        self.keys = KeyRing(config.auth)  # a keys file that lost its keys refuses start
         self._base_profiles = list(profiles)
         self.profiles = ProfileIndex(self._base_profiles)
         self.router = self._router(config)
         self.fleet = Fleet(config.gateway, self.hook)
         self.loader = Loader(self.fleet, load_timeout=config.gateway.load_timeout)
+        # Fair turns between clients on a busy model (held here, not in a neuron's FIFO).
+        self.fair = FairShare(self.fleet.ready_slots)
         self.prefixes = PrefixTable()
         self.proxy = Proxy(self)
         self.reconciler = Reconciler(self)
@@ -114,6 +123,7 @@ class Gateway:
     # --- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self.keys.announce(self.settings.listen)
         self.fleet.configure(self.config.neurons)
         self.reconciler.start()
 
@@ -129,10 +139,14 @@ class Gateway:
         if self._reloader is None:
             raise Conflict("this gateway runs an embedded configuration: nothing to reload")
         config, profiles = await asyncio.to_thread(self._reloader)
+        # Keys first: a keys file emptied or unreadable refuses the reload, old keys kept.
+        keys = await asyncio.to_thread(KeyRing, config.auth)
         router = self._router(config)
         if config.gateway.listen != self.config.gateway.listen:
             log.warning("gateway.listen changed: restart the gateway to move it")
         self.config = config
+        self.keys = keys
+        keys.announce(config.gateway.listen)
         self._base_profiles = list(profiles)
         self.profiles = ProfileIndex(self._base_profiles, self._pins)
         self.router = router
@@ -189,7 +203,8 @@ class Gateway:
 
     def admit(self, profile: ModelProfile) -> None:
         """Refuse a request (429) when too many already wait for this model."""
-        queued = self._waiting[profile.id] + self.fleet.backlog(profile.id)
+        queued = self._waiting[profile.id] + self.fleet.backlog(profile.id) \
+            + self.fair.waiting(profile.id)
         limit = self.settings.queue_limit
         if queued >= limit:
             job = self.loader.job(profile.id)
@@ -285,9 +300,13 @@ class Gateway:
                 self.fleet.poke(job.node)
 
     def _spill_soon(self, profile: ModelProfile, decision: Decision) -> None:
-        """When this request queues behind `spill_after` others, load another copy in the
-        background; requests keep going to the ready copies meanwhile, never wait for it."""
-        if profile.spill_after is None or decision.ahead < profile.spill_after \
+        self.spill_if_queued(profile, decision.ahead)
+
+    def spill_if_queued(self, profile: ModelProfile, ahead: int) -> None:
+        """When a request queues behind `spill_after` others (`ahead`: on a neuron, or
+        waiting for its turn here), load another copy in the background; requests keep
+        going to the ready copies meanwhile, never wait for it."""
+        if profile.spill_after is None or ahead < profile.spill_after \
                 or profile.id in self._spills or self.loader.job(profile.id) is not None:
             return
         task = asyncio.create_task(self._spill(profile), name=f"spill:{profile.id}")
@@ -353,7 +372,10 @@ class Gateway:
 
 class _RequestIds:
     """Give every response an `x-request-id` and a `request-id` (the client's own, or a
-    fresh one): the OpenAI SDK reads the first, the Anthropic SDK the second."""
+    fresh one): the OpenAI SDK reads the first, the Anthropic SDK the second. The
+    client's is kept only when it is printable ASCII of at most 128 characters: it goes
+    into headers to the neuron and back (where a control character is refused, which
+    made it a 500) and into the request log."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -362,8 +384,8 @@ class _RequestIds:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        request_id = given[:128] or uuid.uuid4().hex
+        given = dict(scope["headers"]).get(b"x-request-id", b"").strip()
+        request_id = given.decode() if _PRINTABLE.fullmatch(given) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
 
         async def tagged(message: Message) -> None:
@@ -430,7 +452,7 @@ def create_app(config: GatewayConfig, plugin_manager: pluggy.PluginManager, *,
         return response
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error on %s", request.url.path)
+        log.exception("unhandled error on %s", log_value(request.url.path))
         return envelope(request, CortexError(f"internal error: {type(exc).__name__}"))
 
     async def health(request: Request) -> Response:
@@ -454,16 +476,6 @@ def create_app(config: GatewayConfig, plugin_manager: pluggy.PluginManager, *,
     app.state.gateway = gateway
     # Served on [gateway] metrics_listen by cortex.gateway.server (None when blocked).
     app.state.metrics = metrics
-    rings: dict[int, KeyRing] = {}
-
-    def keyring() -> KeyRing:
-        # Rebuilt when a reload brings a new [auth] table; reused otherwise.
-        auth = gateway.config.auth
-        if id(auth) not in rings:
-            rings.clear()
-            rings[id(auth)] = KeyRing(auth)
-        return rings[id(auth)]
-
     def refuse(path: str, exc: CortexError) -> Response:
         dialect = gateway.dialect_for(path)
         if dialect is not None:
@@ -472,6 +484,9 @@ def create_app(config: GatewayConfig, plugin_manager: pluggy.PluginManager, *,
                             headers=exc.headers())
 
     app.add_middleware(BodyLimits, settings=lambda: gateway.settings, respond=refuse)
-    app.add_middleware(AuthGuard, keyring=keyring, respond=refuse)
+    app.add_middleware(AuthGuard, keyring=lambda: gateway.keys, respond=refuse)
+    app.add_middleware(OriginGuard, settings=lambda: gateway.settings,
+                       keyed=lambda: not gateway.keys.open, respond=refuse)
     app.add_middleware(_RequestIds)
+    app.add_middleware(HeadLimit, settings=lambda: gateway.settings, respond=refuse)
     return app

@@ -392,6 +392,19 @@ class Fleet:
                 total += max(0, _active(node, model) - model.slots)
         return total
 
+    def ready_slots(self, model_id: str) -> tuple[int, int]:
+        """The slots of the model's copies that take requests now (ready, on a live node
+        that is not draining), and how many copies that is (cortex.gateway.fairshare)."""
+        slots = copies = 0
+        for node in self._nodes.values():
+            model = node.models.get(model_id)
+            if model is not None and model.state == "ready" and node.up \
+                    and model_id not in node.unloading \
+                    and not (node.status is not None and node.status.draining):
+                slots += model.slots
+                copies += 1
+        return slots, copies
+
     def _view(self, node: _Node, profiles: ProfileIndex, now: float) -> NodeView:
         views: list[ModelView] = []
         for model in node.models.values():

@@ -3,12 +3,17 @@
 Each refusal is cheap, uses the envelope of the dialect that owns the path, and touches
 nothing but its own request. A body is counted as it streams in, so one over
 `max_body_bytes` costs at most that much memory (a Content-Length over it is refused
-before a byte is read). A complete body must be UTF-8 (RFC 8259) and nest no deeper than
+before a byte is read), and one that stops arriving for `body_timeout` seconds gets 408
+and its connection closed, so stalled clients cannot hold connections (and file
+descriptors) for ever. A complete body must be UTF-8 (RFC 8259) and nest no deeper than
 MAX_JSON_DEPTH: msgspec and every JSON parser after it recurse, and a deep enough body
 would otherwise end as a RecursionError, a 500, here or on a neuron. A `tools` array over
-`max_tools_bytes` is refused as too large. Request heads are bounded by hypercorn
-(`max_header_bytes`, set in cortex.gateway.server). `clamp_max_tokens` caps a request's token
-budget at its profile's `max_tokens`.
+`max_tools_bytes` is refused as too large. A request head (line and headers) over
+`max_header_bytes` gets 431 from HeadLimit: hypercorn's own bound (set to the same in
+cortex.gateway.server) only looks at heads still incomplete after each 64 KiB read, so it let
+through any head that ended within the read that crossed it, up to about twice the
+limit; it still bounds what a head can make the server buffer. `clamp_max_tokens` caps
+a request's token budget at its profile's `max_tokens`.
 """
 
 from __future__ import annotations
@@ -21,7 +26,13 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from cortex.errors import CortexError, InvalidRequest, PayloadTooLarge
+from cortex.errors import (
+    CortexError,
+    HeadersTooLarge,
+    InvalidRequest,
+    PayloadTooLarge,
+    RequestTimeout,
+)
 
 if TYPE_CHECKING:
     from starlette.responses import Response
@@ -29,7 +40,8 @@ if TYPE_CHECKING:
 
     from cortex.config import GatewaySection
 
-__all__ = ["MAX_JSON_DEPTH", "BodyLimits", "check_body", "clamp_max_tokens", "json_too_deep"]
+__all__ = ["MAX_JSON_DEPTH", "BodyLimits", "HeadLimit", "check_body", "clamp_max_tokens",
+           "head_bytes", "json_too_deep"]
 
 #: Deepest JSON nesting accepted; real requests (tool schemas included) stay under 30.
 MAX_JSON_DEPTH = 128
@@ -119,6 +131,39 @@ def clamp_max_tokens(body: bytes, cap: int | None) -> bytes:
     return msgspec.json.encode(decoded)
 
 
+def head_bytes(scope: Scope) -> int:
+    """The bytes of the request line and headers as HTTP/1.1 writes them
+    (`METHOD target HTTP/1.1`, `name: value` lines, the blank line)."""
+    target = len(scope.get("raw_path") or scope.get("path", "").encode())
+    query = scope.get("query_string", b"")
+    if query:
+        target += 1 + len(query)
+    return (len(scope.get("method", "")) + target + 12
+            + sum(len(name) + len(value) + 4 for name, value in scope["headers"]) + 2)
+
+
+class HeadLimit:
+    """ASGI middleware: 431 for a request head over `max_header_bytes`, in the dialect of
+    the path (`settings` and `respond` as for BodyLimits)."""
+
+    def __init__(self, app: ASGIApp, *, settings: Callable[[], GatewaySection],
+                 respond: Callable[[str, CortexError], Response]) -> None:
+        self.app = app
+        self.settings = settings
+        self.respond = respond
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            limit = self.settings().max_header_bytes
+            size = head_bytes(scope)
+            if size > limit:
+                error = HeadersTooLarge(f"the request line and headers are {size} bytes; this "
+                                        f"gateway takes at most {limit} (max_header_bytes)")
+                await self.respond(scope.get("path", ""), error)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 class BodyLimits:
     """ASGI middleware: read a request's body under the limits, then replay it to the app.
     `settings` is called per request, so a reload changes the limits; `respond` renders
@@ -145,7 +190,14 @@ class BodyLimits:
         chunks: list[bytes] = []
         size = 0
         while True:
-            message = await receive()
+            try:
+                async with asyncio.timeout(settings.body_timeout):
+                    message = await receive()
+            except TimeoutError:
+                stalled = RequestTimeout(f"no byte of the body for {settings.body_timeout:g} "
+                                         "seconds (body_timeout)")
+                await self.respond(path, stalled)(scope, receive, send)
+                return
             if message["type"] == "http.disconnect":
                 return  # the client left before sending it all: nobody to answer
             chunk = message.get("body", b"")

@@ -23,12 +23,14 @@ from starlette.types import Receive, Scope, Send
 
 from cortex.disconnects import cancelled_status, unless_disconnected
 from cortex.errors import CortexError, Unavailable, Unreachable
+from cortex.gateway.auth import client_of
 from cortex.gateway.client import refused, upstream_error
 from cortex.gateway.limits import clamp_max_tokens
 from cortex.records import RequestRecord
 from cortex.types import Usage
 
 if TYPE_CHECKING:
+    from cortex.config import ModelProfile
     from cortex.dialect import Call, Dialect
     from cortex.gateway.app import Gateway
 
@@ -38,6 +40,8 @@ log = logging.getLogger("cortex.gateway.proxy")
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 _RETRY_STATUSES = {404, 502, 503}
 _READ_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
+#: Neuron routes that take no slot, so no turn (Anthropic's count_tokens).
+_UNGATED = frozenset({"/tokenize"})
 
 
 class _UsageView(msgspec.Struct):
@@ -163,7 +167,7 @@ class Proxy:
         except CortexError as exc:
             self._finish(tally, exc.status)
             return dialect.error_response(exc)
-        attempt = self._open(call, body, profile.id, tally)
+        attempt = self._taking_turns(call, body, profile, tally)
         if not call.stream:
             return await self._whole(request, call, dialect, attempt, tally)
 
@@ -268,6 +272,25 @@ class Proxy:
                                 f"{str(exc) or type(exc).__name__}")
             self.gateway.fleet.report_failure(opened.node, error)
             raise error from None
+
+    async def _taking_turns(self, call: Call, body: bytes, profile: ModelProfile,
+                            tally: _Tally) -> _Opened:
+        """`_open`, after this client's turn on a busy model (cortex.gateway.fairshare); the turn
+        ends with the answer. Nothing is awaited for it while nobody waits."""
+        if call.path in _UNGATED:
+            return await self._open(call, body, profile.id, tally)
+        fair, client = self.gateway.fair, client_of(tally.state)
+        ticket = fair.enter(profile.id, client)
+        if ticket is None:
+            self.gateway.spill_if_queued(profile, fair.ahead(profile.id))
+            ticket = await fair.wait(profile.id, client)
+        try:
+            opened = await self._open(call, body, profile.id, tally)
+        except BaseException:
+            ticket.release()
+            raise
+        opened.hold.callback(ticket.release)
+        return opened
 
     async def _open(self, call: Call, body: bytes, model: str, tally: _Tally) -> _Opened:
         """Place the request and read the neuron's first bytes (its whole answer when not

@@ -216,7 +216,9 @@ async def _serve(gateway: Served, before: Sequence[Served]) -> None:
         hyper.errorlog = logging.getLogger("hypercorn.error")
         # Requests had drain_timeout already; what is left now is closing connections.
         hyper.graceful_timeout = 30 if core is None else 2
-        if core is not None:  # oversized request heads get hypercorn's bare 431
+        if core is not None:
+            # A head far over the limit gets hypercorn's bare 431 before the app sees it;
+            # cortex.gateway.limits.HeadLimit holds the exact limit.
             hyper.h11_max_incomplete_size = core.settings.max_header_bytes
             hyper.h2_max_header_list_size = core.settings.max_header_bytes
         return hyper

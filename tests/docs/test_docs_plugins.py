@@ -181,7 +181,7 @@ async def test_dialect_example_is_mounted_by_the_gateway() -> None:
     app = create_app(GatewayConfig(), build_plugin_manager(
         entry_points=False, extra=[example("register_dialects")]))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://gateway") as client:
+                                 base_url="http://localhost") as client:
         tags = await client.get("/api/tags")
         missing = await client.get("/api/nothing")
     assert tags.status_code == 200 and tags.json() == {"models": []}

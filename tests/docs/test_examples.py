@@ -70,7 +70,7 @@ async def test_gateway_mounted_under_a_prefix(start_neuron: Callable[..., Neuron
     profiles = [ModelProfile(id="gemma", source=GEMMA, chat_format="gemma", n_ctx=512)]
     app = load_example("embed_router").build_app(config, profiles)
     async with app.router.lifespan_context(app), httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://app") as client:
+            transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as client:
 
         async def neuron_up() -> bool:
             return bool((await client.get("/llm/health")).json()["nodes_up"] == 1)

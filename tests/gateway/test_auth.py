@@ -1,18 +1,38 @@
-"""API keys on the gateway: client keys, admin keys, per-key rate limit, both dialects."""
+"""API keys on the gateway: client keys, admin keys, per-key rate limit, both dialects;
+keys fail closed (a keys file that lost its keys refuses start and reload), and an open
+gateway is either declared or warned about."""
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+from click.testing import CliRunner
 from starlette.testclient import TestClient
 
 from cortex import build_plugin_manager
-from cortex.config import ApiKey, AuthConfig, GatewayConfig, ModelProfile
-from cortex.errors import AuthenticationFailed, PermissionDenied, RateLimited
+from cortex.cli import main
+from cortex.config import (
+    ApiKey,
+    AuthConfig,
+    GatewayConfig,
+    ModelProfile,
+    load_gateway_config,
+    load_neuron_config,
+)
+from cortex.errors import AuthenticationFailed, ConfigError, PermissionDenied, RateLimited
 from cortex.gateway import create_app
 from cortex.gateway.auth import KeyRing
+
+from ..conftest import ROOT
+from ..serve_support import GatewayProcess, served
 
 
 def test_keyring_accepts_config_file_and_environment(tmp_path: Path,
@@ -123,3 +143,114 @@ def test_gateway_enforces_a_keys_model_allow_list() -> None:
             "model": "big", "max_tokens": 2, "messages": [{"role": "user", "content": "x"}]})
         assert anthropic.status_code == 403
         assert anthropic.json()["error"]["type"] == "permission_error"
+
+
+# --- fail closed --------------------------------------------------------------------------
+
+def test_a_keys_file_that_lost_its_keys_is_a_config_error(tmp_path: Path) -> None:
+    empty = tmp_path / "keys.txt"
+    empty.write_text("# nobody yet\n\n   \n")
+    with pytest.raises(ConfigError, match="holds no key"):
+        KeyRing(AuthConfig(api_keys=["other"], api_keys_file=str(empty)))
+    for unreadable in (tmp_path / "missing.txt", tmp_path):  # absent; a directory
+        with pytest.raises(ConfigError, match="cannot read it"):
+            KeyRing(AuthConfig(api_keys_file=str(unreadable)))
+    with pytest.raises(ConfigError, match="holds no key"):
+        create_app(GatewayConfig(auth=AuthConfig(api_keys_file=str(empty))),
+                   build_plugin_manager(entry_points=False))
+
+
+def test_open_is_explicit_and_contradicting_keys_is_an_error(
+        caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="cortex.gateway.auth"):
+        KeyRing(AuthConfig()).announce("0.0.0.0:31313")
+        assert [r.levelno for r in caplog.records] == [logging.WARNING]
+        assert "the gateway is OPEN" in caplog.text and "0.0.0.0:31313" in caplog.text
+        caplog.clear()
+        ring = KeyRing(AuthConfig(open=True))
+        ring.check(None, admin=True)
+        ring.announce("0.0.0.0:31313")
+        assert [r.levelno for r in caplog.records] == [logging.INFO]
+    with pytest.raises(ConfigError, match="open = true, but keys are configured"):
+        KeyRing(AuthConfig(open=True, admin_keys=["root"]))
+
+
+def test_an_empty_neuron_secret_is_refused(tmp_path: Path) -> None:
+    neuron = tmp_path / "neuron.toml"
+    neuron.write_text('secret = ""\n')
+    with pytest.raises(ConfigError, match="secret is empty"):
+        load_neuron_config(neuron)
+    gateway = tmp_path / "cortex.toml"
+    gateway.write_text('[[neurons]]\nname = "a"\nendpoint = "http://a:13131"\nsecret = " "\n')
+    with pytest.raises(ConfigError, match=r"neurons\[0\]: secret is empty"):
+        load_gateway_config(gateway)
+
+
+def test_config_check_reads_the_keys_file(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.txt"
+    config = tmp_path / "cortex.toml"
+    config.write_text(f'[auth]\napi_keys_file = "{keys}"\n')
+    runner = CliRunner()
+    missing = runner.invoke(main, ["config", "check", str(config)])
+    assert missing.exit_code == 1 and "cannot read it" in missing.output, missing.output
+    keys.write_text("\n")
+    empty = runner.invoke(main, ["config", "check", str(config)])
+    assert empty.exit_code == 1 and "holds no key" in empty.output, empty.output
+    keys.write_text("a-key\n")
+    fine = runner.invoke(main, ["config", "check", str(config)])
+    assert fine.exit_code == 0 and "keys required" in fine.output, fine.output
+    config.write_text("")
+    assert "OPEN: no keys" in runner.invoke(main, ["config", "check", str(config)]).output
+
+
+def test_serve_refuses_to_start_on_an_empty_keys_file(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.txt"
+    keys.write_text("# emptied by mistake\n")
+    gateway = GatewayProcess.configured(tmp_path, [], auth={"api_keys_file": str(keys)})
+    try:
+        assert gateway.proc.wait(60) != 0
+    finally:
+        gateway.stop()
+    assert "holds no key" in gateway.log() and "Traceback" not in gateway.log(), gateway.log()
+
+
+def test_a_reload_that_would_lose_the_keys_is_refused_and_the_old_keys_stay(
+        tmp_path: Path) -> None:
+    keys = tmp_path / "keys.txt"
+    keys.write_text("client-key\n")
+    env = {**os.environ, "CORTEX_ADMIN_KEY": "admin-key"}
+    with served(tmp_path, [], auth={"api_keys_file": str(keys), "admin_keys": ["admin-key"]}
+                ) as gw, httpx.Client(base_url=gw.url, timeout=30) as client:
+        keyed = {"authorization": "Bearer client-key"}
+        assert client.get("/v1/models", headers=keyed).status_code == 200
+        keys.write_text("")
+        gw.proc.send_signal(signal.SIGHUP)
+        gw.wait(lambda _: "SIGHUP: configuration not reloaded" in gw.log(), "SIGHUP is refused")
+        assert "holds no key" in gw.log()
+        out = subprocess.run([sys.executable, "-m", "cortex.cli", "reload", "--url", gw.url],
+                             capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
+        assert out.returncode == 1 and "holds no key" in out.stderr, out.stdout + out.stderr
+        keys.unlink()
+        out = subprocess.run([sys.executable, "-m", "cortex.cli", "reload", "--url", gw.url],
+                             capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
+        assert out.returncode == 1 and "cannot read it" in out.stderr, out.stdout + out.stderr
+        # The old keys still hold: still closed, still open to its own key.
+        assert client.get("/v1/models", headers=keyed).status_code == 200
+        refused = client.get("/v1/models")
+        assert refused.status_code == 401
+        assert str(tmp_path) not in refused.text  # no path to a client without a key
+        assert client.post("/v1/messages", json={}).status_code == 401
+        assert client.get("/health").status_code == 200
+        assert "the gateway is OPEN" not in gw.log()
+
+
+def test_an_open_gateway_says_so_at_start_and_at_every_reload(tmp_path: Path) -> None:
+    with served(tmp_path, []) as gw:
+        gw.wait(lambda _: gw.log().count("the gateway is OPEN") == 1, "the start warns")
+        gw.proc.send_signal(signal.SIGHUP)
+        gw.wait(lambda _: gw.log().count("the gateway is OPEN") == 2, "the reload warns")
+    with served(tmp_path, [], auth={"open": True}) as gw:
+        gw.proc.send_signal(signal.SIGHUP)
+        gw.wait(lambda _: "SIGHUP: reloaded" in gw.log(), "the reload")
+        assert "the gateway is OPEN" not in gw.log()
+        assert gw.log().count("open = true") == 2

@@ -123,6 +123,39 @@ def test_an_oversized_header_is_431_and_harms_nothing(client: httpx.Client,
     assert client.get("/health", headers={"x-big": "a" * (HEADER_LIMIT // 2)}).status_code == 200
 
 
+def _raw(port: int, path: str, size: int, extra: bytes = b"") -> bytes:
+    """Send a GET whose request line and headers are exactly `size` bytes; the answer."""
+    start = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n".encode()
+             + extra + b"X-Pad: ")
+    end = b"\r\n\r\n"
+    head = start + b"a" * (size - len(start) - len(end)) + end
+    assert len(head) == size
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+        raw.sendall(head)
+        answer = b""
+        while chunk := raw.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_max_header_bytes_is_the_limit_to_the_byte(gateway: GatewayProcess) -> None:
+    """hypercorn alone let through any head that ended within the 64 KiB read crossing
+    its limit (up to about twice max_header_bytes); the gateway counts exactly."""
+    port = int(gateway.url.rsplit(":", 1)[1])
+    assert _raw(port, "/v1/models", HEADER_LIMIT).startswith(b"HTTP/1.1 200 ")
+    over = _raw(port, "/v1/models", HEADER_LIMIT + 1)
+    assert over.startswith(b"HTTP/1.1 431 "), over[:200]
+    error = json.loads(over.partition(b"\r\n\r\n")[2])["error"]
+    assert error["code"] == "request_header_fields_too_large"
+    assert f"at most {HEADER_LIMIT} (max_header_bytes)" in error["message"]
+    anthropic = _raw(port, "/v1/messages", HEADER_LIMIT + 1)
+    assert anthropic.startswith(b"HTTP/1.1 431 ")
+    assert json.loads(anthropic.partition(b"\r\n\r\n")[2])["type"] == "error"
+    # Well over (as the test above) hypercorn refuses on its own, before a byte reaches
+    # the app; between the two, only the gateway's count refuses it.
+    assert _raw(port, "/v1/models", HEADER_LIMIT + 32 * 1024).startswith(b"HTTP/1.1 431 ")
+
+
 # --- max_tokens and context ------------------------------------------------------------------
 
 @pytest.mark.parametrize(("fields", "expected", "finish"), [
@@ -267,6 +300,58 @@ def test_refusals_leave_a_stream_in_flight_untouched(client: httpx.Client,
     text = "".join(json.loads(f)["choices"][0]["delta"].get("content") or ""
                    for f in frames[:-1] if json.loads(f)["choices"])
     assert len(text.split()) == 16
+
+
+# --- the request log --------------------------------------------------------------------------
+
+_LOGFMT = re.compile(r'([a-z_]+)=("(?:[^"\\]|\\.)*"|[^ "]*)(?: |$)')
+FIELDS = ["request_id", "model", "node", "dialect", "status", "stream", "tokens_in",
+          "tokens_out", "ttft", "duration", "queue", "retries"]
+
+
+def _logfmt(line: str) -> dict[str, str]:
+    """The fields of one logfmt line, quoted values decoded; fails on anything else."""
+    pairs = _LOGFMT.findall(line)
+    assert "".join(f"{k}={v} " for k, v in pairs).rstrip() == line, line
+    return {k: json.loads(v) if v.startswith('"') else v for k, v in pairs}
+
+
+def test_client_text_cannot_forge_request_log_lines_or_fields(client: httpx.Client,
+                                                             gateway: GatewayProcess) -> None:
+    forged_model = 'nope\nrequest_id=forged model=syn status=200 x="'
+    forged_id = 'mine" status=200 extra="'
+    reply = client.post("/v1/chat/completions", json=chat(forged_model),
+                        headers={"x-request-id": "plain-id"})
+    assert reply.status_code == 404
+    assert client.post("/v1/chat/completions", json=chat("x" * 5000)).status_code == 404
+    reply = client.post("/v1/chat/completions", json=chat(),
+                        headers={"x-request-id": forged_id})
+    assert reply.status_code == 200 and reply.headers["x-request-id"] == forged_id
+    # Control characters (an escape sequence, NEL, which splitlines takes for a line
+    # break) never reach a header or a log: the request gets an id of its own.
+    reply = client.post("/v1/chat/completions", json=chat(),
+                        headers={"x-request-id": b"bad\x1b[2J\x85id"})
+    assert reply.status_code == 200, reply.text
+    assert re.fullmatch("[0-9a-f]{32}", reply.headers["x-request-id"])
+    assert client.post("/v1/chat/completions", json=chat(), headers={
+        "x-request-id": "i" * 129}).headers["x-request-id"] != "i" * 129
+
+    def lines() -> list[str]:
+        return [line.split("cortex.requests: ", 1)[1] for line in gateway.log().splitlines()
+                if "cortex.requests: " in line]
+
+    gateway.wait(lambda _: any("plain-id" in line for line in lines())
+                 and any("mine" in line for line in lines()), "the three are logged")
+    assert not any("forged" in line.split("cortex.requests: ")[0]
+                   for line in gateway.log().splitlines())  # no line of its own
+    for line in lines():
+        assert list(_logfmt(line)) == FIELDS, line  # no field added, none lost
+        assert len(line) < 600
+    by_id = {_logfmt(line)["request_id"]: _logfmt(line) for line in lines()}
+    assert by_id["plain-id"]["model"] == forged_model  # escaped, and read back whole
+    assert by_id["plain-id"]["status"] == "404"
+    assert by_id[forged_id]["status"] == "200"
+    assert any(fields["model"] == "x" * 128 + "..." for fields in by_id.values())
 
 
 # --- units --------------------------------------------------------------------------------------
