@@ -125,6 +125,10 @@ class GatewaySection(Base, kw_only=True):
     keepalive_interval: Annotated[float, msgspec.Meta(gt=0)] = 5.0
     retries: Annotated[int, msgspec.Meta(ge=0)] = 2
     connect_timeout: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    # Containment (docs/operations.md, "A request that kills a neuron"): further nodes a
+    # request may reach after a neuron died holding it, and how long its body is refused.
+    poison_retries: Annotated[int, msgspec.Meta(ge=0)] = 0
+    poison_ttl: NonNegative = 600.0
     # Input limits (docs/operations.md, "Security and input limits").
     max_body_bytes: PositiveInt = 16 * 2**20
     max_header_bytes: PositiveInt = 64 * 2**10

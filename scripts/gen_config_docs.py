@@ -51,8 +51,15 @@ DESCRIPTIONS: dict[str, str] = {
     "GatewaySection.down_after": "consecutive failed polls or requests that mark a node down",
     "GatewaySection.keepalive_interval": "seconds between SSE `: keep-alive` comments while "
                                          "a stream waits for a load",
-    "GatewaySection.retries": "further nodes tried when one fails before the first byte",
+    "GatewaySection.retries": "further nodes tried when one fails before the first byte "
+                              "(see `poison_retries` for a neuron that died holding it)",
     "GatewaySection.connect_timeout": "seconds to open a connection to a neuron",
+    "GatewaySection.poison_retries": "further nodes a request may be sent to after a neuron "
+                                     "died holding it before its first byte (502 "
+                                     "`upstream_died` beyond; docs/operations.md)",
+    "GatewaySection.poison_ttl": "seconds a request a neuron died holding is refused (400 "
+                                 "`request_quarantined`) once over `poison_retries`; 0 "
+                                 "remembers none",
     "GatewaySection.max_body_bytes": "a larger request body gets 413, counted as it streams "
                                      "in (docs/operations.md, security and input limits)",
     "GatewaySection.max_header_bytes": "a larger request line plus headers gets 431 "
@@ -136,6 +143,9 @@ DESCRIPTIONS: dict[str, str] = {
     "SyntheticHarness.Options.bytes": "the memory a model claims, so placement and eviction "
                                       "have work to do",
     "SyntheticHarness.Options.load_ms": "how long a load takes",
+    "SyntheticHarness.Options.die_on": "tests only: a prompt containing this string kills "
+                                       "the neuron (SIGKILL) before its first token, as a "
+                                       "crash would; unset by default",
 }
 
 INTRO = """\

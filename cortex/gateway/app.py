@@ -51,6 +51,7 @@ from cortex.gateway.openapi import openapi_document
 from cortex.gateway.prefixes import PrefixTable
 from cortex.gateway.profiles import ProfileIndex
 from cortex.gateway.proxy import Proxy
+from cortex.gateway.quarantine import Quarantine
 from cortex.gateway.reconciler import Reconciler
 from cortex.gateway.traffic import TRAFFIC_PLUGIN, Traffic
 from cortex.plugins import Plugins, build_options
@@ -91,6 +92,7 @@ class Gateway:
         self.fleet = Fleet(config.gateway, self.hook)
         self.loader = Loader(self.fleet, load_timeout=config.gateway.load_timeout)
         self.prefixes = PrefixTable()
+        self.quarantine = Quarantine(lambda: self.settings)
         self.proxy = Proxy(self)
         self.reconciler = Reconciler(self)
         self.traffic = Traffic()  # recent rates for /admin/fleet; registered by create_app

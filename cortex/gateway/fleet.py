@@ -156,13 +156,16 @@ class Fleet:
 
     async def _poll(self, node: _Node) -> None:
         try:
-            status = await node.client.status(timeout=max(2.0, self.settings.poll_interval))
+            status = await node.client.status(timeout=self._poll_timeout())
         except CortexError as exc:
             self._failed(node, exc)
         else:
             if not node.retired:
                 self._apply_status(node, status)
         node.polled = True
+
+    def _poll_timeout(self) -> float:
+        return max(2.0, self.settings.poll_interval)
 
     def poke(self, name: str) -> None:
         """Poll a node now instead of at its next interval."""
@@ -237,6 +240,28 @@ class Fleet:
             self._forget_estimates(node.entry.name)
             log.warning("neuron %s is down: %s", node.entry.name, exc.message)
             self.emit("node_down", node.entry.name, reason=exc.message)
+
+    async def survived(self, name: str, since: float) -> bool:
+        """Whether the neuron sent a request at `since` (monotonic) is still the process
+        that took it: it answers a poll and was up before then. If not, it died holding
+        that request, and a node that does not answer is marked down at once."""
+        node = self._nodes.get(name)
+        if node is None:
+            return False
+        asked = time.monotonic()
+        try:
+            status = await node.client.status(timeout=self._poll_timeout())
+        except CortexError as exc:
+            node.failures = max(node.failures, self.settings.down_after - 1)
+            self._failed(node, exc)
+            node.wake.set()
+            return False
+        if not node.retired:
+            self._apply_status(node, status)
+        if status.uptime_seconds < asked - since:
+            log.warning("neuron %s restarted while it held a request", name)
+            return False
+        return True
 
     def report_failure(self, name: str, exc: CortexError) -> None:
         """A request to the node got no answer: count it like a failed poll, and re-poll."""
