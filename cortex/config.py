@@ -121,6 +121,7 @@ class GatewaySection(Base, kw_only=True):
     request_timeout: NonNegative = 600.0
     queue_limit: PositiveInt = 64
     poll_interval: Annotated[float, msgspec.Meta(gt=0)] = 2.0
+    poll_timeout: Annotated[float, msgspec.Meta(gt=0)] = 2.0
     down_after: PositiveInt = 3
     keepalive_interval: Annotated[float, msgspec.Meta(gt=0)] = 5.0
     retries: Annotated[int, msgspec.Meta(ge=0)] = 2

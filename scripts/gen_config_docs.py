@@ -48,6 +48,8 @@ DESCRIPTIONS: dict[str, str] = {
                                   "slots) before 429 with `Retry-After`",
     "GatewaySection.poll_interval": "seconds between `/status` polls of each neuron "
                                     "(jittered by ±20%)",
+    "GatewaySection.poll_timeout": "seconds a `/status` poll may take before it counts as a "
+                                   "failed poll (a stopped or frozen neuron)",
     "GatewaySection.down_after": "consecutive failed polls or requests that mark a node down",
     "GatewaySection.keepalive_interval": "seconds between SSE `: keep-alive` comments while "
                                          "a stream waits for a load",

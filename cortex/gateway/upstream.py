@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -115,10 +115,71 @@ async def _refusal(fleet: Fleet, node: str, model: str,
     return Answer(response.status, raw, error)
 
 
+class _Watch:
+    """Cancels the task waiting for a neuron's first bytes when the fleet marks the node
+    down, so a request to a node that stopped answering fails now, not after
+    request_timeout."""
+
+    def __init__(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.task = task
+        self.lost: tuple[CortexError, bool] | None = None
+
+    def __call__(self, error: CortexError, died: bool) -> None:
+        # The task itself marking the node down (its own failure counted last) is
+        # already leaving with that failure: a cancel would hit its next attempt.
+        if self.lost is None and asyncio.current_task() is not self.task:
+            self.lost = (error, died)
+            self.task.cancel()
+
+    def failure(self, node: str) -> Exception | None:
+        """What the cancellation it caused means (None: someone else cancelled too)."""
+        if self.lost is None or self.task.uncancel() > 0:
+            return None
+        error, died = self.lost
+        if died:
+            return Dropped(Unreachable(f"neuron `{node}` died before its first byte: "
+                                       f"{error.message}"), died=True)
+        # A stopped host, a lost link: not blamed on a request (a request that wedges
+        # llama.cpp stops its thread, not the neuron's polls), so it may go elsewhere.
+        return Unreachable(f"neuron `{node}` stopped answering before its first byte: "
+                           f"{error.message}")
+
+
+def _stream_watch(node: str, response: aiohttp.ClientResponse
+                  ) -> Callable[[CortexError, bool], None]:
+    """Ends a stream under way when its node goes down: its next read raises."""
+    def lost(error: CortexError, died: bool) -> None:
+        response.content.set_exception(Unreachable(
+            f"neuron `{node}` {'died' if died else 'stopped answering'} mid-stream: "
+            f"{error.message}"))
+    return lost
+
+
 async def first_bytes(fleet: Fleet, node: str, model: str,
                       sending: Awaitable[aiohttp.ClientResponse], call: Call,
                       hold: contextlib.ExitStack, attempt: int) -> Opened:
-    """Await the neuron's answer and read its first bytes (all of it when not streaming)."""
+    """Await the neuron's answer and read its first bytes (all of it when not streaming);
+    from then on, a stream ends with an error if the node goes down."""
+    watch = _Watch()
+    unwatch = fleet.watch(node, watch)
+    try:
+        response = await _first_bytes(fleet, node, model, sending, call)
+    except asyncio.CancelledError:
+        failure = watch.failure(node)
+        if failure is None:
+            raise
+        raise failure from None
+    finally:
+        unwatch()
+    hold.callback(fleet.watch(node, _stream_watch(node, response[0])))
+    return Opened(node, response[0], response[1], hold, attempt)
+
+
+async def _first_bytes(fleet: Fleet, node: str, model: str,
+                       sending: Awaitable[aiohttp.ClientResponse], call: Call
+                       ) -> tuple[aiohttp.ClientResponse, bytes]:
     try:
         response = await sending
     except Severed as exc:
@@ -146,4 +207,4 @@ async def first_bytes(fleet: Fleet, node: str, model: str,
     except BaseException:
         response.close()
         raise
-    return Opened(node, response, first, hold, attempt)
+    return response, first

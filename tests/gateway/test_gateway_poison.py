@@ -155,12 +155,15 @@ async def test_poison_retries_lets_a_request_that_killed_a_node_try_one_more(
         assert "neurons `" in again.json()["error"]["message"]
 
 
+@pytest.mark.parametrize("down_after", [3, 1])
 async def test_a_neuron_refusing_the_connection_is_still_retried_elsewhere(
-        start_neuron: Callable[..., NeuronProcess]) -> None:
+        start_neuron: Callable[..., NeuronProcess], down_after: int) -> None:
     # Nothing was sent to a neuron that is gone: that request goes to the next node.
+    # With down_after = 1 the request's own failure marks the node down, which must not
+    # cut the request itself short (it is watching that node for a first byte).
     a, b = killable(start_neuron, "a"), killable(start_neuron, "b")
     async with running_gateway([("a", a), ("b", b)], [synthetic(["a", "b"])],
-                               poll_interval=30) as gw:
+                               poll_interval=30, down_after=down_after) as gw:
         assert (await gw.client.post("/admin/models/s/load",
                                      json={"node": "a"})).status_code == 200
         a.proc.kill()
