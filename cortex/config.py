@@ -16,6 +16,7 @@ from typing import Annotated, Any, TypeVar
 import msgspec
 
 from cortex.errors import ConfigError
+from cortex.stops import MAX_STOP_BYTES, MAX_STOP_STRINGS
 
 __all__ = [
     "ApiKey",
@@ -134,6 +135,8 @@ class GatewaySection(Base, kw_only=True):
     max_body_bytes: PositiveInt = 16 * 2**20
     max_header_bytes: PositiveInt = 64 * 2**10
     max_tools_bytes: PositiveInt = 2**20
+    max_stop_strings: PositiveInt = MAX_STOP_STRINGS
+    max_stop_bytes: PositiveInt = MAX_STOP_BYTES
     drain_timeout: NonNegative = 30.0
 
 

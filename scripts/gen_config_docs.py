@@ -68,6 +68,10 @@ DESCRIPTIONS: dict[str, str] = {
                                        "(hypercorn's limit)",
     "GatewaySection.max_tools_bytes": "a request whose `tools` array is more JSON than this "
                                       "gets 413",
+    "GatewaySection.max_stop_strings": "more stop strings in a request (OpenAI `stop`, "
+                                       "Anthropic `stop_sequences`) get 400 naming the field",
+    "GatewaySection.max_stop_bytes": "more UTF-8 bytes of stop strings in a request get 400 "
+                                     "naming the field",
     "GatewaySection.drain_timeout": "seconds SIGTERM/SIGINT wait for requests in flight "
                                     "to finish (new ones get 503) before the gateway exits",
     "EvictionConfig.strategy": "the eviction policy plugin, by `name`",

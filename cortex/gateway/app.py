@@ -57,6 +57,7 @@ from cortex.gateway.traffic import TRAFFIC_PLUGIN, Traffic
 from cortex.plugins import Plugins, build_options
 from cortex.router import Decision, Router, RouteRequest
 from cortex.snapshot import FleetSnapshot
+from cortex.stops import check_stops
 
 __all__ = ["Gateway", "Reloader", "create_app"]
 
@@ -342,6 +343,11 @@ class Gateway:
                 and self.resolve(call.model)[0].id not in allowed:
             raise PermissionDenied(f"this API key may not use model `{call.model}`")
         return await self.proxy.forward(call, request, dialect)
+
+    def check_stops(self, stops: str | Sequence[str] | msgspec.Raw | None,
+                    field: str) -> None:
+        check_stops(stops, field=field, max_strings=self.settings.max_stop_strings,
+                    max_bytes=self.settings.max_stop_bytes)
 
     def dialect_for(self, path: str) -> Dialect | None:
         """The dialect with the longest path prefix matching `path` (for error envelopes)."""
