@@ -16,6 +16,7 @@ from typing import Annotated, Any, TypeVar
 import msgspec
 
 from cortex.errors import ConfigError
+from cortex.stops import MAX_STOP_BYTES, MAX_STOP_STRINGS
 
 __all__ = [
     "ApiKey",
@@ -129,10 +130,15 @@ class GatewaySection(Base, kw_only=True):
     request_timeout: NonNegative = 600.0
     queue_limit: PositiveInt = 64
     poll_interval: Annotated[float, msgspec.Meta(gt=0)] = 2.0
+    poll_timeout: Annotated[float, msgspec.Meta(gt=0)] = 2.0
     down_after: PositiveInt = 3
     keepalive_interval: Annotated[float, msgspec.Meta(gt=0)] = 5.0
     retries: Annotated[int, msgspec.Meta(ge=0)] = 2
     connect_timeout: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    # Containment (docs/operations.md, "A request that kills a neuron"): further nodes a
+    # request may reach after a neuron died holding it, and how long its body is refused.
+    poison_retries: Annotated[int, msgspec.Meta(ge=0)] = 0
+    poison_ttl: NonNegative = 600.0
     # Input limits (docs/operations.md, "Security and input limits").
     max_body_bytes: PositiveInt = 16 * 2**20
     max_header_bytes: PositiveInt = 64 * 2**10
@@ -142,6 +148,8 @@ class GatewaySection(Base, kw_only=True):
     # Host names a gateway without keys answers beyond IP literals, localhost, its listen
     # host and the machine's name (DNS rebinding; cortex.gateway.origins).
     allowed_hosts: list[str] = []
+    max_stop_strings: PositiveInt = MAX_STOP_STRINGS
+    max_stop_bytes: PositiveInt = MAX_STOP_BYTES
     drain_timeout: NonNegative = 30.0
 
 

@@ -76,6 +76,12 @@ class GatewayAPI(Protocol):
         """One catalogue entry by id or alias; raises ModelNotFound."""
         ...
 
+    def check_stops(self, stops: str | Sequence[str] | msgspec.Raw | None,
+                    field: str) -> None:
+        """Refuse (InvalidRequest naming `field`) a stop list over the gateway's caps
+        (`max_stop_strings`, `max_stop_bytes`); raw JSON is checked before decoding."""
+        ...
+
 
 class Dialect:
     """Base class; plugins subclass it and return it from their register hook."""

@@ -8,7 +8,8 @@ failure anywhere reaches the client in its own envelope::
     ├── PluginError                  (start-up only: duplicate or unknown plugin names)
     ├── InvalidRequest               400 invalid_request_error
     │   ├── ContextLengthExceeded    400 context_length_exceeded
-    │   └── UnsupportedFeature       400 (e.g. chat on a model with no chat template)
+    │   ├── UnsupportedFeature       400 (e.g. chat on a model with no chat template)
+    │   └── Quarantined              400 (a body a neuron died holding: not sent again for now)
     ├── AuthenticationFailed         401 authentication_error
     ├── PermissionDenied             403 permission_error
     ├── NotFound                     404 not_found_error
@@ -20,7 +21,8 @@ failure anywhere reaches the client in its own envelope::
     ├── RateLimited                  429 rate_limit_error (carries Retry-After)
     ├── InsufficientMemory           507 (a load that does not fit the node's budget)
     ├── UpstreamError                502 api_error (a neuron failed)
-    │   └── Unreachable              502 (no answer: refused, reset, timed out; safe to retry)
+    │   ├── Unreachable              502 (no answer: refused, reset, timed out; safe to retry)
+    │   └── NeuronDied               502 (the neuron died holding the request: not retried)
     ├── Unavailable                  503 overloaded / unavailable (carries Retry-After)
     └── Timeout                      504 timeout_error
 """
@@ -39,10 +41,12 @@ __all__ = [
     "InsufficientMemory",
     "InvalidRequest",
     "ModelNotFound",
+    "NeuronDied",
     "NotFound",
     "PayloadTooLarge",
     "PermissionDenied",
     "PluginError",
+    "Quarantined",
     "RateLimited",
     "RequestTimeout",
     "Timeout",
@@ -110,6 +114,13 @@ class ContextLengthExceeded(InvalidRequest):
 
 class UnsupportedFeature(InvalidRequest):
     code = "unsupported"
+
+
+class Quarantined(InvalidRequest):
+    """The same request (model, route and body) was on a neuron when it died, recently:
+    sending it to another node would likely kill that one too."""
+
+    code = "request_quarantined"
 
 
 class AuthenticationFailed(CortexError):
@@ -198,6 +209,12 @@ class Unreachable(UpstreamError):
     """A neuron gave no HTTP answer: connection refused, reset or timed out."""
 
     code = "upstream_unreachable"
+
+
+class NeuronDied(UpstreamError):
+    """The neuron died (or restarted) while it held the request, before its first byte."""
+
+    code = "upstream_died"
 
 
 class Unavailable(CortexError):

@@ -13,6 +13,7 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from cortex.config import ModelProfile
+from cortex.stops import check_stops
 
 __all__ = [
     "GPU",
@@ -120,6 +121,10 @@ class SamplingFields(Wire, kw_only=True):
     stream_options: StreamOptions | None = None
     n: int = 1
     user: str | None = None
+
+    def __post_init__(self) -> None:
+        # The neuron's own cap (InvalidRequest, a 400): its scheduler matches the list.
+        check_stops(self.stop, field="stop")
 
     def stop_list(self) -> list[str]:
         if self.stop is None:

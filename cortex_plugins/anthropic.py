@@ -151,6 +151,7 @@ class AnthropicDialect(Dialect):
     def routes(self, gateway: GatewayAPI) -> Sequence[BaseRoute]:
         async def messages(request: Request) -> Response:
             req = decode_messages_request(await request.body())
+            gateway.check_stops(req.stop_sequences, "stop_sequences")
             canonical = to_openai(req, model=req.model, match_stops=self.options.match_stops)
             rendered = [msgspec.Raw(_encode(m)) for m in canonical.messages]
             call = _Messages(

@@ -33,10 +33,17 @@ class _RequestView(msgspec.Struct):
     stream: bool = False
 
 
+class _CompletionView(msgspec.Struct):
+    model: str
+    stream: bool = False
+    stop: msgspec.Raw = msgspec.Raw()  # checked against the caps before it is decoded
+
+
 class _ChatView(msgspec.Struct):
     model: str
     stream: bool = False
     messages: list[msgspec.Raw] = []
+    stop: msgspec.Raw = msgspec.Raw()
 
 
 class _RoleView(msgspec.Struct):
@@ -44,6 +51,7 @@ class _RoleView(msgspec.Struct):
 
 
 _request_view = msgspec.json.Decoder(_RequestView)
+_completion_view = msgspec.json.Decoder(_CompletionView)
 _chat_view = msgspec.json.Decoder(_ChatView)
 _role_view = msgspec.json.Decoder(_RoleView)
 _SYSTEM_ROLES = {"system", "developer"}
@@ -91,6 +99,7 @@ class OpenAIDialect(Dialect):
         async def chat(request: Request) -> Response:
             body = await request.body()
             view = _decode(body, _chat_view)
+            gateway.check_stops(view.stop, "stop")
             return await gateway.forward(
                 Call(path="/v1/chat/completions", model=view.model, body=body,
                      stream=view.stream, prefixes=prefix_hashes(view.messages)),
@@ -98,7 +107,8 @@ class OpenAIDialect(Dialect):
 
         async def completions(request: Request) -> Response:
             body = await request.body()
-            view = _decode(body, _request_view)
+            view = _decode(body, _completion_view)
+            gateway.check_stops(view.stop, "stop")
             return await gateway.forward(
                 Call(path="/v1/completions", model=view.model, body=body, stream=view.stream),
                 request, self)

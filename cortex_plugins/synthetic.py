@@ -14,6 +14,11 @@ load_ms   how long a load takes
 
 `[harness.synthetic]` in neuron.toml sets the defaults. Words come from a fixed list,
 varied by a seed derived from the prompt, so identical requests give identical text.
+
+For tests of crash containment only, neuron.toml's `[harness.synthetic] die_on = "..."`
+(unset by default, and not settable from a profile's source) makes a request whose
+prompt contains that string kill the neuron process (SIGKILL) before its first token,
+as a crash in llama.cpp would.
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
+import os
 import random
+import signal
 import time
 from collections.abc import AsyncGenerator, Callable, Iterable
 from typing import ClassVar
@@ -78,9 +85,11 @@ def _count(text: str) -> int:
 
 
 class SyntheticEngine(Engine):
-    def __init__(self, profile: ModelProfile, settings: SyntheticSettings) -> None:
+    def __init__(self, profile: ModelProfile, settings: SyntheticSettings, *,
+                 die_on: str | None = None) -> None:
         self._profile = profile
         self._settings = settings
+        self._die_on = die_on
         self._slots = asyncio.Semaphore(profile.slots)
         self._active = 0
         self._waiting = 0
@@ -109,6 +118,8 @@ class SyntheticEngine(Engine):
             self._waiting -= 1
         self._active += 1
         try:
+            if self._die_on and self._die_on in prompt:
+                os.kill(os.getpid(), signal.SIGKILL)  # die_on: a crash, for tests
             if self._settings.ttft_ms:
                 await asyncio.sleep(self._settings.ttft_ms / 1000)
             interval = 1 / self._settings.rate if self._settings.rate > 0 else 0.0
@@ -179,12 +190,15 @@ class SyntheticHarness(Harness):
         tokens: int = 128
         bytes: int | str = 0
         load_ms: float = 0.0
+        # Tests only: a prompt containing this kills the neuron (see the module's doc).
+        die_on: str | None = None
 
     options: Options
 
     def _settings(self, source: str) -> SyntheticSettings:
-        defaults = SyntheticSettings(**msgspec.structs.asdict(self.options))
-        return parse_source(source, defaults)
+        defaults = msgspec.structs.asdict(self.options)
+        defaults.pop("die_on")
+        return parse_source(source, SyntheticSettings(**defaults))
 
     def estimate(self, profile: ModelProfile, model: ResolvedModel,
                  overhead: int) -> MemoryEstimate:
@@ -200,7 +214,7 @@ class SyntheticHarness(Harness):
         if settings.load_ms:
             time.sleep(settings.load_ms / 1000)  # load() runs on a worker thread
         progress(1.0)
-        return SyntheticEngine(profile, settings)
+        return SyntheticEngine(profile, settings, die_on=self.options.die_on)
 
 
 @hookimpl

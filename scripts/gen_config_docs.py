@@ -48,11 +48,20 @@ DESCRIPTIONS: dict[str, str] = {
                                   "slots) before 429 with `Retry-After`",
     "GatewaySection.poll_interval": "seconds between `/status` polls of each neuron "
                                     "(jittered by ±20%)",
+    "GatewaySection.poll_timeout": "seconds a `/status` poll may take before it counts as a "
+                                   "failed poll (a stopped or frozen neuron)",
     "GatewaySection.down_after": "consecutive failed polls or requests that mark a node down",
     "GatewaySection.keepalive_interval": "seconds between SSE `: keep-alive` comments while "
                                          "a stream waits for a load",
-    "GatewaySection.retries": "further nodes tried when one fails before the first byte",
+    "GatewaySection.retries": "further nodes tried when one fails before the first byte "
+                              "(see `poison_retries` for a neuron that died holding it)",
     "GatewaySection.connect_timeout": "seconds to open a connection to a neuron",
+    "GatewaySection.poison_retries": "further nodes a request may be sent to after a neuron "
+                                     "died holding it before its first byte (502 "
+                                     "`upstream_died` beyond; docs/operations.md)",
+    "GatewaySection.poison_ttl": "seconds a request a neuron died holding is refused (400 "
+                                 "`request_quarantined`) once over `poison_retries`; 0 "
+                                 "remembers none",
     "GatewaySection.max_body_bytes": "a larger request body gets 413, counted as it streams "
                                      "in (docs/operations.md, security and input limits)",
     "GatewaySection.max_header_bytes": "a larger request line plus headers gets 431, counted "
@@ -64,6 +73,10 @@ DESCRIPTIONS: dict[str, str] = {
                                     "(`*.example.com`, or `*` for any); 403 otherwise",
     "GatewaySection.body_timeout": "seconds a request body may go without a byte; then 408 "
                                    "and the connection is closed",
+    "GatewaySection.max_stop_strings": "more stop strings in a request (OpenAI `stop`, "
+                                       "Anthropic `stop_sequences`) get 400 naming the field",
+    "GatewaySection.max_stop_bytes": "more UTF-8 bytes of stop strings in a request get 400 "
+                                     "naming the field",
     "GatewaySection.drain_timeout": "seconds SIGTERM/SIGINT wait for requests in flight "
                                     "to finish (new ones get 503) before the gateway exits",
     "EvictionConfig.strategy": "the eviction policy plugin, by `name`",
@@ -150,6 +163,9 @@ DESCRIPTIONS: dict[str, str] = {
     "SyntheticHarness.Options.bytes": "the memory a model claims, so placement and eviction "
                                       "have work to do",
     "SyntheticHarness.Options.load_ms": "how long a load takes",
+    "SyntheticHarness.Options.die_on": "tests only: a prompt containing this string kills "
+                                       "the neuron (SIGKILL) before its first token, as a "
+                                       "crash would; unset by default",
 }
 
 INTRO = """\

@@ -54,12 +54,14 @@ from cortex.gateway.origins import OriginGuard
 from cortex.gateway.prefixes import PrefixTable
 from cortex.gateway.profiles import ProfileIndex
 from cortex.gateway.proxy import Proxy
+from cortex.gateway.quarantine import Quarantine
 from cortex.gateway.reconciler import Reconciler
 from cortex.gateway.traffic import TRAFFIC_PLUGIN, Traffic
 from cortex.plugins import Plugins, build_options
 from cortex.records import log_value
 from cortex.router import Decision, Router, RouteRequest
 from cortex.snapshot import FleetSnapshot
+from cortex.stops import check_stops
 
 __all__ = ["Gateway", "Reloader", "create_app"]
 
@@ -100,6 +102,7 @@ class Gateway:
         # Fair turns between clients on a busy model (held here, not in a neuron's FIFO).
         self.fair = FairShare(self.fleet.ready_slots)
         self.prefixes = PrefixTable()
+        self.quarantine = Quarantine(lambda: self.settings)
         self.proxy = Proxy(self)
         self.reconciler = Reconciler(self)
         self.traffic = Traffic()  # recent rates for /admin/fleet; registered by create_app
@@ -359,6 +362,11 @@ class Gateway:
                 and self.resolve(call.model)[0].id not in allowed:
             raise PermissionDenied(f"this API key may not use model `{call.model}`")
         return await self.proxy.forward(call, request, dialect)
+
+    def check_stops(self, stops: str | Sequence[str] | msgspec.Raw | None,
+                    field: str) -> None:
+        check_stops(stops, field=field, max_strings=self.settings.max_stop_strings,
+                    max_bytes=self.settings.max_stop_bytes)
 
     def dialect_for(self, path: str) -> Dialect | None:
         """The dialect with the longest path prefix matching `path` (for error envelopes)."""

@@ -25,11 +25,20 @@ from cortex.types import (
     UnloadRequest,
 )
 
-__all__ = ["NeuronClient", "neuron_profile", "refused", "upstream_error"]
+__all__ = ["NeuronClient", "Severed", "neuron_profile", "refused", "upstream_error"]
 
 T = TypeVar("T")
 _encode = msgspec.json.Encoder().encode
 _CONNECTION_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
+# Failures before the request left: no connection, or none in time. Anything else after
+# the connection opened (a reset, a close) may have come after the neuron read it all.
+_NOT_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+_TIMED_OUT = (asyncio.TimeoutError, aiohttp.ServerTimeoutError)
+
+
+class Severed(Unreachable):
+    """The connection broke after the request was sent and before any answer: the neuron
+    may have died holding it (the proxy checks before sending it anywhere else)."""
 
 
 def neuron_profile(profile: ModelProfile) -> ModelProfile:
@@ -138,8 +147,14 @@ class NeuronClient:
         headers = {**self._headers, "x-request-id": request_id} if request_id else self._headers
         try:
             return await self.session.post(self.endpoint + path, data=body, headers=headers)
-        except _CONNECTION_ERRORS as exc:
+        except _NOT_SENT as exc:
             raise self._unreachable(exc) from exc
+        except _TIMED_OUT as exc:  # request_timeout without an answer: a hang, not a death
+            raise self._unreachable(exc) from exc
+        except _CONNECTION_ERRORS as exc:
+            detail = str(exc) or type(exc).__name__
+            raise Severed(f"neuron `{self.name}` ({self.endpoint}) dropped the connection "
+                          f"before answering: {detail}") from exc
 
     async def close(self) -> None:
         if self._session is not None:

@@ -13,7 +13,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Coroutine, Iterable, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from typing import Any, Literal
 
 import msgspec
@@ -31,6 +31,9 @@ __all__ = ["Fleet"]
 log = logging.getLogger("cortex.gateway.fleet")
 _ESTIMATE_ERROR_TTL = 30.0
 EventKind = Literal["loaded", "unloaded", "evicted", "load_failed", "node_up", "node_down"]
+#: Told when a node goes down: why, and whether it died holding a request (else it
+#: stopped answering polls, or refused connections).
+Lost = Callable[[CortexError, bool], None]
 
 
 def _known(future: asyncio.Future[int | None]) -> bool:
@@ -62,6 +65,7 @@ class _Node:
         self.retired = False
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        self.watchers: set[Lost] = set()  # requests in flight there, told if it goes down
 
 
 def _active(node: _Node, model: ModelStatus) -> int:
@@ -156,7 +160,7 @@ class Fleet:
 
     async def _poll(self, node: _Node) -> None:
         try:
-            status = await node.client.status(timeout=max(2.0, self.settings.poll_interval))
+            status = await node.client.status(timeout=self.settings.poll_timeout)
         except CortexError as exc:
             self._failed(node, exc)
         else:
@@ -227,7 +231,7 @@ class Fleet:
             log.info("neuron %s is up", node.entry.name)
             self.emit("node_up", node.entry.name)
 
-    def _failed(self, node: _Node, exc: CortexError) -> None:
+    def _failed(self, node: _Node, exc: CortexError, *, died: bool = False) -> None:
         node.failures += 1
         node.last_error = exc.message
         if node.up and node.failures >= self.settings.down_after:
@@ -237,6 +241,39 @@ class Fleet:
             self._forget_estimates(node.entry.name)
             log.warning("neuron %s is down: %s", node.entry.name, exc.message)
             self.emit("node_down", node.entry.name, reason=exc.message)
+            for lost in list(node.watchers):
+                lost(exc, died)
+
+    def watch(self, name: str, lost: Lost) -> Callable[[], None]:
+        """Have `lost` called if the node goes down (a request in flight there stops
+        waiting for it); returns what stops the watch."""
+        node = self._nodes.get(name)
+        if node is None:  # retired by a reload: its requests finish as they can
+            return lambda: None
+        node.watchers.add(lost)
+        return lambda: node.watchers.discard(lost)
+
+    async def survived(self, name: str, since: float) -> bool:
+        """Whether the neuron sent a request at `since` (monotonic) is still the process
+        that took it: it answers a poll and was up before then. If not, it died holding
+        that request, and a node that does not answer is marked down at once."""
+        node = self._nodes.get(name)
+        if node is None:
+            return False
+        asked = time.monotonic()
+        try:
+            status = await node.client.status(timeout=self.settings.poll_timeout)
+        except CortexError as exc:
+            node.failures = max(node.failures, self.settings.down_after - 1)
+            self._failed(node, exc, died=True)
+            node.wake.set()
+            return False
+        if not node.retired:
+            self._apply_status(node, status)
+        if status.uptime_seconds < asked - since:
+            log.warning("neuron %s restarted while it held a request", name)
+            return False
+        return True
 
     def report_failure(self, name: str, exc: CortexError) -> None:
         """A request to the node got no answer: count it like a failed poll, and re-poll."""

@@ -1,9 +1,12 @@
 """Proxy: one inference request from admission to the last byte.
 
 Bytes from the neuron reach the client as they arrive, never re-encoded by the
-gateway itself (a dialect may translate them). Until the first byte has been read,
-any failure is retried on another node; after it, the stream ends with an error
-frame in the client's dialect. A client that goes away cancels everything upstream.
+gateway itself (a dialect may translate them). Until the first byte has been read, a
+failure that nothing could have caused but the node (no connection, the neuron's own
+503) is retried on another node; a request the neuron died holding is not, beyond
+`poison_retries`, and is remembered (cortex.gateway.quarantine). After the first byte, the
+stream ends with an error frame in the client's dialect. A client that goes away
+cancels everything upstream.
 """
 
 from __future__ import annotations
@@ -15,17 +18,17 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
 
-import aiohttp
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from cortex.disconnects import cancelled_status, unless_disconnected
-from cortex.errors import CortexError, Unavailable, Unreachable
+from cortex.errors import CortexError, NeuronDied, Unavailable, Unreachable
 from cortex.gateway.auth import client_of
-from cortex.gateway.client import refused, upstream_error
 from cortex.gateway.limits import clamp_max_tokens
+from cortex.gateway.quarantine import fingerprint
+from cortex.gateway.upstream import READ_ERRORS, Answer, Dropped, Opened, Retry, first_bytes
 from cortex.records import RequestRecord
 from cortex.types import Usage
 
@@ -38,8 +41,6 @@ __all__ = ["Proxy"]
 
 log = logging.getLogger("cortex.gateway.proxy")
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
-_RETRY_STATUSES = {404, 502, 503}
-_READ_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
 #: Neuron routes that take no slot, so no turn (Anthropic's count_tokens).
 _UNGATED = frozenset({"/tokenize"})
 
@@ -67,41 +68,11 @@ def _stream_usage(chunk: bytes) -> Usage | None:
     return found
 
 
-def _seconds(header: str | None) -> float:
-    """A Retry-After in seconds (1 when absent or not a number of seconds)."""
-    try:
-        return max(1.0, float(header)) if header else 1.0
-    except ValueError:
-        return 1.0
-
-
 def _rename(body: bytes, model: str) -> bytes:
     """Swap an alias for the profile id the neuron knows (only when an alias was used)."""
     decoded = msgspec.json.decode(body)
     decoded["model"] = model
     return msgspec.json.encode(decoded)
-
-
-class _Answer(Exception):
-    """The neuron answered with an error that another node would repeat (4xx, 500)."""
-
-    def __init__(self, status: int, body: bytes, error: CortexError) -> None:
-        super().__init__(error.message)
-        self.status, self.body, self.error = status, body, error
-
-
-class _Opened:
-    """An upstream answer whose first bytes (or whole body) have been read."""
-
-    def __init__(self, node: str, response: aiohttp.ClientResponse, first: bytes,
-                 hold: contextlib.ExitStack, retries: int) -> None:
-        self.node, self.response, self.first = node, response, first
-        self.hold, self.retries = hold, retries
-        self.opened_at = time.monotonic()
-
-    def close(self) -> None:
-        self.response.close()
-        self.hold.close()
 
 
 class _Relay(StreamingResponse):
@@ -129,7 +100,7 @@ class _Tally:
         self.record = RequestRecord(request_id=request_id, model=call.model, node=None,
                                     dialect=dialect.name, status=200, stream=call.stream)
 
-    def opened(self, opened: _Opened) -> None:
+    def opened(self, opened: Opened) -> None:
         self.record.node = opened.node
         self.record.retries = opened.retries
         if self.record.stream:  # a whole answer's first byte is its last: no TTFT
@@ -164,10 +135,14 @@ class Proxy:
             gateway.admit(profile)
             body = call.body if call.model == profile.id else _rename(call.body, profile.id)
             body = clamp_max_tokens(body, profile.max_tokens)
+            key = None
+            if gateway.quarantine:  # hash only while some request is remembered
+                key = fingerprint(profile.id, call.path, body)
+                gateway.quarantine.check(key)
         except CortexError as exc:
             self._finish(tally, exc.status)
             return dialect.error_response(exc)
-        attempt = self._taking_turns(call, body, profile, tally)
+        attempt = self._taking_turns(call, body, profile, tally, key)
         if not call.stream:
             return await self._whole(request, call, dialect, attempt, tally)
 
@@ -175,7 +150,7 @@ class Proxy:
         await asyncio.wait({task}, timeout=gateway.settings.keepalive_interval)
         if task.done() and (task.cancelled() or task.exception() is not None):
             return self._failure(task, dialect, tally)
-        state: dict[str, _Opened] = {}
+        state: dict[str, Opened] = {}
 
         def on_close() -> None:
             if not task.done():
@@ -188,10 +163,10 @@ class Proxy:
         return _Relay(self._stream(task, call, dialect, tally, state), on_close=on_close,
                       media_type=dialect.stream_media_type, headers=_SSE_HEADERS)
 
-    def _failure(self, task: asyncio.Future[_Opened], dialect: Dialect,
+    def _failure(self, task: asyncio.Future[Opened], dialect: Dialect,
                  tally: _Tally) -> Response:
         exc = task.exception() if not task.cancelled() else Unavailable("request cancelled")
-        if isinstance(exc, _Answer):
+        if isinstance(exc, Answer):
             self._finish(tally, exc.status)
             return dialect.upstream_error(exc.status, exc.body, exc.error)
         if isinstance(exc, CortexError):
@@ -201,10 +176,10 @@ class Proxy:
         raise exc
 
     async def _whole(self, request: Request, call: Call, dialect: Dialect,
-                     attempt: Awaitable[_Opened], tally: _Tally) -> Response:
+                     attempt: Awaitable[Opened], tally: _Tally) -> Response:
         try:
             opened = await unless_disconnected(request, attempt)
-        except _Answer as answer:
+        except Answer as answer:
             self._finish(tally, answer.status)
             return dialect.upstream_error(answer.status, answer.body, answer.error)
         except CortexError as exc:
@@ -221,8 +196,8 @@ class Proxy:
             opened.close()
             self._finish(tally)
 
-    async def _stream(self, task: asyncio.Future[_Opened], call: Call, dialect: Dialect,
-                      tally: _Tally, state: dict[str, _Opened]) -> AsyncIterator[bytes]:
+    async def _stream(self, task: asyncio.Future[Opened], call: Call, dialect: Dialect,
+                      tally: _Tally, state: dict[str, Opened]) -> AsyncIterator[bytes]:
         status = 200
         try:
             while not task.done():
@@ -231,7 +206,7 @@ class Proxy:
                     yield dialect.keepalive(call)
             try:
                 opened = state["opened"] = task.result()
-            except _Answer as answer:
+            except Answer as answer:
                 status = answer.status
                 yield dialect.stream_error(answer.error, call)
                 return
@@ -254,7 +229,7 @@ class Proxy:
         finally:
             self._finish(tally, status)
 
-    async def _chunks(self, opened: _Opened, tally: _Tally) -> AsyncIterator[bytes]:
+    async def _chunks(self, opened: Opened, tally: _Tally) -> AsyncIterator[bytes]:
         # Peek for usage before yielding: a client that leaves after the last chunk
         # closes this generator at its yield. A frame may begin in the previous chunk.
         previous = opened.first
@@ -267,40 +242,43 @@ class Proxy:
                     tally.usage(_stream_usage(previous + chunk))
                 previous = chunk
                 yield chunk
-        except _READ_ERRORS as exc:
+        except READ_ERRORS as exc:
             error = Unreachable(f"neuron `{opened.node}` failed mid-stream: "
                                 f"{str(exc) or type(exc).__name__}")
             self.gateway.fleet.report_failure(opened.node, error)
             raise error from None
 
     async def _taking_turns(self, call: Call, body: bytes, profile: ModelProfile,
-                            tally: _Tally) -> _Opened:
+                            tally: _Tally, key: bytes | None) -> Opened:
         """`_open`, after this client's turn on a busy model (cortex.gateway.fairshare); the turn
         ends with the answer. Nothing is awaited for it while nobody waits."""
         if call.path in _UNGATED:
-            return await self._open(call, body, profile.id, tally)
+            return await self._open(call, body, profile.id, tally, key)
         fair, client = self.gateway.fair, client_of(tally.state)
         ticket = fair.enter(profile.id, client)
         if ticket is None:
             self.gateway.spill_if_queued(profile, fair.ahead(profile.id))
             ticket = await fair.wait(profile.id, client)
         try:
-            opened = await self._open(call, body, profile.id, tally)
+            opened = await self._open(call, body, profile.id, tally, key)
         except BaseException:
             ticket.release()
             raise
         opened.hold.callback(ticket.release)
         return opened
 
-    async def _open(self, call: Call, body: bytes, model: str, tally: _Tally) -> _Opened:
+    async def _open(self, call: Call, body: bytes, model: str, tally: _Tally,
+                    key: bytes | None) -> Opened:
         """Place the request and read the neuron's first bytes (its whole answer when not
-        streaming), retrying on another node while nothing has reached the client."""
+        streaming), retrying on another node while nothing has reached the client and
+        the failure allows it. `key` is the request's fingerprint, if already known."""
         gateway = self.gateway
         settings = gateway.settings
         deadline = tally.started + settings.load_timeout
         prefix_node = gateway.prefixes.lookup(model, call.prefixes) if call.prefixes else None
         exclude: set[str] = set()
         last: CortexError | None = None
+        deaths = 0  # neurons that died holding it in this request (with poison_ttl = 0 too)
         for attempt in range(settings.retries + 1):
             tally.record.retries = attempt
             profile, loadable = gateway.resolve(model)
@@ -318,18 +296,34 @@ class Proxy:
                 raise last from exc
             tally.record.queue_seconds = time.monotonic() - tally.started
             hold = contextlib.ExitStack()
+            sent = time.monotonic()
             try:
                 client = hold.enter_context(gateway.fleet.using(node, model))
-                opened = await self._read_first(
-                    node, model, client.open(call.path, body,
-                                             request_id=tally.record.request_id),
+                opened = await first_bytes(
+                    gateway.fleet, node, model,
+                    client.open(call.path, body, request_id=tally.record.request_id),
                     call, hold, attempt)
-            except (Unreachable, _Retry) as exc:
+            except Dropped as exc:
                 hold.close()
-                error = exc.error if isinstance(exc, _Retry) else exc
+                exclude.add(node)
+                if not exc.died and await gateway.fleet.survived(node, sent):
+                    log.info("%s on %s: the connection broke before the first byte, the "
+                             "neuron lives (%s); trying again", model, node, exc.error.message)
+                    last = exc.error
+                    continue
+                key = key or fingerprint(model, call.path, body)
+                deaths = max(deaths + 1, gateway.quarantine.record(key, node))
+                again = gateway.quarantine.allows(deaths)
+                last = _died(model, node, exc.error, again=again)
+                if not again:
+                    raise last from None
+                continue
+            except (Unreachable, Retry) as exc:
+                hold.close()
+                error = exc.error if isinstance(exc, Retry) else exc
                 log.info("%s on %s failed before the first byte (%s); trying again",
                          model, node, error.message)
-                if not isinstance(exc, _Retry) or exc.avoid:
+                if not isinstance(exc, Retry) or exc.avoid:
                     exclude.add(node)
                 last = error
                 continue
@@ -343,57 +337,13 @@ class Proxy:
         assert last is not None
         raise last
 
-    async def _read_first(self, node: str, model: str,
-                          sending: Awaitable[aiohttp.ClientResponse],
-                          call: Call, hold: contextlib.ExitStack, attempt: int) -> _Opened:
-        fleet = self.gateway.fleet
-        try:
-            response = await sending
-        except Unreachable as exc:
-            fleet.report_failure(node, exc)
-            raise
-        try:
-            if response.status != 200:
-                raw = await response.read()
-                error = upstream_error(response.status, raw)
-                if response.status == 503 and error.retry_after is None:
-                    # Passed on as is when no other node can take the retry.
-                    error.retry_after = _seconds(response.headers.get("retry-after"))
-                if response.status == 401:  # our secret, not the client's key: a 502
-                    error = refused(node, response.status, raw)
-                    fleet.report_failure(node, error)
-                    raise _Answer(error.status, msgspec.json.encode(error.openai_envelope()),
-                                  error)
-                if response.status in _RETRY_STATUSES:
-                    if response.status == 404:
-                        fleet.drop_model(node, model)
-                    fleet.poke(node)
-                    raise _Retry(error, avoid=response.status != 404)
-                raise _Answer(response.status, raw, error)
-            first = await response.content.readany() if call.stream else await response.read()
-            if call.stream and not first:
-                raise Unreachable(f"neuron `{node}` closed the stream before its first byte")
-        except _READ_ERRORS as exc:
-            response.close()
-            error = Unreachable(f"neuron `{node}` failed before its first byte: "
-                                f"{str(exc) or type(exc).__name__}")
-            fleet.report_failure(node, error)
-            raise error from None
-        except BaseException:
-            response.close()
-            raise
-        return _Opened(node, response, first, hold, attempt)
 
-
-class _Retry(Exception):
-    """A neuron error that another node (or a fresh load) may not repeat.
-
-    `avoid` is False when the node itself is fine but no longer holds the model (it
-    answered 404 after a restart or an unload the view had not seen): the next attempt
-    may load it there again.
-    """
-
-    def __init__(self, error: CortexError, *, avoid: bool = True) -> None:
-        super().__init__(error.message)
-        self.error = error
-        self.avoid = avoid
+def _died(model: str, node: str, cause: CortexError, *, again: bool) -> NeuronDied:
+    """The error for a request a neuron died holding; logged, since it points at a bug."""
+    then = ("trying another node ([gateway] poison_retries)" if again else
+            "not sent to another node, since a request that kills a neuron would kill "
+            "the next too ([gateway] poison_retries)")
+    log.warning("%s: neuron %s died holding a request before its first byte (%s); %s",
+                model, node, cause.message, then)
+    return NeuronDied(f"neuron `{node}` died while it held this request, before its first "
+                      f"byte ({cause.message}); {then}")

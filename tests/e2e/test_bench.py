@@ -21,3 +21,12 @@ def test_batching_bench_quick(tmp_path: Path, gemma_path: Path) -> None:
     assert len(rows) == 2
     assert all(float(row.split("|")[3]) > 0 for row in rows)
     assert "TTFT p50 idle" in report
+
+
+def test_stops_bench_quick() -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "stops.py"), "--quick"],
+                            check=True, timeout=120, capture_output=True, text=True)
+    rows = [line.split("|") for line in result.stdout.splitlines()
+            if line.startswith("| ") and line[2].isdigit()]
+    assert [row[1].strip() for row in rows] == ["1", "64", "1000"]
+    assert all(float(row[2]) > 0 and float(row[3]) > 0 for row in rows)

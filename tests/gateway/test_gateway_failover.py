@@ -173,10 +173,13 @@ async def test_a_lone_neuron_answering_503_before_the_first_byte_gives_the_clien
                             started.set()
 
             holding = asyncio.ensure_future(hold())
-            unloading = asyncio.ensure_future(direct.post("/models/unload",
-                                                          json={"model": "s"}))
+            unloading: asyncio.Future[httpx.Response] | None = None
             try:
+                # Unload only once the stream holds the model: begun earlier, the
+                # unload could finish first and leave the stream nothing to hold.
                 await asyncio.wait_for(started.wait(), 30)
+                unloading = asyncio.ensure_future(direct.post("/models/unload",
+                                                              json={"model": "s"}))
 
                 async def is_unloading() -> bool:
                     return bool((await neuron_models(lone))["s"]["state"] == "unloading")
@@ -197,8 +200,9 @@ async def test_a_lone_neuron_answering_503_before_the_first_byte_gives_the_clien
                 assert reply.json()["error"]["message"] == "model `s` is unloading", reply.text
                 assert gw.recorder.records[-1].retries == 1
             finally:
-                holding.cancel()
-                unloading.cancel()
-                await asyncio.gather(holding, unloading, return_exceptions=True)
+                for task in (holding, unloading):
+                    if task is not None:
+                        task.cancel()
+                        await asyncio.gather(task, return_exceptions=True)
     finally:
         lone.stop()

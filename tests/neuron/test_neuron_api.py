@@ -270,9 +270,9 @@ def test_client_disconnect_stops_generation(client: httpx.Client) -> None:
     while (model := _model(client, "gemma")) and model["in_flight"]:
         assert time.monotonic() < deadline, "generation kept running after the disconnect"
         time.sleep(0.05)
-    started = time.monotonic()
-    _greedy(client, "Hi", 2)
-    assert time.monotonic() - started < 5
+    # The slot is free again: a new request is served (not a timed check: the wait
+    # above already showed the generation stopped).
+    assert _greedy(client, "Hi", 2)["usage"]["completion_tokens"] == 2
 
 
 def test_load_outside_model_dirs_is_refused(client: httpx.Client, gemma_path: Path,

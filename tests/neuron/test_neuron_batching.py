@@ -75,40 +75,50 @@ def test_greedy_tokens_match_between_one_and_eight_concurrent(neuron: NeuronProc
         assert text.startswith(f" {start + 5}, {start + 6},"), text
 
 
+def _in_flight(url: str, model: str) -> int:
+    return int(next(m for m in httpx.get(f"{url}/models").json()["models"]
+                    if m["id"] == model)["in_flight"])
+
+
 def test_eight_streams_are_decoded_at_once(neuron: NeuronProcess) -> None:
-    peak = 0
-    done = threading.Event()
+    # Each stream holds on after its first token until all eight have one, so they are
+    # all in their slots when the neuron is asked (no sampling of a brief overlap).
+    begun = threading.Barrier(9)
+    release = threading.Event()
 
-    def watch() -> None:
-        nonlocal peak
-        with httpx.Client(base_url=neuron.url) as client:
-            while not done.is_set():
-                for m in client.get("/models").json()["models"]:
-                    if m["id"] == "eight":
-                        peak = max(peak, m["in_flight"])
-                time.sleep(0.02)
+    def stream(prompt: str) -> None:
+        with httpx.Client(base_url=neuron.url, timeout=120) as client, client.stream(
+                "POST", "/v1/completions", json={"model": "eight", "prompt": prompt,
+                                                 "max_tokens": 400, "stream": True}) as reply:
+            for line in reply.iter_lines():
+                if line.startswith("data: {"):
+                    begun.wait(60)
+                    release.wait(60)
+                    return  # leaving closes the stream, which frees the slot
 
-    watcher = threading.Thread(target=watch)
-    watcher.start()
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda p: _complete(neuron.url, "eight", p, 48), PROMPTS))
-    done.set()
-    watcher.join()
-    assert peak == 8
+        streams = [pool.submit(stream, p) for p in PROMPTS]
+        try:
+            begun.wait(60)
+            assert _in_flight(neuron.url, "eight") == 8
+        finally:
+            release.set()
+        for s in streams:
+            s.result()
 
 
 def test_requests_beyond_the_slots_queue_in_order_and_all_finish(
         neuron: NeuronProcess) -> None:
-    seen_queued = 0
+    seen_queued = seen_in_flight = 0
     done = threading.Event()
 
-    def watch() -> None:
-        nonlocal seen_queued
+    def watch() -> None:  # asserts stay in the test's thread, where they count
+        nonlocal seen_queued, seen_in_flight
         with httpx.Client(base_url=neuron.url) as client:
             while not done.is_set():
                 for m in client.get("/models").json()["models"]:
                     if m["id"] == "two":
-                        assert m["in_flight"] <= 2
+                        seen_in_flight = max(seen_in_flight, m["in_flight"])
                         seen_queued = max(seen_queued, m["queued"])
                 time.sleep(0.02)
 
@@ -120,6 +130,7 @@ def test_requests_beyond_the_slots_queue_in_order_and_all_finish(
     watcher.join()
     assert all(r["usage"]["completion_tokens"] == 32 for r in results)
     assert seen_queued >= 1
+    assert seen_in_flight <= 2
 
 
 def test_multi_turn_chat_reuses_the_cached_prefix(neuron: NeuronProcess) -> None:
@@ -139,7 +150,10 @@ def test_multi_turn_chat_reuses_the_cached_prefix(neuron: NeuronProcess) -> None
 def test_tokenize_answers_while_streams_run(neuron: NeuronProcess) -> None:
     with ThreadPoolExecutor(3) as pool:
         streams = [pool.submit(_complete, neuron.url, "eight", p, 96) for p in PROMPTS[:2]]
-        time.sleep(0.3)
+        deadline = time.monotonic() + 30
+        while _in_flight(neuron.url, "eight") < 2:  # both in their slots, generating
+            assert time.monotonic() < deadline and not any(s.done() for s in streams)
+            time.sleep(0.02)
         count = httpx.post(f"{neuron.url}/tokenize", json={"model": "eight",
                                                            "text": "hello"}).json()["count"]
         assert count >= 1
