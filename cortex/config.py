@@ -39,6 +39,9 @@ __all__ = [
 T = TypeVar("T")
 
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+#: The most tokens one decode step may take: llama.cpp's compute buffer grows with it
+#: (for Gemma 3, 1 MiB a token), and past n_ctx x slots it is never used.
+MAX_N_BATCH = 65536
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
 
 
@@ -63,7 +66,7 @@ class ModelProfile(Base, kw_only=True):
     slots: PositiveInt = 1
     n_gpu_layers: int = -1
     n_threads: int | None = None
-    n_batch: PositiveInt = 512
+    n_batch: Annotated[int, msgspec.Meta(ge=1, le=MAX_N_BATCH)] = 512
     chat_format: str | None = None
     chat_template: str | None = None
     embeddings: bool = False

@@ -269,12 +269,14 @@ class GPU(Wire, kw_only=True):
 
 
 class MemoryEstimate(Wire, kw_only=True):
-    """What a model will take: weights + KV cache (n_ctx x slots) + a fixed overhead."""
+    """What a model will take: weights + KV cache (n_ctx x slots) + compute buffers (they
+    grow with n_batch) + a fixed overhead."""
 
     weights: int
     kv_cache: int
     overhead: int
     total: int
+    compute: int = 0
 
 
 class ModelStatus(Wire, kw_only=True):

@@ -170,7 +170,8 @@ class ModelRegistry:
                     raise InsufficientMemory(
                         f"model `{profile.id}` needs {_gib(estimate.total)} (weights "
                         f"{_gib(estimate.weights)} + KV cache {_gib(estimate.kv_cache)} + "
-                        f"overhead {_gib(estimate.overhead)}) but this node has {_gib(free)} "
+                        f"compute {_gib(estimate.compute)} + overhead "
+                        f"{_gib(estimate.overhead)}) but this node has {_gib(free)} "
                         f"free of its {_gib(self.budget_bytes)} budget")
                 slot.estimate = estimate
 
