@@ -119,6 +119,7 @@ class SamplingFields(Wire, kw_only=True):
     ignore_eos: bool = False  # llama-server's extension: generate max_tokens whatever comes
     stream_options: StreamOptions | None = None
     n: int = 1
+    logprobs: bool | int | None = None  # refused by the neuron when set: not served
     user: str | None = None
 
     def stop_list(self) -> list[str]:
@@ -134,6 +135,7 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
     response_format: dict[str, Any] | None = None
+    top_logprobs: int | None = None
 
     def token_limit(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None \

@@ -1,9 +1,11 @@
-"""The batching scheduler on its own, over the real bundled model: a step whose
-llama_decode fails ends only the sequence that caused it.
+"""The llama.cpp engine below HTTP, over the real bundled model: a step whose
+llama_decode fails ends only the sequence that caused it, and a prompt far over the
+context is refused without being tokenized whole.
 
 Nothing is faked. The engine refuses out-of-vocabulary token ids before they are queued
-(tests/test_poison.py), so these tests hand a Sequence to the Scheduler directly, past
-that check: llama.cpp itself then fails the whole batch it shares with a running stream.
+(tests/test_poison.py), so the decode tests hand a Sequence to the Scheduler directly,
+past that check: llama.cpp itself then fails the whole batch it shares with a running
+stream.
 """
 
 from __future__ import annotations
@@ -96,3 +98,30 @@ async def test_the_context_serves_on_after_a_failed_decode(engine: Any) -> None:
     prompt = engine._tokens("The capital of France is", True)
     events = [e async for e in _events(engine, prompt, 4)]
     assert isinstance(events[-1], Done) and events[-1].completion_tokens == 4
+
+
+def test_a_prompt_far_over_the_context_is_not_tokenized_whole(engine: Any) -> None:
+    """The model's tokenizer is wrapped only to see what it is given (it still runs)."""
+    from cortex.errors import ContextLengthExceeded
+
+    given: list[int] = []
+    tokenize = engine._model.tokenize
+
+    def recording(text: bytes, add_bos: bool, special: bool) -> list[int]:
+        given.append(len(text))
+        result: list[int] = tokenize(text, add_bos, special)
+        return result
+
+    engine._model.tokenize = recording
+    try:
+        huge = "lorem ipsum dolor sit amet " * 200_000  # 5.4 MB, about a million tokens
+        with pytest.raises(ContextLengthExceeded) as refused:
+            engine._tokens(huge, True)
+        assert max(given) <= 256 * 48  # n_ctx times Gemma's longest token text
+        assert refused.value.prompt_tokens > 500_000  # estimated from the head
+        assert "prompt is too long:" in refused.value.message
+        given.clear()
+        assert len(engine._tokens("lorem ipsum " * 10, True)) < 256  # short: whole
+        assert given == [len("lorem ipsum " * 10)]
+    finally:
+        del engine._model.tokenize

@@ -433,3 +433,11 @@ def test_neuron_models_command_lists_what_is_loaded(neuron: NeuronProcess) -> No
     gone = subprocess.run([sys.executable, "-m", "cortex_neuron.cli", "models", "--url",
                            "http://127.0.0.1:9"], capture_output=True, text=True)
     assert gone.returncode == 1 and "http://127.0.0.1:9" in gone.stderr
+
+
+def test_a_profile_naming_no_harness_here_is_a_client_error(client: httpx.Client) -> None:
+    for path in ("/models/load", "/models/estimate"):
+        reply = client.post(path, json={"profile": {**PROFILE, "id": "x", "harness": "nope"}})
+        assert reply.status_code == 400, reply.text
+        assert reply.json()["error"]["param"] == "harness"
+        assert "unknown harness `nope`" in reply.json()["error"]["message"]

@@ -21,6 +21,7 @@ import codecs
 import collections
 import contextlib
 import ctypes
+import logging
 import queue
 import threading
 from collections.abc import Callable
@@ -29,12 +30,14 @@ from typing import Any
 import numpy
 
 from cortex import Done, TextDelta
-from cortex.errors import InvalidRequest, Unavailable
+from cortex.errors import CortexError, InvalidRequest, Unavailable
 from cortex.stops import StopMatcher
 
 from .sampling import Candidates, sampler_chain
 
 __all__ = ["END", "Scheduler", "Sequence"]
+
+log = logging.getLogger("cortex.neuron.llamacpp")
 
 END = object()  # the last thing a sequence emits
 
@@ -172,7 +175,12 @@ class Scheduler:
                     deferred.append(item)
             self._admit()
             if any(s is not None for s in self._slots):
-                self._step()
+                try:
+                    self._step()
+                except Exception as exc:  # a bug, not a request: the thread must go on
+                    log.exception("a decode step failed")
+                    for seq in [s for s in self._slots if s is not None]:
+                        self._end(seq, None, error=CortexError(f"internal error: {exc!r}"))
             self._flush()
 
     def _drain(self, *, block: bool) -> list[Sequence | Callable[[], None] | None]:
@@ -210,7 +218,11 @@ class Scheduler:
             room = self._n_ctx_slot - len(seq.prompt)
             seq.budget = room if seq.sampling.max_tokens is None else \
                 min(room, seq.sampling.max_tokens)
-            seq.sampler = sampler_chain(seq.sampling, self._n_vocab)
+            try:
+                seq.sampler = sampler_chain(seq.sampling, self._n_vocab)
+            except Exception as exc:  # settings llama.cpp's wrappers refuse (ctypes ranges)
+                self._end(seq, None, error=InvalidRequest(f"sampling settings refused: {exc}"))
+                continue
             self._slots[slot] = seq
 
     def _parts(self) -> list[_Part]:

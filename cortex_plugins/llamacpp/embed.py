@@ -85,7 +85,7 @@ class Embedder:
             if not tokens:
                 raise InvalidRequest(f"input[{i}] is empty", param="input")
             if len(tokens) >= self._n_ctx:
-                raise ContextLengthExceeded(len(tokens), self._n_ctx)
+                raise ContextLengthExceeded(len(tokens), self._n_ctx, param="input")
             if len(tokens) > MAX_INPUT_TOKENS:
                 raise InvalidRequest(f"input[{i}] has {len(tokens)} tokens; at most "
                                      f"{MAX_INPUT_TOKENS} an input", param="input")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncGenerator, Callable
 from typing import Any, TypeVar
 
@@ -91,7 +92,7 @@ class LlamaEngine(Engine):
                                     n_batch=n_batch, prefill_chunk=prefill_chunk,
                                     name=f"llama:{model_id}")
         self._embedder = Embedder(model=model, ctx=ctx, n_ctx=n_ctx,
-                                  tokens=lambda text: self._tokens(text, True),
+                                  tokens=lambda text: self._tokens(text, True, param="input"),
                                   on_thread=self._on_thread)
 
     @property
@@ -127,7 +128,8 @@ class LlamaEngine(Engine):
             tools = None
         return self._renderer.render(request.messages, tools, add_generation_prompt)
 
-    def _tokens(self, text: str, add_bos: bool, *, bounded: bool = True) -> list[int]:
+    def _tokens(self, text: str, add_bos: bool, *, bounded: bool = True,
+                param: str = "messages") -> list[int]:
         """The text's tokens. `bounded`: text that cannot fit the context is refused from
         a tokenized head of it, not tokenized whole (a 16 MiB prompt takes seconds)."""
         data = text.encode("utf-8")
@@ -135,7 +137,8 @@ class LlamaEngine(Engine):
             head = data[:self._max_prompt_bytes].decode("utf-8", "ignore").encode("utf-8")
             count = len(self._model.tokenize(head, add_bos, True))
             if count >= self._n_ctx:  # always, unless the head ends in a partial token
-                raise ContextLengthExceeded(count * len(data) // max(len(head), 1), self._n_ctx)
+                raise ContextLengthExceeded(count * len(data) // max(len(head), 1), self._n_ctx,
+                                            param=param)
         tokens: list[int] = self._model.tokenize(data, add_bos, True)
         return tokens
 
@@ -223,7 +226,8 @@ class LlamaEngine(Engine):
                 raise InvalidRequest("give one prompt per request", param="prompt")
             prompt = str(prompt[0])
         if isinstance(prompt, str):
-            tokens = await asyncio.to_thread(self._tokens, prompt, True)
+            tokens = await asyncio.to_thread(functools.partial(self._tokens, prompt, True,
+                                                               param="prompt"))
         elif all(isinstance(t, int) for t in prompt):
             tokens = [int(t) for t in prompt]
             self._check_ids(tokens)
@@ -269,11 +273,11 @@ class LlamaEngine(Engine):
         return await self._embedder.embed(inputs)
 
     async def tokenize(self, request: TokenizeRequest) -> list[int]:
-        def run() -> list[int]:
+        def run() -> list[int]:  # a count, asked for whatever the length: unbounded
             if request.messages is not None:
                 prompt = self._render(request, request.add_generation_prompt)
-                return self._tokens(prompt.text, prompt.add_bos)
-            return self._tokens(request.text or "", True)
+                return self._tokens(prompt.text, prompt.add_bos, bounded=False)
+            return self._tokens(request.text or "", True, bounded=False)
 
         return await asyncio.to_thread(run)
 
