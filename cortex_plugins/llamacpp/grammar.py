@@ -83,6 +83,9 @@ class Grammar:
 
             llama_cpp.llama_sampler_free(pointer)
 
+    def __del__(self) -> None:  # a request cancelled while its grammar was being made
+        self.close()
+
 
 def make_grammar(vocab: Any, text: str) -> Grammar:
     """A grammar sampler for GBNF `text` (rule `root`); InvalidRequest, with llama.cpp's
