@@ -94,3 +94,14 @@ def test_config_check_refuses_an_n_batch_no_node_could_load(tmp_path: Path) -> N
     write(tmp_path, "models.toml", '[[models]]\nid = "a"\nsource = "bundled:gemma3-270m"\n'
                                    'n_batch = 65536\n')
     assert load_gateway_config(path)[1][0].n_batch == 65536
+
+
+def test_a_profile_cannot_ask_more_threads_than_ggml_has(tmp_path: Path) -> None:
+    """100,000 threads exhausted a node's memory as ggml made them, and the neuron died."""
+    path = write(tmp_path, "neuron.toml", '[[preload]]\nid = "a"\nsource = "x"\n'
+                                          'n_threads = 100000\n')
+    with pytest.raises(ConfigError) as err:
+        load_neuron_config(path)
+    assert str(err.value) == f"{path}: preload[0].n_threads: Expected int <= 512"
+    path.write_text('[[preload]]\nid = "a"\nsource = "x"\nn_threads = 512\n')
+    assert load_neuron_config(path).preload[0].n_threads == 512

@@ -10,9 +10,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
+
+import msgspec
 
 from cortex import Harness, MemoryEstimate, ModelProfile, ResolvedModel, hookimpl
+from cortex.config import MAX_N_THREADS
 from cortex.errors import InvalidRequest
 
 from .gguf import estimate_memory, kv_bytes_per_token, read_metadata
@@ -53,7 +56,7 @@ class LlamaCppHarness(Harness):
     name = "llamacpp"
 
     class Options(Harness.Options):
-        n_threads: int | None = None
+        n_threads: Annotated[int, msgspec.Meta(ge=1, le=MAX_N_THREADS)] | None = None
         flash_attn: bool = False
         use_mmap: bool = True
         verbose: bool = False
