@@ -33,7 +33,7 @@ from cortex import Done, TextDelta
 from cortex.errors import CortexError, InvalidRequest, Unavailable
 from cortex.stops import StopMatcher
 
-from .sampling import Candidates, sampler_chain
+from .sampling import Candidates, grammar_sampler, sampler_chain
 
 __all__ = ["END", "Scheduler", "Sequence"]
 
@@ -60,6 +60,7 @@ class Sequence:
         self.last = -1
         self.row = -1
         self.sampler: Any = None
+        self.grammar: Any = None  # its grammar's sampler, beside `sampler`
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.stops = StopMatcher(sampling.stop)
         self.budget = 0
@@ -220,6 +221,7 @@ class Scheduler:
                 min(room, seq.sampling.max_tokens)
             try:
                 seq.sampler = sampler_chain(seq.sampling, self._n_vocab)
+                seq.grammar = grammar_sampler(seq.sampling)
             except Exception as exc:  # settings llama.cpp's wrappers refuse (ctypes ranges)
                 self._end(seq, None, error=InvalidRequest(f"sampling settings refused: {exc}"))
                 continue
@@ -311,12 +313,12 @@ class Scheduler:
         logits = self._lib.llama_get_logits_ith(self._ctx.ctx, seq.row)
         if seq.sampler is None:  # plain greedy: an argmax, not a 262k-entry candidate list
             token = int(numpy.ctypeslib.as_array(logits, shape=(self._n_vocab,)).argmax())
-        elif seq.sampling.grammar is None:
+        elif seq.grammar is None:
             token = seq.sampler.sample(self._ctx, seq.row)
         else:
             if self._candidates is None:
                 self._candidates = Candidates(self._n_vocab)
-            picked = self._candidates.sample(seq.sampler.sampler, logits)
+            picked = self._candidates.sample(seq.sampler.sampler, seq.grammar.sampler, logits)
             if picked is None:
                 self._end(seq, None, error=InvalidRequest(
                     "response_format: the grammar made from the schema allows no token "
