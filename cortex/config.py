@@ -40,6 +40,12 @@ __all__ = [
 T = TypeVar("T")
 
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+#: The most tokens one decode step may take: llama.cpp's compute buffer grows with it
+#: (for Gemma 3, 1 MiB a token), and past n_ctx x slots it is never used.
+MAX_N_BATCH = 65536
+#: ggml's GGML_MAX_N_THREADS: a profile asking 100,000 threads exhausted a node's memory
+#: creating them, and killed the neuron.
+MAX_N_THREADS = 512
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
 
 
@@ -63,8 +69,8 @@ class ModelProfile(Base, kw_only=True):
     n_ctx: PositiveInt = 4096
     slots: PositiveInt = 1
     n_gpu_layers: int = -1
-    n_threads: int | None = None
-    n_batch: PositiveInt = 512
+    n_threads: Annotated[int, msgspec.Meta(ge=1, le=MAX_N_THREADS)] | None = None
+    n_batch: Annotated[int, msgspec.Meta(ge=1, le=MAX_N_BATCH)] = 512
     chat_format: str | None = None
     chat_template: str | None = None
     embeddings: bool = False

@@ -101,12 +101,13 @@ class InvalidRequest(CortexError):
 class ContextLengthExceeded(InvalidRequest):
     code = "context_length_exceeded"
 
-    def __init__(self, prompt_tokens: int, n_ctx: int, *, max_tokens: int = 0) -> None:
+    def __init__(self, prompt_tokens: int, n_ctx: int, *, max_tokens: int = 0,
+                 param: str = "messages") -> None:
         # Claude Code recognises this exact wording ("prompt is too long: N tokens > M maximum").
         super().__init__(
             f"prompt is too long: {prompt_tokens} tokens > {n_ctx} maximum"
             + (f" (with max_tokens {max_tokens})" if max_tokens else ""),
-            param="messages",
+            param=param,
         )
         self.prompt_tokens = prompt_tokens
         self.n_ctx = n_ctx

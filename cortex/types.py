@@ -120,6 +120,7 @@ class SamplingFields(Wire, kw_only=True):
     ignore_eos: bool = False  # llama-server's extension: generate max_tokens whatever comes
     stream_options: StreamOptions | None = None
     n: int = 1
+    logprobs: bool | int | None = None  # refused by the neuron when set: not served
     user: str | None = None
 
     def __post_init__(self) -> None:
@@ -139,6 +140,7 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
     response_format: dict[str, Any] | None = None
+    top_logprobs: int | None = None
 
     def token_limit(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None \
@@ -274,12 +276,14 @@ class GPU(Wire, kw_only=True):
 
 
 class MemoryEstimate(Wire, kw_only=True):
-    """What a model will take: weights + KV cache (n_ctx x slots) + a fixed overhead."""
+    """What a model will take: weights + KV cache (n_ctx x slots) + compute buffers (they
+    grow with n_batch) + a fixed overhead."""
 
     weights: int
     kv_cache: int
     overhead: int
     total: int
+    compute: int = 0
 
 
 class ModelStatus(Wire, kw_only=True):

@@ -47,6 +47,7 @@ from cortex.types import (
 )
 
 from . import responses
+from .checks import check_chat, check_completion, encode_embedding
 from .hardware import Hardware
 from .metrics import NeuronMetrics
 from .registry import ModelRegistry
@@ -161,12 +162,14 @@ class _Neuron:
 
     async def chat(self, request: Request) -> Response:
         body = await decode(request, ChatCompletionRequest)
+        check_chat(body)
         return await self._generate(
             request, body.model, body.stream, body.stream_options,
             lambda engine: engine.chat(body), responses.chat_completion, responses.chat_stream)
 
     async def complete(self, request: Request) -> Response:
         body = await decode(request, CompletionRequest)
+        check_completion(body)
         return await self._generate(
             request, body.model, body.stream, body.stream_options,
             lambda engine: engine.complete(body), responses.completion,
@@ -216,11 +219,17 @@ class _Neuron:
             inputs = [inputs]
         if not inputs or not all(isinstance(i, str) for i in inputs):
             raise InvalidRequest("input must be a string or a list of strings", param="input")
+        if body.dimensions is not None and body.dimensions < 1:
+            raise InvalidRequest("dimensions must be at least 1", param="dimensions")
         async with self.registry.use(body.model) as engine:
-            vectors, count = await engine.embed([str(i) for i in inputs])
+            # A client that leaves stops the work at the next input, not after all of them.
+            vectors, count = await unless_disconnected(
+                request, engine.embed([str(i) for i in inputs]))
         return MsgspecResponse(EmbeddingResponse(
             model=body.model, usage={"prompt_tokens": count, "total_tokens": count},
-            data=[EmbeddingData(index=i, embedding=v) for i, v in enumerate(vectors)]))
+            data=[EmbeddingData(index=i, embedding=encode_embedding(
+                v, dimensions=body.dimensions, encoding=body.encoding_format))
+                for i, v in enumerate(vectors)]))
 
     async def tokenize(self, request: Request) -> Response:
         body = await decode(request, TokenizeRequest)

@@ -19,7 +19,9 @@ from cortex.errors import (
     Conflict,
     CortexError,
     InsufficientMemory,
+    InvalidRequest,
     ModelNotFound,
+    PluginError,
     Unavailable,
 )
 from cortex.harness import Harness, ResolvedModel
@@ -121,7 +123,10 @@ class ModelRegistry:
     def _harness(self, name: str) -> Harness:
         harness = self._harnesses.get(name)
         if harness is None:
-            cls = self._plugins.harness(name)
+            try:
+                cls = self._plugins.harness(name)
+            except PluginError as exc:  # the profile names it: the client's error
+                raise InvalidRequest(exc.message, param="harness") from None
             options = build_options(cls, self._harness_options.get(name, {}),
                                     where=f"neuron.toml: harness.{name}")
             harness = self._harnesses[name] = cls(options)
@@ -170,7 +175,8 @@ class ModelRegistry:
                     raise InsufficientMemory(
                         f"model `{profile.id}` needs {_gib(estimate.total)} (weights "
                         f"{_gib(estimate.weights)} + KV cache {_gib(estimate.kv_cache)} + "
-                        f"overhead {_gib(estimate.overhead)}) but this node has {_gib(free)} "
+                        f"compute {_gib(estimate.compute)} + overhead "
+                        f"{_gib(estimate.overhead)}) but this node has {_gib(free)} "
                         f"free of its {_gib(self.budget_bytes)} budget")
                 slot.estimate = estimate
 

@@ -40,7 +40,6 @@ from cortex.anthropic_types import (
     PingEvent,
     ResponseBlock,
     SignatureDelta,
-    Source,
     StopReason,
     StreamEvent,
     TextBlock,
@@ -53,6 +52,7 @@ from cortex.anthropic_types import (
     ToolChoiceTool,
     ToolResultBlock,
     ToolUseBlock,
+    UnknownBlock,
     Usage,
 )
 from cortex.anthropic_types import Tool as AnthropicTool
@@ -186,22 +186,34 @@ def _response_format(config: OutputConfig | None) -> dict[str, Any] | None:
             "json_schema": {"name": "structured_output", "schema": fmt.schema, "strict": True}}
 
 
-def _text_of(content: str | list[ContentBlock]) -> str:
+def _unsupported(block: ContentBlock, where: str) -> InvalidRequest:
+    """A 400 naming a block the backend cannot take in, rather than a reply that quietly
+    ignored it (the model would answer as if it had seen it)."""
+    kind = block.kind if isinstance(block, UnknownBlock) else str(block.__struct_config__.tag)
+    return InvalidRequest(f"{where}: `{kind}` content blocks are not supported here; the "
+                          "models read text (and text documents) only", param=where)
+
+
+def _text_of(content: str | list[ContentBlock], where: str) -> str:
     if isinstance(content, str):
         return content
+    for j, block in enumerate(content):
+        if not isinstance(block, TextBlock):
+            raise _unsupported(block, f"{where}[{j}]")
     return "\n\n".join(block.text for block in content if isinstance(block, TextBlock))
 
 
 def _messages(request: Conversation) -> list[ChatMessage]:
-    system = [] if request.system is None else [_text_of(request.system)]
+    system = [] if request.system is None else [_text_of(request.system, "system")]
     out: list[ChatMessage] = []
     # A late system turn breaks strict-alternation templates (Gemma, Mistral): it becomes
     # a marked user turn, merged with its neighbours, and never parts tool results from
     # the call they answer.
     late: list[str] = []
-    for message in request.messages:
+    for i, message in enumerate(request.messages):
+        where = f"messages[{i}].content"
         if message.role == "system":
-            text = _text_of(message.content)
+            text = _text_of(message.content, where)
             if out:
                 late.append(f"<system-reminder>\n{text}\n</system-reminder>")
             else:
@@ -209,7 +221,7 @@ def _messages(request: Conversation) -> list[ChatMessage]:
         elif message.role == "assistant":
             out += _reminder(late) + _assistant(message.content)
         else:
-            turn = _user(message.content)
+            turn = _user(message.content, where)
             after_tools = sum(m.role == "tool" for m in turn)
             turn[after_tools:after_tools] = _reminder(late)
             out += turn
@@ -227,75 +239,48 @@ def _reminder(late: list[str]) -> list[ChatMessage]:
     return [message]
 
 
-def _source(source: Source, what: str) -> dict[str, Any]:
-    if source.type == "base64" and source.data is not None:
-        url = f"data:{source.media_type or 'image/png'};base64,{source.data}"
-        return {"type": "image_url", "image_url": {"url": url}}
-    if source.type == "url" and source.url:
-        return {"type": "image_url", "image_url": {"url": source.url}}
-    return {"type": "text", "text": f"[{what} omitted: a `{source.type}` source is not supported]"}
-
-
-def _part(block: ContentBlock) -> dict[str, Any] | None:
-    """A user-side block as an OpenAI content part; None for blocks that carry nothing."""
+def _part(block: ContentBlock, where: str) -> str | None:
+    """A user-side block's text; None for blocks that carry nothing for the model
+    (thinking or tool_use in a user turn). Images and unknown blocks are refused."""
     if isinstance(block, TextBlock):
-        return {"type": "text", "text": block.text} if block.text else None
-    if isinstance(block, ImageBlock):
-        return _source(block.source, "image")
+        return block.text or None
     if isinstance(block, DocumentBlock):
         if block.source.type == "text" and block.source.data is not None:
             text = block.source.data
-            return {"type": "text", "text": f"{block.title}\n\n{text}" if block.title else text}
+            return f"{block.title}\n\n{text}" if block.title else text
         # Placeholder, not silence: the model can tell the user it could not read the file.
         kind = block.source.media_type or block.source.type
-        return {"type": "text", "text": f"[document omitted: {kind} documents are not supported]"}
-    return None  # thinking, tool_use and unknown blocks in a user turn
+        return f"[document omitted: {kind} documents are not supported]"
+    if isinstance(block, ImageBlock | UnknownBlock):
+        raise _unsupported(block, where)
+    return None
 
 
-def _content(parts: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
-    """Text-only parts as one string (backends render strings most reliably), else parts."""
-    if all(part["type"] == "text" for part in parts):
-        return "\n\n".join(part["text"] for part in parts)
-    return parts
-
-
-def _tool_result(block: ToolResultBlock) -> tuple[str, list[dict[str, Any]]]:
-    """The tool message's text, and any images (tool messages can only carry text)."""
-    texts: list[str] = []
-    images: list[dict[str, Any]] = []
+def _tool_result(block: ToolResultBlock, where: str) -> str:
+    """The tool message's text."""
     blocks = [TextBlock(text=block.content)] if isinstance(block.content, str) else block.content
-    for inner in blocks:
-        part = _part(inner)
-        if part is None:
-            continue
-        if part["type"] == "text":
-            texts.append(part["text"])
-        else:
-            images.append(part)
+    texts = [text for k, inner in enumerate(blocks)
+             if (text := _part(inner, f"{where}.content[{k}]")) is not None]
     text = "\n\n".join(texts)
     if block.is_error:  # OpenAI has no error flag: say it where the model reads
         text = f"Error: {text}" if text else "Error"
-    return text, images
+    return text
 
 
-def _user(content: str | list[ContentBlock]) -> list[ChatMessage]:
+def _user(content: str | list[ContentBlock], where: str) -> list[ChatMessage]:
     """Tool results first, as `tool` messages right after the calling turn, then the rest."""
     if isinstance(content, str):
         return [ChatMessage(role="user", content=content)]
     out: list[ChatMessage] = []
-    parts: list[dict[str, Any]] = []
-    for block in content:
+    texts: list[str] = []
+    for j, block in enumerate(content):
         if isinstance(block, ToolResultBlock):
-            text, images = _tool_result(block)
-            out.append(ChatMessage(role="tool", tool_call_id=block.tool_use_id, content=text))
-            if images:
-                note = f"Images from tool result {block.tool_use_id}:"
-                parts.append({"type": "text", "text": note})
-                parts.extend(images)
-        elif (part := _part(block)) is not None:
-            parts.append(part)
-    if parts:
-        out.append(ChatMessage(role="user", content=_content(parts)))
+            out.append(ChatMessage(role="tool", tool_call_id=block.tool_use_id,
+                                   content=_tool_result(block, f"{where}[{j}]")))
+        elif (text := _part(block, f"{where}[{j}]")) is not None:
+            texts.append(text)
+    if texts:
+        out.append(ChatMessage(role="user", content="\n\n".join(texts)))
     return out
 
 

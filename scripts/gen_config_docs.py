@@ -118,7 +118,9 @@ DESCRIPTIONS: dict[str, str] = {
     "ModelProfile.slots": "sequences decoded together (the KV cache holds n_ctx x slots)",
     "ModelProfile.n_gpu_layers": "layers offloaded to the GPU; -1 means all",
     "ModelProfile.n_threads": "CPU threads; unset: the harness setting, else physical cores",
-    "ModelProfile.n_batch": "most tokens one decode step takes",
+    "ModelProfile.n_batch": "most tokens one decode step takes; llama.cpp's compute buffer "
+                            "grows with it (Gemma 3: 1 MiB a token), and the memory estimate "
+                            "counts it; past n_ctx x slots it is not used",
     "ModelProfile.chat_format": "a llama.cpp built-in chat format (`gemma`, `chatml`, ...); "
                                 "not with `chat_template`",
     "ModelProfile.chat_template": "a Jinja chat template; wins over the GGUF's own",

@@ -10,12 +10,16 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
+
+import msgspec
 
 from cortex import Harness, MemoryEstimate, ModelProfile, ResolvedModel, hookimpl
+from cortex.config import MAX_N_THREADS
 from cortex.errors import InvalidRequest
 
 from .gguf import estimate_memory, kv_bytes_per_token, read_metadata
+from .grammar import llama_log
 from .render import BuiltinRenderer, JinjaRenderer, Renderer
 
 if TYPE_CHECKING:
@@ -36,11 +40,23 @@ def physical_cores() -> int:
     return len(seen) or os.cpu_count() or 1
 
 
+def _slots(profile: ModelProfile) -> int:
+    return 1 if profile.embeddings else profile.slots
+
+
+def _n_batch(profile: ModelProfile) -> int:
+    """Tokens a decode step takes. Pooled embeddings need a whole input in one batch;
+    past n_ctx x slots llama.cpp clamps it anyway (and our batch arrays would be wasted)."""
+    if profile.embeddings:
+        return profile.n_ctx
+    return min(profile.n_batch, profile.n_ctx * profile.slots)
+
+
 class LlamaCppHarness(Harness):
     name = "llamacpp"
 
     class Options(Harness.Options):
-        n_threads: int | None = None
+        n_threads: Annotated[int, msgspec.Meta(ge=1, le=MAX_N_THREADS)] | None = None
         flash_attn: bool = False
         use_mmap: bool = True
         verbose: bool = False
@@ -51,8 +67,10 @@ class LlamaCppHarness(Harness):
     def estimate(self, profile: ModelProfile, model: ResolvedModel,
                  overhead: int) -> MemoryEstimate:
         try:
-            meta = read_metadata(model.path)
-            return estimate_memory(model.files, meta, n_ctx=profile.n_ctx, slots=profile.slots,
+            meta, n_vocab = read_metadata(model.path)
+            slots = _slots(profile)
+            return estimate_memory(model.files, meta, n_vocab=n_vocab, n_ctx=profile.n_ctx,
+                                   slots=slots, n_batch=_n_batch(profile),
                                    overhead=overhead)
         except (ValueError, KeyError) as exc:
             raise InvalidRequest(f"{model.path} is not a usable GGUF: {exc}") from None
@@ -85,6 +103,7 @@ class LlamaCppHarness(Harness):
 
         llama_cpp.llama_backend_init()
         set_verbose(self.options.verbose)  # llama.cpp's log is process-wide
+        llama_log()  # ours wraps it, so grammar errors can be told to the client
         threads = profile.n_threads or self.options.n_threads or physical_cores()
         model_params = llama_cpp.llama_model_default_params()
         model_params.n_gpu_layers = 0x7FFFFFFF if profile.n_gpu_layers < 0 \
@@ -103,15 +122,14 @@ class LlamaCppHarness(Harness):
         except ValueError as exc:
             raise InvalidRequest(f"llama.cpp could not load {model.path}: {exc}") from None
         meta = llama_model.metadata()
-        slots = 1 if profile.embeddings else profile.slots
+        slots = _slots(profile)
         ctx_params = llama_cpp.llama_context_default_params()
         ctx_params.n_ctx = profile.n_ctx * slots
         ctx_params.n_seq_max = slots
         ctx_params.kv_unified = False  # each slot gets its own n_ctx
         ctx_params.swa_full = True  # sliding-window layers keep every cell: prefix reuse works
         ctx_params.n_threads = ctx_params.n_threads_batch = threads
-        # Pooled embeddings need a whole input in one batch.
-        n_batch = profile.n_ctx if profile.embeddings else profile.n_batch
+        n_batch = _n_batch(profile)
         ctx_params.n_batch = ctx_params.n_ubatch = n_batch
         ctx_params.flash_attn_type = int(self.options.flash_attn)
         if profile.embeddings:

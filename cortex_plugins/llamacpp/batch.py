@@ -8,6 +8,10 @@ streams already running for more than one chunk.
 
 Each slot keeps the tokens its KV cells hold after a request ends; a new request takes
 the free slot sharing the longest prefix with its prompt and prefills only the rest.
+
+A failed llama_decode belongs to the request that caused it: the step is decoded again
+one sequence at a time, and only those whose own part fails end (with a 400), so the
+streams batched beside a bad prompt go on.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import codecs
 import collections
 import contextlib
 import ctypes
+import logging
 import queue
 import threading
 from collections.abc import Callable
@@ -25,13 +30,16 @@ from typing import Any
 import numpy
 
 from cortex import Done, TextDelta
-from cortex.errors import Unavailable
+from cortex.errors import CortexError, InvalidRequest, Unavailable
 from cortex.stops import StopMatcher
+
+from .sampling import Candidates, grammar_sampler, sampler_chain
 
 __all__ = ["END", "Scheduler", "Sequence"]
 
+log = logging.getLogger("cortex.neuron.llamacpp")
+
 END = object()  # the last thing a sequence emits
-_PENALTY_LAST_N = 64
 
 
 class Sequence:
@@ -52,10 +60,24 @@ class Sequence:
         self.last = -1
         self.row = -1
         self.sampler: Any = None
+        self.grammar: Any = None  # its grammar's sampler, beside `sampler`
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.stops = StopMatcher(sampling.stop)
         self.budget = 0
         self.cached = 0
+
+
+class _Part:
+    """What one sequence puts into a step: `tokens` from position `start`; `logits` when
+    the last of them is to be sampled. Committed to the sequence only once decoded."""
+
+    __slots__ = ("logits", "seq", "start", "tokens")
+
+    def __init__(self, seq: Sequence, tokens: list[int], logits: bool) -> None:
+        self.seq = seq
+        self.tokens = tokens
+        self.start = seq.pos
+        self.logits = logits
 
 
 class Scheduler:
@@ -82,11 +104,13 @@ class Scheduler:
         self._lock = threading.Lock()
         self._all: set[Sequence] = set()
         self.steps = 0
+        self.isolated = 0  # steps whose llama_decode failed and were redone one by one
         # Totals for metrics, written by this thread only: prompt tokens decoded (prefix
         # cache hits excluded) and tokens sampled into replies.
         self.prefilled = 0
         self.generated = 0
         self._buf = ctypes.create_string_buffer(64)
+        self._candidates: Candidates | None = None  # made when a grammar is first sampled
         self._outbox: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[Any], Any]]] = {}
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -152,7 +176,12 @@ class Scheduler:
                     deferred.append(item)
             self._admit()
             if any(s is not None for s in self._slots):
-                self._step()
+                try:
+                    self._step()
+                except Exception as exc:  # a bug, not a request: the thread must go on
+                    log.exception("a decode step failed")
+                    for seq in [s for s in self._slots if s is not None]:
+                        self._end(seq, None, error=CortexError(f"internal error: {exc!r}"))
             self._flush()
 
     def _drain(self, *, block: bool) -> list[Sequence | Callable[[], None] | None]:
@@ -190,96 +219,112 @@ class Scheduler:
             room = self._n_ctx_slot - len(seq.prompt)
             seq.budget = room if seq.sampling.max_tokens is None else \
                 min(room, seq.sampling.max_tokens)
-            seq.sampler = self._sampler(seq.sampling)
+            try:
+                seq.sampler = sampler_chain(seq.sampling, self._n_vocab)
+                seq.grammar = grammar_sampler(seq.sampling)
+            except Exception as exc:  # settings llama.cpp's wrappers refuse (ctypes ranges)
+                self._end(seq, None, error=InvalidRequest(f"sampling settings refused: {exc}"))
+                continue
             self._slots[slot] = seq
 
-    def _sampler(self, sampling: Any) -> Any:
-        """A llama.cpp sampler chain, or None where greedy argmax gives the same token."""
-        import random
-
-        from llama_cpp._internals import LlamaSampler
-
-        neutral = sampling.repeat_penalty == 1.0 and not sampling.frequency_penalty \
-            and not sampling.presence_penalty
-        if sampling.temperature <= 0 and sampling.grammar is None and neutral:
-            return None
-
-        sampler = LlamaSampler()
-        sampler.add_penalties(self._n_vocab, _PENALTY_LAST_N, sampling.repeat_penalty,
-                              sampling.frequency_penalty, sampling.presence_penalty)
-        if sampling.grammar is not None:
-            sampler.add_grammar(self._model, sampling.grammar)
-        if sampling.temperature <= 0:
-            sampler.add_greedy()
-        else:
-            sampler.add_top_k(sampling.top_k)
-            sampler.add_top_p(sampling.top_p, 1)
-            sampler.add_min_p(sampling.min_p, 1)
-            sampler.add_temp(sampling.temperature)
-            seed = sampling.seed if sampling.seed is not None else random.getrandbits(32)
-            sampler.add_dist(seed & 0xFFFFFFFF)
-        return sampler
-
-    def _step(self) -> None:
-        batch = self._batch.batch
-        n = 0
-
-        def add(token: int, pos: int, slot: int, logits: bool) -> None:
-            nonlocal n
-            batch.token[n] = token
-            batch.pos[n] = pos
-            batch.n_seq_id[n] = 1
-            batch.seq_id[n][0] = slot
-            batch.logits[n] = logits
-            n += 1
-
+    def _parts(self) -> list[_Part]:
+        """This step's work: one token per generating sequence, then prompt chunks."""
         running = [s for s in self._slots if s is not None]
+        parts: list[_Part] = []
         for seq in running:
             seq.row = -1
             if seq.cancel.is_set():
                 self._end(seq, "cancelled")
             elif not seq.pending:
-                seq.row = n
-                add(seq.last, seq.pos, seq.slot, True)
-                self._cached[seq.slot].append(seq.last)
-                seq.pos += 1
+                parts.append(_Part(seq, [seq.last], True))
         prefilling = [s for s in running if s.pending and not s.cancel.is_set()]
+        room = self._n_batch - len(parts)
         # A lone prompt takes the whole batch; beside running streams, one chunk at a time.
-        chunk = self._n_batch if n == 0 and len(prefilling) == 1 else self._chunk
-        decoding = n
+        chunk = self._n_batch if not parts and len(prefilling) == 1 else self._chunk
         for seq in prefilling:
-            take = min(len(seq.pending), chunk, self._n_batch - n)
+            take = min(len(seq.pending), chunk, room)
             if take <= 0:
                 break
-            part, seq.pending = seq.pending[:take], seq.pending[take:]
-            for i, token in enumerate(part):
-                last = not seq.pending and i == take - 1
-                if last:
-                    seq.row = n
-                add(token, seq.pos, seq.slot, last)
-                seq.pos += 1
-            self._cached[seq.slot].extend(part)
-        if n == 0:
-            return
+            parts.append(_Part(seq, seq.pending[:take], take == len(seq.pending)))
+            room -= take
+        return parts
+
+    def _decode(self, parts: list[_Part]) -> int:
+        batch = self._batch.batch
+        n = 0
+        for part in parts:
+            for i, token in enumerate(part.tokens):
+                batch.token[n] = token
+                batch.pos[n] = part.start + i
+                batch.n_seq_id[n] = 1
+                batch.seq_id[n][0] = part.seq.slot
+                batch.logits[n] = part.logits and i == len(part.tokens) - 1
+                n += 1
+            part.seq.row = n - 1 if part.logits else -1
         batch.n_tokens = n
-        code = self._lib.llama_decode(self._ctx.ctx, batch)
+        code: int = self._lib.llama_decode(self._ctx.ctx, batch)
         self.steps += 1
-        if code != 0:
-            for seq in running:
-                if self._slots[seq.slot] is seq:
-                    self._end(seq, None, error=Unavailable(f"llama_decode failed ({code})"))
+        return code
+
+    def _commit(self, part: _Part) -> None:
+        seq = part.seq
+        seq.pos += len(part.tokens)
+        self._cached[seq.slot].extend(part.tokens)
+        if seq.pending:
+            seq.pending = seq.pending[len(part.tokens):]
+            self.prefilled += len(part.tokens)
+
+    def _step(self) -> None:
+        parts = self._parts()
+        if not parts:
             return
-        self.prefilled += n - decoding
-        for seq in running:
-            if seq.row >= 0 and self._slots[seq.slot] is seq:
+        code = self._decode(parts)
+        if code != 0:
+            self._isolate(parts, code)
+            return
+        for part in parts:
+            self._commit(part)
+        for part in parts:
+            if part.logits and self._slots[part.seq.slot] is part.seq:
+                self._sample(part.seq)
+
+    def _isolate(self, parts: list[_Part], code: int) -> None:
+        """A failed step again, one sequence at a time: a part that fails alone ends its
+        own request (its fault: a 400, not a 503 another node would retry); the rest
+        decode and sample as usual."""
+        self.isolated += 1
+        mem = self._ctx.memory
+        for part in parts:  # whatever the failed step left in the KV cache
+            self._lib.llama_memory_seq_rm(mem, part.seq.slot, part.start, -1)
+        for part in parts:
+            seq = part.seq
+            alone = self._decode([part])
+            if alone != 0:
+                self._lib.llama_memory_seq_rm(mem, seq.slot, part.start, -1)
+                self._end(seq, None, error=InvalidRequest(
+                    f"llama.cpp could not decode this request (llama_decode returned "
+                    f"{alone}; the batch it shared returned {code})", param="prompt"))
+                continue
+            self._commit(part)
+            if part.logits:
                 self._sample(seq)
 
     def _sample(self, seq: Sequence) -> None:
+        logits = self._lib.llama_get_logits_ith(self._ctx.ctx, seq.row)
         if seq.sampler is None:  # plain greedy: an argmax, not a 262k-entry candidate list
-            logits = self._lib.llama_get_logits_ith(self._ctx.ctx, seq.row)
             token = int(numpy.ctypeslib.as_array(logits, shape=(self._n_vocab,)).argmax())
-        else:
+        elif seq.grammar is None:
             token = seq.sampler.sample(self._ctx, seq.row)
+        else:
+            if self._candidates is None:
+                self._candidates = Candidates(self._n_vocab)
+            picked = self._candidates.sample(seq.sampler.sampler, seq.grammar.sampler, logits)
+            if picked is None:
+                self._end(seq, None, error=InvalidRequest(
+                    "response_format: the grammar made from the schema allows no token "
+                    "this model has at this point", param="response_format"))
+                return
+            token = picked
         if self._lib.llama_vocab_is_eog(self._vocab, token) and not seq.sampling.ignore_eos:
             self._end(seq, "stop")
             return
@@ -319,6 +364,8 @@ class Scheduler:
              error: Exception | None = None) -> None:
         if seq.slot >= 0 and self._slots[seq.slot] is seq:
             self._slots[seq.slot] = None
+        if seq.sampling.grammar is not None:
+            seq.sampling.grammar.close()  # not taken if it never reached a slot
         if seq.abort_message is not None:
             error = Unavailable(seq.abort_message)
         if error is not None:

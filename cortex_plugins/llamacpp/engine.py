@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import math
+import functools
 from collections.abc import AsyncGenerator, Callable
 from typing import Any, TypeVar
 
@@ -13,12 +12,16 @@ from cortex.errors import ContextLengthExceeded, InvalidRequest, UnsupportedFeat
 from cortex.types import ChatCompletionRequest, CompletionRequest, TokenizeRequest
 
 from .batch import END, Scheduler, Sequence
+from .embed import Embedder
+from .grammar import Grammar, make_grammar
 from .render import Prompt, Renderer
+from .schema import grammar_text
 from .tools import ToolCallParser
 
 __all__ = ["LlamaEngine", "Sampling"]
 
 T = TypeVar("T")
+
 
 def _or(value: float | None, default: float) -> float:
     return default if value is None else value
@@ -45,29 +48,20 @@ class Sampling:
         self.max_tokens = min(limit, cap) if (limit is not None and cap is not None) else limit
         self.seed = request.seed
         self.ignore_eos = request.ignore_eos
+        # Bounded when the request was decoded (cortex.stops: 64 strings, 16 KiB), and
+        # matched by one automaton, so their number does not slow the scheduler.
         self.stop = request.stop_list()
-        self.grammar: Any = None
+        self.grammar: Grammar | None = None
 
 
-def _grammar(response_format: dict[str, Any] | None) -> Any:
-    if not response_format or response_format.get("type") in (None, "text"):
-        return None
-    from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+def _longest_token(model: Any) -> int:
+    """Bytes in the vocabulary's longest token text: no text of B bytes tokenizes to
+    fewer than B / this many tokens (a token's text is never shorter than its piece)."""
+    import llama_cpp
 
-    kind = response_format.get("type")
-    schema = response_format.get("schema")
-    if kind == "json_schema":
-        schema = (response_format.get("json_schema") or {}).get("schema")
-    elif kind != "json_object":
-        raise InvalidRequest(f"response_format type `{kind}` is not supported",
-                             param="response_format")
-    try:
-        if schema:
-            return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
-        return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
-    except Exception as exc:
-        raise InvalidRequest(f"response_format schema cannot be used: {exc}",
-                             param="response_format") from None
+    vocab = model.vocab
+    return max((len(llama_cpp.llama_vocab_get_text(vocab, i) or b"")
+                for i in range(model.n_vocab())), default=1) or 1
 
 
 class LlamaEngine(Engine):
@@ -82,19 +76,25 @@ class LlamaEngine(Engine):
         self._ctx = ctx
         self._model_id = model_id
         self._n_ctx = n_ctx
+        self._n_vocab = model.n_vocab()
         self._renderer = renderer
         self._no_template_reason = no_template_reason
         self._cap = max_tokens_cap
         self._measured = measured_bytes
+        # Text longer than this many bytes cannot fit the context, whatever it says.
+        self._max_prompt_bytes = n_ctx * _longest_token(model)
         self.embeddings = embeddings
         self.chat_supported = renderer is not None and not embeddings
         self._scheduler = Scheduler(model=model, ctx=ctx, slots=slots, n_ctx_slot=n_ctx,
                                     n_batch=n_batch, prefill_chunk=prefill_chunk,
                                     name=f"llama:{model_id}")
+        self._embedder = Embedder(model=model, ctx=ctx, n_ctx=n_ctx,
+                                  tokens=lambda text: self._tokens(text, True, param="input"),
+                                  on_thread=self._on_thread)
 
     @property
     def in_flight(self) -> int:
-        return self._scheduler.counts()[0]
+        return self._scheduler.counts()[0] + self._embedder.running
 
     @property
     def queued(self) -> int:
@@ -107,7 +107,7 @@ class LlamaEngine(Engine):
     def stats(self) -> EngineStats:
         scheduler = self._scheduler
         used, capacity = scheduler.kv_tokens()
-        return EngineStats(prefill_tokens=scheduler.prefilled,
+        return EngineStats(prefill_tokens=scheduler.prefilled + self._embedder.embedded,
                            generated_tokens=scheduler.generated, kv_cache_tokens=used,
                            kv_cache_capacity=capacity)
 
@@ -125,8 +125,18 @@ class LlamaEngine(Engine):
             tools = None
         return self._renderer.render(request.messages, tools, add_generation_prompt)
 
-    def _tokens(self, text: str, add_bos: bool) -> list[int]:
-        tokens: list[int] = self._model.tokenize(text.encode("utf-8"), add_bos, True)
+    def _tokens(self, text: str, add_bos: bool, *, bounded: bool = True,
+                param: str = "messages") -> list[int]:
+        """The text's tokens. `bounded`: text that cannot fit the context is refused from
+        a tokenized head of it, not tokenized whole (a 16 MiB prompt takes seconds)."""
+        data = text.encode("utf-8")
+        if bounded and len(data) > self._max_prompt_bytes:
+            head = data[:self._max_prompt_bytes].decode("utf-8", "ignore").encode("utf-8")
+            count = len(self._model.tokenize(head, add_bos, True))
+            if count >= self._n_ctx:  # always, unless the head ends in a partial token
+                raise ContextLengthExceeded(count * len(data) // max(len(head), 1), self._n_ctx,
+                                            param=param)
+        tokens: list[int] = self._model.tokenize(data, add_bos, True)
         return tokens
 
     def _check_fits(self, prompt_tokens: list[int]) -> None:
@@ -134,6 +144,19 @@ class LlamaEngine(Engine):
             raise InvalidRequest("the prompt is empty", param="prompt")
         if len(prompt_tokens) >= self._n_ctx:
             raise ContextLengthExceeded(len(prompt_tokens), self._n_ctx)
+
+    def _check_ids(self, tokens: list[int]) -> None:
+        """Token ids a client gave: llama_decode fails the whole batch on one out of the
+        vocabulary, and ctypes wraps ids past 32 bits into valid ones."""
+        for token in tokens:
+            if not 0 <= token < self._n_vocab:
+                raise InvalidRequest(f"prompt token id {token} is not in this model's "
+                                     f"vocabulary (0 to {self._n_vocab - 1})", param="prompt")
+
+    def _grammar(self, response_format: Any) -> Grammar | None:
+        """The request's grammar sampler, made and checked now. Blocking."""
+        text = grammar_text(response_format)
+        return make_grammar(self._model.vocab, text) if text is not None else None
 
     def _no_generation(self) -> None:
         if self.embeddings:
@@ -155,20 +178,22 @@ class LlamaEngine(Engine):
                 yield event
         finally:
             seq.cancel.set()  # a client that left frees its slot at the next step
+            if sampling.grammar is not None:
+                sampling.grammar.close()  # a no-op once the scheduler took it
 
     async def chat(self, request: ChatCompletionRequest
                    ) -> AsyncGenerator[GenerationEvent, None]:
         self._no_generation()
         sampling = Sampling(request, max_tokens=request.token_limit(), cap=self._cap)
-        sampling.grammar = _grammar(request.response_format)
 
-        def prepare() -> tuple[list[int], list[str]]:
+        def prepare() -> tuple[list[int], list[str], Grammar | None]:
             prompt = self._render(request)
-            return self._tokens(prompt.text, prompt.add_bos), prompt.stop
+            tokens = self._tokens(prompt.text, prompt.add_bos)
+            self._check_fits(tokens)
+            return tokens, prompt.stop, self._grammar(request.response_format)
 
-        tokens, template_stops = await asyncio.to_thread(prepare)
+        tokens, template_stops, sampling.grammar = await asyncio.to_thread(prepare)
         sampling.stop = sampling.stop + [s for s in template_stops if s not in sampling.stop]
-        self._check_fits(tokens)
         events = self._generate(tokens, sampling)
         if not request.tools or request.tool_choice == "none":
             async for event in events:
@@ -198,9 +223,11 @@ class LlamaEngine(Engine):
                 raise InvalidRequest("give one prompt per request", param="prompt")
             prompt = str(prompt[0])
         if isinstance(prompt, str):
-            tokens = await asyncio.to_thread(self._tokens, prompt, True)
+            tokens = await asyncio.to_thread(functools.partial(self._tokens, prompt, True,
+                                                               param="prompt"))
         elif all(isinstance(t, int) for t in prompt):
             tokens = [int(t) for t in prompt]
+            self._check_ids(tokens)
         else:
             raise InvalidRequest("prompt must be a string or a list of token ids",
                                  param="prompt")
@@ -217,13 +244,21 @@ class LlamaEngine(Engine):
         loop = asyncio.get_running_loop()
         done: asyncio.Future[T] = loop.create_future()
 
+        def settle(result: T | None, error: BaseException | None) -> None:
+            if done.done():  # the awaiting request was cancelled meanwhile
+                return
+            if error is not None:
+                done.set_exception(error)
+            else:
+                done.set_result(result)  # type: ignore[arg-type]
+
         def run() -> None:
             try:
                 result = fn()
             except BaseException as exc:
-                loop.call_soon_threadsafe(done.set_exception, exc)
+                loop.call_soon_threadsafe(settle, None, exc)
             else:
-                loop.call_soon_threadsafe(done.set_result, result)
+                loop.call_soon_threadsafe(settle, result, None)
 
         self._scheduler.call(run)
         return await done
@@ -232,40 +267,20 @@ class LlamaEngine(Engine):
         if not self.embeddings:
             raise UnsupportedFeature(
                 f"model `{self._model_id}` was not loaded with embeddings = true")
-        batches = [await asyncio.to_thread(self._tokens, text, True) for text in inputs]
-        for tokens in batches:
-            if len(tokens) >= self._n_ctx:
-                raise ContextLengthExceeded(len(tokens), self._n_ctx)
-        vectors = await self._on_thread(lambda: [self._embed_one(t) for t in batches])
-        return vectors, sum(len(t) for t in batches)
-
-    def _embed_one(self, tokens: list[int]) -> list[float]:
-        import llama_cpp
-        from llama_cpp._internals import LlamaBatch
-
-        llama_cpp.llama_memory_clear(self._ctx.memory, True)
-        batch = LlamaBatch(n_tokens=len(tokens), embd=0, n_seq_max=1, verbose=False)
-        try:
-            batch.set_batch(tokens, 0, True)
-            self._ctx.decode(batch)
-        finally:
-            batch.close()
-        pointer = llama_cpp.llama_get_embeddings_seq(self._ctx.ctx, 0)
-        vector = [float(pointer[i]) for i in range(self._model.n_embd())]
-        norm = math.sqrt(sum(x * x for x in vector)) or 1.0
-        return [x / norm for x in vector]
+        return await self._embedder.embed(inputs)
 
     async def tokenize(self, request: TokenizeRequest) -> list[int]:
-        def run() -> list[int]:
+        def run() -> list[int]:  # a count, asked for whatever the length: unbounded
             if request.messages is not None:
                 prompt = self._render(request, request.add_generation_prompt)
-                return self._tokens(prompt.text, prompt.add_bos)
-            return self._tokens(request.text or "", True)
+                return self._tokens(prompt.text, prompt.add_bos, bounded=False)
+            return self._tokens(request.text or "", True, bounded=False)
 
         return await asyncio.to_thread(run)
 
     def abort(self, message: str) -> None:
         self._scheduler.abort_all(message)
+        self._embedder.abort(message)
 
     async def close(self) -> None:
         await self._on_thread(lambda: None)  # let running sequences end first

@@ -7,13 +7,16 @@ from typing import Any
 
 from cortex import MemoryEstimate
 
-__all__ = ["estimate_memory", "kv_bytes_per_token", "read_metadata"]
+__all__ = ["compute_bytes", "estimate_memory", "kv_bytes_per_token", "read_metadata"]
 
 KV_DTYPE_BYTES = 2  # f16, llama.cpp's default KV cache type
+F32 = 4
+BATCH_BYTES_PER_TOKEN = 64  # our llama_batch: token, pos, seq id (and its pointer), flag
 
 
-def read_metadata(path: str) -> dict[str, str]:
-    """GGUF key/values as llama.cpp reports them (strings), without loading weights."""
+def read_metadata(path: str) -> tuple[dict[str, str], int]:
+    """GGUF key/values as llama.cpp reports them (strings) and the vocabulary's size,
+    without loading weights."""
     import llama_cpp
     from llama_cpp._internals import LlamaModel
 
@@ -22,7 +25,7 @@ def read_metadata(path: str) -> dict[str, str]:
     model = LlamaModel(path_model=path, params=params, verbose=False)
     try:
         metadata: dict[str, str] = model.metadata()
-        return metadata
+        return metadata, int(model.n_vocab())
     finally:
         model.close()
 
@@ -48,14 +51,36 @@ def kv_bytes_per_token(meta: dict[str, str]) -> int:
     return n_layer * n_head_kv * (k_len + v_len) * KV_DTYPE_BYTES
 
 
-def estimate_memory(files: list[str], meta: dict[str, str], *, n_ctx: int, slots: int,
-                    overhead: int) -> MemoryEstimate:
-    """Weights (the GGUF files) + KV cache for n_ctx x slots tokens + a fixed overhead.
+def compute_bytes(meta: dict[str, str], *, n_vocab: int, n_ctx: int, slots: int,
+                  n_batch: int) -> int:
+    """llama.cpp's compute buffer, its output buffer and our batch arrays.
+
+    llama.cpp sizes the compute buffer by a worst-case graph of n_ubatch tokens (we set
+    n_ubatch = n_batch) that keeps logits for every one of them: n_batch x n_vocab f32,
+    which dominates for a large vocabulary (Gemma 3: 1 MiB a token; its measured buffer
+    is 514.5 MiB at n_batch 512, 2058 MiB at 2048, 4116 MiB at 4096, whatever n_ctx).
+    Attention scores (n_batch x n_ctx x heads) and activations are added on top, which
+    errs high where the allocator overlaps them with the logits. The output buffer
+    keeps one row of logits per slot.
+    """
+    arch = meta.get("general.architecture", "llama")
+    n_embd = _int(meta, f"{arch}.embedding_length")
+    n_head = _int(meta, f"{arch}.attention.head_count")
+    n_ff = _int(meta, f"{arch}.feed_forward_length", 4 * n_embd)
+    per_token = F32 * (n_vocab + n_head * n_ctx + 4 * n_embd + n_ff) + BATCH_BYTES_PER_TOKEN
+    return n_batch * per_token + slots * n_vocab * F32
+
+
+def estimate_memory(files: list[str], meta: dict[str, str], *, n_vocab: int, n_ctx: int,
+                    slots: int, n_batch: int, overhead: int) -> MemoryEstimate:
+    """Weights (the GGUF files) + KV cache for n_ctx x slots tokens + compute buffers
+    for n_batch tokens + a fixed overhead.
 
     Sliding-window layers (Gemma 3) really take less KV than this; erring high keeps a
     node from accepting a load it cannot hold.
     """
     weights = sum(os.path.getsize(f) for f in files)
     kv_cache = n_ctx * slots * kv_bytes_per_token(meta)
+    compute = compute_bytes(meta, n_vocab=n_vocab, n_ctx=n_ctx, slots=slots, n_batch=n_batch)
     return MemoryEstimate(weights=weights, kv_cache=kv_cache, overhead=overhead,
-                          total=weights + kv_cache + overhead)
+                          compute=compute, total=weights + kv_cache + compute + overhead)

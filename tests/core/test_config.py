@@ -74,3 +74,34 @@ def test_parse_bytes() -> None:
     assert parse_bytes(1024) == 1024
     with pytest.raises(ValueError, match="not a size"):
         parse_bytes("lots")
+
+
+def test_config_check_refuses_an_n_batch_no_node_could_load(tmp_path: Path) -> None:
+    """2^31 passed once, then crashed every neuron it was loaded on (llama_batch_init
+    took it as a negative int32)."""
+    import subprocess
+    import sys
+
+    write(tmp_path, "models.toml", '[[models]]\nid = "a"\nsource = "bundled:gemma3-270m"\n'
+                                   'n_batch = 2147483648\n')
+    path = write(tmp_path, "cortex.toml", 'models = "models.toml"\n[[neurons]]\n'
+                                          'name = "n1"\nendpoint = "http://127.0.0.1:1"\n')
+    check = subprocess.run([sys.executable, "-m", "cortex.cli", "config", "check", str(path)],
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode != 0
+    assert f"{tmp_path / 'models.toml'}: models[0].n_batch: Expected int <= 65536" in \
+        check.stdout + check.stderr
+    write(tmp_path, "models.toml", '[[models]]\nid = "a"\nsource = "bundled:gemma3-270m"\n'
+                                   'n_batch = 65536\n')
+    assert load_gateway_config(path)[1][0].n_batch == 65536
+
+
+def test_a_profile_cannot_ask_more_threads_than_ggml_has(tmp_path: Path) -> None:
+    """100,000 threads exhausted a node's memory as ggml made them, and the neuron died."""
+    path = write(tmp_path, "neuron.toml", '[[preload]]\nid = "a"\nsource = "x"\n'
+                                          'n_threads = 100000\n')
+    with pytest.raises(ConfigError) as err:
+        load_neuron_config(path)
+    assert str(err.value) == f"{path}: preload[0].n_threads: Expected int <= 512"
+    path.write_text('[[preload]]\nid = "a"\nsource = "x"\nn_threads = 512\n')
+    assert load_neuron_config(path).preload[0].n_threads == 512

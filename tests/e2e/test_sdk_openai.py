@@ -85,3 +85,26 @@ async def test_errors_in_the_openai_envelope(client: openai.AsyncOpenAI) -> None
     with pytest.raises(openai.BadRequestError) as overflow:
         await client.chat.completions.create(model="gemma", messages=long)  # type: ignore[arg-type]
     assert overflow.value.code == "context_length_exceeded"
+
+
+async def test_what_is_not_served_is_refused_naming_the_field(
+        client: openai.AsyncOpenAI) -> None:
+    """A field set expects an effect: no silent 200 that ignored it."""
+    image = [{"role": "user", "content": [
+        {"type": "text", "text": "What is in this picture?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]}]
+    asks: list[tuple[str, dict[str, object]]] = [
+        ("n", {"n": 2}), ("logprobs", {"logprobs": True, "top_logprobs": 2}),
+        ("messages[0].content[1]", {"messages": image})]
+    for param, extra in asks:
+        with pytest.raises(openai.BadRequestError) as refused:
+            await client.chat.completions.create(**{  # type: ignore[call-overload]
+                "model": "gemma", "messages": HELLO, "max_tokens": 2, **extra})
+        assert refused.value.param == param, refused.value.body
+        assert refused.value.type == "invalid_request_error"
+    for param, extra in [("n", {"n": 3}), ("suffix", {"suffix": "The end."}),
+                         ("echo", {"echo": True, "prompt": [2, 9259]})]:
+        with pytest.raises(openai.BadRequestError) as refused:
+            await client.completions.create(**{  # type: ignore[call-overload]
+                "model": "gemma", "prompt": "Once", "max_tokens": 2, **extra})
+        assert refused.value.param == param, refused.value.body

@@ -76,7 +76,8 @@ def test_status_reports_node_budget_and_model(client: httpx.Client) -> None:
     assert status["cpu_only"] is True and status["gpus"] == []
     model = next(m for m in status["models"] if m["id"] == "gemma")
     estimate = model["estimate"]
-    assert estimate["total"] == estimate["weights"] + estimate["kv_cache"] + estimate["overhead"]
+    assert estimate["total"] == estimate["weights"] + estimate["kv_cache"] + \
+        estimate["compute"] + estimate["overhead"]
     assert estimate["weights"] > 200_000_000  # the 240 MB GGUF
     # gemma3 270M: 18 layers x 1 KV head x (256 + 256) dims x 2 bytes x n_ctx 1024 x 1 slot
     assert estimate["kv_cache"] == 18 * 1 * 512 * 2 * 1024
@@ -406,8 +407,19 @@ def test_estimate_without_loading(client: httpx.Client) -> None:
     assert reply.status_code == 200, reply.text
     estimate = reply.json()
     assert estimate["kv_cache"] == 18 * 512 * 2 * 2048 * 2
-    assert estimate["total"] == estimate["weights"] + estimate["kv_cache"] + estimate["overhead"]
+    # Logits for every token of a batch dominate llama.cpp's compute buffer (Gemma's
+    # vocabulary: 262,144 f32 a token); it measures 514.5 MiB at the default n_batch 512.
+    assert 514 * 2**20 < estimate["compute"] < 600 * 2**20
+    assert estimate["total"] == estimate["weights"] + estimate["kv_cache"] + \
+        estimate["compute"] + estimate["overhead"]
     assert _model(client, "planned") is None
+    bigger = client.post("/models/estimate", json={"profile": {
+        **PROFILE, "id": "planned", "n_ctx": 2048, "slots": 2, "n_batch": 2048}}).json()
+    assert bigger["compute"] > 4 * estimate["compute"] * 0.9  # 2058 MiB measured
+    assert bigger["total"] - estimate["total"] == bigger["compute"] - estimate["compute"]
+    refused = client.post("/models/estimate", json={"profile": {
+        **PROFILE, "id": "planned", "n_batch": 2**31}})
+    assert refused.status_code == 400 and "n_batch" in refused.text
 
 
 def test_neuron_models_command_lists_what_is_loaded(neuron: NeuronProcess) -> None:
@@ -421,3 +433,11 @@ def test_neuron_models_command_lists_what_is_loaded(neuron: NeuronProcess) -> No
     gone = subprocess.run([sys.executable, "-m", "cortex_neuron.cli", "models", "--url",
                            "http://127.0.0.1:9"], capture_output=True, text=True)
     assert gone.returncode == 1 and "http://127.0.0.1:9" in gone.stderr
+
+
+def test_a_profile_naming_no_harness_here_is_a_client_error(client: httpx.Client) -> None:
+    for path in ("/models/load", "/models/estimate"):
+        reply = client.post(path, json={"profile": {**PROFILE, "id": "x", "harness": "nope"}})
+        assert reply.status_code == 400, reply.text
+        assert reply.json()["error"]["param"] == "harness"
+        assert "unknown harness `nope`" in reply.json()["error"]["message"]

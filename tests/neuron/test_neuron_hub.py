@@ -73,14 +73,15 @@ def test_load_quant_pattern_from_local_hub_with_base_repo_template(
 
 def test_over_budget_load_is_refused_with_numbers(start_neuron: type[NeuronProcess],
                                                   gemma_path: Path) -> None:
-    neuron = start_neuron({"memory_budget": "600MiB", "model_dirs": [str(gemma_path.parent)]})
+    neuron = start_neuron({"memory_budget": "900MiB", "model_dirs": [str(gemma_path.parent)]})
     with httpx.Client(base_url=neuron.url, timeout=60) as client:
         big = client.post("/models/load", json={"profile": {
             "id": "big", "source": gemma_path.name, "n_ctx": 8192, "slots": 4}})
         assert big.status_code == 507
         message = big.json()["error"]["message"]
-        assert "model `big` needs 1.05 GiB (weights 0.24 GiB" in message
-        assert "KV cache 0.56 GiB" in message and "0.59 GiB free of its 0.59 GiB budget" in message
+        assert "model `big` needs 1.62 GiB (weights 0.24 GiB" in message
+        assert "KV cache 0.56 GiB" in message and "compute 0.58 GiB" in message
+        assert "0.88 GiB free of its 0.88 GiB budget" in message
         assert client.get("/status").json()["reserved_bytes"] == 0
         small = client.post("/models/load", json={"profile": {
             "id": "small", "source": gemma_path.name, "n_ctx": 256}})

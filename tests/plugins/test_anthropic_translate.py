@@ -356,30 +356,55 @@ def test_consecutive_turns_of_one_role_combine() -> None:
     """Anthropic combines them; strict templates reject two user turns in a row."""
     req = request(messages=[
         {"role": "user", "content": "look:"},
-        {"role": "user", "content": [{"type": "image", "source": {
-            "type": "url", "url": "https://x.test/a.png"}}]},
+        {"role": "user", "content": [{"type": "document", "source": {
+            "type": "text", "media_type": "text/plain", "data": "the page"}}]},
         {"role": "assistant", "content": "One"},
         {"role": "assistant", "content": [
             {"type": "text", "text": " two"},
             {"type": "tool_use", "id": "t", "name": "n", "input": {}}]}])
     assert messages(req) == [
-        {"role": "user", "content": [
-            {"type": "text", "text": "look:"},
-            {"type": "image_url", "image_url": {"url": "https://x.test/a.png"}}]},
+        {"role": "user", "content": "look:\n\nthe page"},
         {"role": "assistant", "content": "One two", "tool_calls": [
             {"id": "t", "type": "function", "function": {"name": "n", "arguments": "{}"}}]}]
 
 
-def test_user_images_become_image_url_parts() -> None:
-    req = request(messages=[{"role": "user", "content": [
-        {"type": "text", "text": "What is this?"},
-        {"type": "image", "source": {"type": "base64", "media_type": "image/png",
-                                     "data": "iVBORw0KGgo="}},
-        {"type": "image", "source": {"type": "url", "url": "https://x.test/a.jpg"}}]}])
-    assert messages(req) == [{"role": "user", "content": [
-        {"type": "text", "text": "What is this?"},
-        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
-        {"type": "image_url", "image_url": {"url": "https://x.test/a.jpg"}}]}]
+@pytest.mark.parametrize(("content", "where", "kind"), [
+    ([{"type": "text", "text": "What is this?"},
+      {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                   "data": "iVBORw0KGgo="}}], "messages[0].content[1]", "image"),
+    ([{"type": "image", "source": {"type": "url", "url": "https://x.test/a.jpg"}}],
+     "messages[0].content[0]", "image"),
+    ([{"type": "tool_result", "tool_use_id": "t1", "content": [
+        {"type": "text", "text": "captured"},
+        {"type": "image", "source": {"type": "base64", "media_type": "image/jpeg",
+                                     "data": "AAAA"}}]}], "messages[0].content[0].content[1]",
+     "image"),
+    ([{"type": "text", "text": "hi"}, {"type": "mystery_block", "x": 1}],
+     "messages[0].content[1]", "mystery_block"),
+    ([{"type": "tool_result", "tool_use_id": "t", "content": [
+        {"type": "search_result", "source": "x", "title": "y", "content": []}]}],
+     "messages[0].content[0].content[0]", "search_result"),
+])
+def test_images_and_unknown_blocks_are_refused_naming_them(
+        content: list[dict[str, Any]], where: str, kind: str) -> None:
+    """The models here read text: a block they cannot is a 400, not a reply that acts
+    as if it had been seen."""
+    req = request(messages=[{"role": "user", "content": content}])
+    with pytest.raises(InvalidRequest) as refused:
+        to_openai(req, model="m")
+    assert refused.value.param == where and refused.value.status == 400
+    assert f"{where}: `{kind}` content blocks are not supported" in refused.value.message
+    with pytest.raises(InvalidRequest):  # count_tokens says the same
+        to_tokenize(req, model="m")
+    status, body = anthropic_error(refused.value)
+    assert status == 400 and body.error.type == "invalid_request_error"
+
+
+def test_a_system_image_is_refused_too() -> None:
+    req = request(system=[{"type": "text", "text": "S"}, {"type": "image", "source": {
+        "type": "url", "url": "https://x.test/a.png"}}])
+    with pytest.raises(InvalidRequest, match=r"system\[1\]: `image` content blocks"):
+        to_openai(req, model="m")
 
 
 def test_text_blocks_of_a_user_turn_join_into_one_string() -> None:
@@ -431,34 +456,22 @@ def test_tool_results_come_first_even_when_written_after_text() -> None:
         {"role": "user", "content": "here:"}]
 
 
-def test_tool_result_images_follow_the_tool_messages() -> None:
-    req = request(messages=[
-        {"role": "assistant", "content": [
-            {"type": "tool_use", "id": "t1", "name": "screenshot", "input": {}}]},
-        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": [
-            {"type": "text", "text": "captured"},
-            {"type": "image", "source": {"type": "base64", "media_type": "image/jpeg",
-                                         "data": "AAAA"}}]}]}])
-    assert messages(req)[1:] == [
-        {"role": "tool", "content": "captured", "tool_call_id": "t1"},
-        {"role": "user", "content": [
-            {"type": "text", "text": "Images from tool result t1:"},
-            {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,AAAA"}}]}]
-
-
-def test_thinking_documents_and_unknown_blocks_never_fail() -> None:
-    """Checklist 41: thinking with signature "", redacted_thinking, document, unknown."""
+def test_thinking_documents_and_unknown_assistant_blocks_never_fail() -> None:
+    """Checklist 41: thinking with signature "", redacted_thinking, document, and an
+    unknown block in an assistant turn (the assistant's own past output, such as a real
+    Claude's server_tool_use: its text and tool calls are kept, the rest is history the
+    model need not read). Unknown blocks a client sends are refused (above)."""
     req = request(messages=[
         {"role": "user", "content": [
             {"type": "document", "source": {"type": "text", "media_type": "text/plain",
                                             "data": "The notes."}, "title": "notes.txt"},
             {"type": "document", "source": {"type": "base64", "media_type": "application/pdf",
                                             "data": "JVBER"}},
-            {"type": "mystery_block", "x": 1},
             {"type": "text", "text": "summarise"}]},
         {"role": "assistant", "content": [
             {"type": "thinking", "thinking": "Let me think.", "signature": ""},
             {"type": "redacted_thinking", "data": "abc"},
+            {"type": "server_tool_use", "id": "s", "name": "web_search", "input": {}},
             {"type": "text", "text": "Done."}]}])
     assert messages(req) == [
         {"role": "user", "content": "notes.txt\n\nThe notes.\n\n[document omitted: "
