@@ -30,6 +30,7 @@ from cortex.errors import (
     Unavailable,
 )
 from cortex.harness import GenerationEvent
+from cortex.records import log_value
 from cortex.types import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -308,7 +309,7 @@ def create_app(config: NeuronConfig | None = None, plugins: Plugins | None = Non
         return JSONResponse(err.openai_envelope(), status_code=exc.status_code)
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error on %s", request.url.path)
+        log.exception("unhandled error on %s", log_value(request.url.path))
         return error_response(CortexError(f"internal error: {type(exc).__name__}"))
 
     n = neuron
