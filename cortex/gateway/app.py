@@ -14,7 +14,7 @@ import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 
 import msgspec
 import pluggy
@@ -41,7 +41,6 @@ from cortex.errors import (
     Unavailable,
     Unreachable,
 )
-from cortex.evictor import Evictor
 from cortex.gateway.auth import AuthGuard, KeyRing, allowed_models
 from cortex.gateway.catalogue import build_catalogue, unconfigured_profile
 from cortex.gateway.fairshare import FairShare
@@ -56,6 +55,7 @@ from cortex.gateway.profiles import ProfileIndex
 from cortex.gateway.proxy import Proxy
 from cortex.gateway.quarantine import Quarantine
 from cortex.gateway.reconciler import Reconciler
+from cortex.gateway.state import LiveConfig, Reloader
 from cortex.gateway.traffic import TRAFFIC_PLUGIN, Traffic
 from cortex.plugins import Plugins, build_options
 from cortex.records import log_value
@@ -68,10 +68,6 @@ __all__ = ["Gateway", "Reloader", "create_app"]
 log = logging.getLogger("cortex.gateway")
 #: A client's `x-request-id` that is kept (else a fresh one is made).
 _PRINTABLE = re.compile(rb"[\x20-\x7e]{1,128}")
-
-#: Re-reads configuration for SIGHUP and POST /admin/reload.
-Reloader = Callable[[], tuple[GatewayConfig, list[ModelProfile]]]
-
 
 def _profiles_of(config: GatewayConfig, profiles: Sequence[ModelProfile] | None
                  ) -> list[ModelProfile]:
@@ -88,17 +84,12 @@ class Gateway:
                  plugins: Plugins, *, reloader: Reloader | None = None) -> None:
         self.plugins = plugins
         self.hook = plugins.hook
-        self._reloader = reloader
-        self._pins: dict[str, bool] = {}
         self._waiting: Counter[str] = Counter()
         self._spills: dict[str, asyncio.Task[None]] = {}
-        self.config = config
-        self.keys = KeyRing(config.auth)  # a keys file that lost its keys refuses start
-        self._base_profiles = list(profiles)
-        self.profiles = ProfileIndex(self._base_profiles)
-        self.router = self._router(config)
+        self.live = LiveConfig(config, profiles, plugins, reloader=reloader)
         self.fleet = Fleet(config.gateway, self.hook)
         self.loader = Loader(self.fleet, load_timeout=config.gateway.load_timeout)
+        self.live.on_reload(self._apply)
         # Fair turns between clients on a busy model (held here, not in a neuron's FIFO).
         self.fair = FairShare(self.fleet.ready_slots)
         self.prefixes = PrefixTable()
@@ -110,18 +101,29 @@ class Gateway:
                          for cls in plugins.dialects.values()]
 
     @property
-    def settings(self) -> GatewaySection:
-        return self.config.gateway
+    def config(self) -> GatewayConfig:
+        return self.live.config
 
-    def _router(self, config: GatewayConfig) -> Router:
-        strategy_cls = self.plugins.routing_strategy(config.routing.strategy)
-        policy_cls = self.plugins.eviction_policy(config.eviction.strategy)
-        strategy = strategy_cls(build_options(strategy_cls, config.routing.options,
-                                              where="cortex.toml: routing.options"))
-        policy = policy_cls(build_options(policy_cls, config.eviction.options,
-                                          where="cortex.toml: eviction.options"))
-        return Router(strategy, Evictor(policy,
-                                        defrag_after_cycles=config.eviction.defrag_after_cycles))
+    @property
+    def keys(self) -> KeyRing:
+        return self.live.keys
+
+    @property
+    def profiles(self) -> ProfileIndex:
+        return self.live.profiles
+
+    @property
+    def router(self) -> Router:
+        return self.live.router
+
+    @property
+    def settings(self) -> GatewaySection:
+        return self.live.settings
+
+    def _apply(self, config: GatewayConfig) -> None:
+        self.fleet.settings = config.gateway
+        self.loader.load_timeout = config.gateway.load_timeout
+        self.fleet.configure(config.neurons)
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -139,34 +141,10 @@ class Gateway:
 
     async def reload(self) -> str:
         """Re-read configuration and apply it; requests in flight carry on undisturbed."""
-        if self._reloader is None:
-            raise Conflict("this gateway runs an embedded configuration: nothing to reload")
-        config, profiles = await asyncio.to_thread(self._reloader)
-        # Keys first: a keys file emptied or unreadable refuses the reload, old keys kept.
-        keys = await asyncio.to_thread(KeyRing, config.auth)
-        router = self._router(config)
-        if config.gateway.listen != self.config.gateway.listen:
-            log.warning("gateway.listen changed: restart the gateway to move it")
-        self.config = config
-        self.keys = keys
-        keys.announce(config.gateway.listen)
-        self._base_profiles = list(profiles)
-        self.profiles = ProfileIndex(self._base_profiles, self._pins)
-        self.router = router
-        self.fleet.settings = config.gateway
-        self.loader.load_timeout = config.gateway.load_timeout
-        self.fleet.configure(config.neurons)
-        self.reconciler.wake()
-        summary = f"{len(config.neurons)} neurons, {len(profiles)} models"
-        log.info("configuration reloaded: %s", summary)
-        return summary
+        return await self.live.reload()
 
     def set_pin(self, model: str, pinned: bool) -> ModelProfile:
-        profile = self.profiles.resolve(model)
-        self._pins[profile.id] = pinned
-        self.profiles = ProfileIndex(self._base_profiles, self._pins)
-        self.reconciler.wake()
-        return self.profiles.resolve(profile.id)
+        return self.live.set_pin(model, pinned)
 
     # --- views ----------------------------------------------------------------------------
 

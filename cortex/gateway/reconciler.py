@@ -29,7 +29,6 @@ class Reconciler:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self._task: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
         self._pinning: set[str] = set()
         self._pin_after: dict[str, float] = {}
         self._defragging: set[str] = set()
@@ -37,9 +36,6 @@ class Reconciler:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="reconciler")
-
-    def wake(self) -> None:
-        self._wake.set()
 
     async def close(self) -> None:
         tasks = [t for t in (self._task, *self._background) if t is not None]
@@ -51,14 +47,14 @@ class Reconciler:
 
     async def _run(self) -> None:
         await self.gateway.fleet.first_round(timeout=10.0)
+        live = self.gateway.live
         while True:
+            seen = live.version  # a change during the pass brings the next one at once
             try:
                 await self.tick()
             except Exception:
                 log.exception("reconciler pass failed")
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.gateway.settings.poll_interval)
+            await live.changed(seen, live.settings.poll_interval)
 
     def _spawn(self, coro: object, name: str) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]

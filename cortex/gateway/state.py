@@ -1,0 +1,107 @@
+"""LiveConfig: the gateway's configuration as it is now, swapped whole on a reload.
+
+It holds what a reload or a runtime pin changes (the config, the profiles with their
+pins, the router built from the routing and eviction plugins, the API keys) and says
+so: `version` counts changes, `changed()` waits for the next, and `on_reload` callbacks
+apply a new config to the parts that hold a copy (the fleet's neuron list) before
+`reload()` returns. Keys load here at start and on every reload, failing closed: a
+keys file that lost its keys refuses both, and a refused reload keeps the old keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+
+from cortex.config import GatewayConfig, GatewaySection, ModelProfile
+from cortex.errors import Conflict
+from cortex.evictor import Evictor
+from cortex.gateway.auth import KeyRing
+from cortex.gateway.profiles import ProfileIndex
+from cortex.plugins import Plugins, build_options
+from cortex.router import Router
+
+__all__ = ["LiveConfig", "Reloader"]
+
+log = logging.getLogger("cortex.gateway")
+
+#: Re-reads configuration for SIGHUP and POST /admin/reload.
+Reloader = Callable[[], tuple[GatewayConfig, list[ModelProfile]]]
+
+
+class LiveConfig:
+    def __init__(self, config: GatewayConfig, profiles: Sequence[ModelProfile],
+                 plugins: Plugins, *, reloader: Reloader | None = None) -> None:
+        self._plugins = plugins
+        self._reloader = reloader
+        self._pins: dict[str, bool] = {}
+        self._base_profiles = list(profiles)
+        self._changed = asyncio.Event()
+        self._on_reload: list[Callable[[GatewayConfig], None]] = []
+        self.version = 0
+        self.config = config
+        self.keys = KeyRing(config.auth)  # a keys file that lost its keys refuses start
+        self.profiles = ProfileIndex(self._base_profiles)
+        self.router = self._router(config)
+
+    @property
+    def settings(self) -> GatewaySection:
+        return self.config.gateway
+
+    def _router(self, config: GatewayConfig) -> Router:
+        strategy_cls = self._plugins.routing_strategy(config.routing.strategy)
+        policy_cls = self._plugins.eviction_policy(config.eviction.strategy)
+        strategy = strategy_cls(build_options(strategy_cls, config.routing.options,
+                                              where="cortex.toml: routing.options"))
+        policy = policy_cls(build_options(policy_cls, config.eviction.options,
+                                          where="cortex.toml: eviction.options"))
+        return Router(strategy, Evictor(policy,
+                                        defrag_after_cycles=config.eviction.defrag_after_cycles))
+
+    def on_reload(self, apply: Callable[[GatewayConfig], None]) -> None:
+        """Have `apply` called with each reloaded config, before `reload()` returns."""
+        self._on_reload.append(apply)
+
+    def _change(self) -> None:
+        self.version += 1
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def changed(self, since: int, timeout: float) -> None:
+        """Return once `version` is past `since`, or after `timeout` seconds."""
+        if self.version == since:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout)
+
+    async def reload(self) -> str:
+        """Re-read configuration and apply it; requests in flight carry on undisturbed."""
+        if self._reloader is None:
+            raise Conflict("this gateway runs an embedded configuration: nothing to reload")
+        config, profiles = await asyncio.to_thread(self._reloader)
+        # Keys first: a keys file emptied or unreadable refuses the reload, old keys kept.
+        keys = await asyncio.to_thread(KeyRing, config.auth)
+        router = self._router(config)
+        if config.gateway.listen != self.config.gateway.listen:
+            log.warning("gateway.listen changed: restart the gateway to move it")
+        self.config = config
+        self.keys = keys
+        keys.announce(config.gateway.listen)
+        self._base_profiles = list(profiles)
+        self.profiles = ProfileIndex(self._base_profiles, self._pins)
+        self.router = router
+        for apply in self._on_reload:
+            apply(config)
+        self._change()
+        summary = f"{len(config.neurons)} neurons, {len(profiles)} models"
+        log.info("configuration reloaded: %s", summary)
+        return summary
+
+    def set_pin(self, model: str, pinned: bool) -> ModelProfile:
+        """Pin or unpin a profile in this gateway until it restarts (the admin API)."""
+        profile = self.profiles.resolve(model)
+        self._pins[profile.id] = pinned
+        self.profiles = ProfileIndex(self._base_profiles, self._pins)
+        self._change()
+        return self.profiles.resolve(profile.id)
