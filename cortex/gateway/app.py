@@ -7,14 +7,11 @@ request may queue, where it goes. It keeps nothing a neuron cannot tell it again
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import re
-import time
 import uuid
-from collections import Counter
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import msgspec
 import pluggy
@@ -29,27 +26,22 @@ from cortex.config import GatewayConfig, GatewaySection, ModelProfile
 from cortex.dialect import Call, CatalogueEntry, Dialect
 from cortex.errors import (
     ConfigError,
-    Conflict,
     CortexError,
-    InsufficientMemory,
     InvalidRequest,
     ModelNotFound,
     NotFound,
     PermissionDenied,
-    RateLimited,
-    Timeout,
-    Unavailable,
-    Unreachable,
 )
 from cortex.gateway.auth import AuthGuard, KeyRing, allowed_models
-from cortex.gateway.catalogue import build_catalogue, unconfigured_profile
+from cortex.gateway.catalogue import build_catalogue
 from cortex.gateway.fairshare import FairShare
 from cortex.gateway.fleet import Fleet
 from cortex.gateway.limits import BodyLimits, HeadLimit
-from cortex.gateway.loader import Loader, LoadJob
+from cortex.gateway.loader import Loader
 from cortex.gateway.metrics import METRICS_PLUGIN, GatewayMetrics
 from cortex.gateway.openapi import openapi_document
 from cortex.gateway.origins import OriginGuard
+from cortex.gateway.placement import Placer
 from cortex.gateway.prefixes import PrefixTable
 from cortex.gateway.profiles import ProfileIndex
 from cortex.gateway.proxy import Proxy
@@ -59,8 +51,7 @@ from cortex.gateway.state import LiveConfig, Reloader
 from cortex.gateway.traffic import TRAFFIC_PLUGIN, Traffic
 from cortex.plugins import Plugins, build_options
 from cortex.records import log_value
-from cortex.router import Decision, Router, RouteRequest
-from cortex.snapshot import FleetSnapshot
+from cortex.router import Router
 from cortex.stops import check_stops
 
 __all__ = ["Gateway", "Reloader", "create_app"]
@@ -84,14 +75,21 @@ class Gateway:
                  plugins: Plugins, *, reloader: Reloader | None = None) -> None:
         self.plugins = plugins
         self.hook = plugins.hook
-        self._waiting: Counter[str] = Counter()
-        self._spills: dict[str, asyncio.Task[None]] = {}
         self.live = LiveConfig(config, profiles, plugins, reloader=reloader)
         self.fleet = Fleet(config.gateway, self.hook)
         self.loader = Loader(self.fleet, load_timeout=config.gateway.load_timeout)
         self.live.on_reload(self._apply)
         # Fair turns between clients on a busy model (held here, not in a neuron's FIFO).
         self.fair = FairShare(self.fleet.ready_slots)
+        self.placer = placer = Placer(self.live, self.fleet, self.loader, self.fair)
+        self.snapshot = placer.snapshot
+        self.resolve = placer.resolve
+        self.waiting = placer.waiting
+        self.admit = placer.admit
+        self.decide = placer.decide
+        self.place = placer.place
+        self.spill_if_queued = placer.spill_if_queued
+        self.spill_decision = placer.spill_decision
         self.prefixes = PrefixTable()
         self.quarantine = Quarantine(lambda: self.settings)
         self.proxy = Proxy(self)
@@ -133,8 +131,7 @@ class Gateway:
         self.reconciler.start()
 
     async def close(self) -> None:
-        for task in list(self._spills.values()):
-            task.cancel()
+        self.placer.close()
         await self.reconciler.close()
         await self.loader.close()
         await self.fleet.close()
@@ -148,9 +145,6 @@ class Gateway:
 
     # --- views ----------------------------------------------------------------------------
 
-    def snapshot(self) -> FleetSnapshot:
-        return self.fleet.snapshot(self.profiles)
-
     def catalogue(self) -> list[CatalogueEntry]:
         return build_catalogue(self.profiles, self.snapshot())
 
@@ -160,179 +154,6 @@ class Gateway:
             if model == entry.id or model in entry.aliases:
                 return entry
         raise ModelNotFound(model)
-
-    def resolve(self, name: str) -> tuple[ModelProfile, bool]:
-        """The profile `name` means, and whether the gateway may load it (it may not load a
-        model a neuron holds that no profile describes)."""
-        try:
-            return self.profiles.resolve(name), True
-        except ModelNotFound:
-            profile = unconfigured_profile(name, self.snapshot())
-            if profile is None:
-                raise
-            return profile, False
-
-    # --- admission and placement ------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def waiting(self, model: str) -> Iterator[None]:
-        self._waiting[model] += 1
-        try:
-            yield
-        finally:
-            self._waiting[model] -= 1
-
-    def admit(self, profile: ModelProfile) -> None:
-        """Refuse a request (429) when too many already wait for this model."""
-        queued = self._waiting[profile.id] + self.fleet.backlog(profile.id) \
-            + self.fair.waiting(profile.id)
-        limit = self.settings.queue_limit
-        if queued >= limit:
-            job = self.loader.job(profile.id)
-            wait = 1.0
-            if job is not None:
-                expected = self.fleet.load_seconds(profile.id) or 5.0
-                wait = max(1.0, expected - (time.monotonic() - job.started))
-            raise RateLimited(f"model `{profile.id}` has {queued} requests waiting "
-                              f"(queue_limit is {limit})", retry_after=wait)
-
-    def _route_request(self, profile: ModelProfile, *, prefix_node: str | None,
-                       exclude: frozenset[str], only: str | None) -> RouteRequest:
-        affinity = (only,) if only else tuple(profile.neurons)
-        return RouteRequest(model=profile.id, affinity=affinity, prefix_node=prefix_node,
-                            exclude=exclude, load_seconds=self.fleet.load_seconds(profile.id),
-                            max_copies=profile.max_copies)
-
-    async def decide(self, profile: ModelProfile, *, loadable: bool = True,
-                     prefix_node: str | None = None, exclude: frozenset[str] = frozenset(),
-                     only: str | None = None) -> Decision:
-        """The router's decision; asks the neurons for memory estimates only when the model
-        must be placed somewhere new."""
-        request = self._route_request(profile, prefix_node=prefix_node, exclude=exclude,
-                                      only=only)
-        decision = self.router.decide(request, self.snapshot())
-        if decision.action in ("serve", "join") or not loadable:
-            return decision
-        names = [n.name for n in self.snapshot().nodes if request.allows(n)]
-        estimates = await self.fleet.estimates(profile, names)
-        return self.router.decide(msgspec.structs.replace(request, estimates=estimates),
-                                  self.snapshot())
-
-    def _usable(self, job: LoadJob | None, exclude: frozenset[str],
-                only: str | None) -> LoadJob | None:
-        if job is None or job.node in exclude or (only is not None and job.node != only):
-            return None
-        return job
-
-    async def place(self, profile: ModelProfile, *, loadable: bool = True,
-                    prefix_node: str | None = None, exclude: frozenset[str] = frozenset(),
-                    deadline: float, keep: bool = False, only: str | None = None) -> str:
-        """A node where the model is ready, loading it first (one load per model) if needed."""
-        refusals = 0
-        failed: CortexError | None = None  # the last load that failed on a node now excluded
-        while True:
-            if time.monotonic() >= deadline:
-                raise Timeout(f"model `{profile.id}` could not be placed before the deadline",
-                              retry_after=5)
-            request = self._route_request(profile, prefix_node=prefix_node, exclude=exclude,
-                                          only=only)
-            quick = self.router.decide(request, self.snapshot())
-            if quick.action == "serve" and quick.node is not None:
-                self._spill_soon(profile, quick)
-                return quick.node
-            job = self._usable(self.loader.job(profile.id), exclude, only)
-            if job is None:
-                decision = await self.decide(profile, loadable=loadable, prefix_node=prefix_node,
-                                             exclude=exclude, only=only)
-                job = self._usable(self.loader.job(profile.id), exclude, only)
-                if job is None and decision.action == "none" and refusals:
-                    # A neuron refused our load because another gateway took the room:
-                    # its model becomes evictable once ready and idle, so wait for that
-                    # (up to the deadline) rather than fail a request that fits the fleet.
-                    await asyncio.sleep(min(self.settings.poll_interval,
-                                            max(0.0, deadline - time.monotonic())))
-                    continue
-                if job is None and decision.action == "none" and failed is not None:
-                    raise failed  # what went wrong, not "no node can serve it"
-                if job is None:
-                    job = self._act(profile, decision, loadable=loadable, keep=keep)
-                    if job is None:
-                        assert decision.node is not None
-                        return decision.node
-            if keep:
-                job.keep = True
-            try:
-                await self.loader.wait(job, deadline - time.monotonic())
-                return job.node
-            except InsufficientMemory:
-                # Another gateway (or a stale view) took the room: look again, a few times.
-                refusals += 1
-                if refusals > 2:
-                    raise
-                await self.fleet.refresh(job.node)
-            except Conflict:
-                await self.fleet.refresh(job.node)
-                await asyncio.sleep(0.2)
-            except (Unreachable, Unavailable) as exc:
-                # Unavailable: the neuron would not load it (draining, or the load
-                # failed there); another node may.
-                failed = exc
-                exclude = exclude | {job.node}
-                self.fleet.poke(job.node)
-
-    def _spill_soon(self, profile: ModelProfile, decision: Decision) -> None:
-        self.spill_if_queued(profile, decision.ahead)
-
-    def spill_if_queued(self, profile: ModelProfile, ahead: int) -> None:
-        """When a request queues behind `spill_after` others (`ahead`: on a neuron, or
-        waiting for its turn here), load another copy in the background; requests keep
-        going to the ready copies meanwhile, never wait for it."""
-        if profile.spill_after is None or ahead < profile.spill_after \
-                or profile.id in self._spills or self.loader.job(profile.id) is not None:
-            return
-        task = asyncio.create_task(self._spill(profile), name=f"spill:{profile.id}")
-        self._spills[profile.id] = task
-        task.add_done_callback(lambda _: self._spills.pop(profile.id, None))
-
-    async def spill_decision(self, profile: ModelProfile) -> Decision | None:
-        """Where another copy of `profile` would load now (Router.spill), if anywhere."""
-        request = self._route_request(profile, prefix_node=None, exclude=frozenset(),
-                                      only=None)
-        names = [n.name for n in self.snapshot().nodes if request.allows(n)]
-        try:
-            estimates = await self.fleet.estimates(profile, names)
-        except CortexError as exc:
-            log.info("%s: no estimates for another copy: %s", profile.id, exc.message)
-            return None
-        return self.router.spill(msgspec.structs.replace(request, estimates=estimates),
-                                 self.snapshot())
-
-    async def _spill(self, profile: ModelProfile) -> None:
-        decision = await self.spill_decision(profile)
-        if decision is None or decision.node is None or decision.needs is None \
-                or self.loader.job(profile.id) is not None:
-            return
-        log.info("%s: %s; loading one on %s", profile.id, decision.reason, decision.node)
-        self.loader.start(profile, decision.node, needs=decision.needs, keep=True)
-
-    def _act(self, profile: ModelProfile, decision: Decision, *, loadable: bool,
-             keep: bool) -> LoadJob | None:
-        if decision.action == "serve":
-            return None
-        if decision.action == "none" or decision.node is None:
-            detail = "; ".join(f"{v.node}: {v.verdict}" for v in decision.candidates)
-            raise Unavailable(decision.reason + (f" ({detail})" if detail else ""),
-                              retry_after=5)
-        if not loadable:
-            raise Unavailable(f"model `{profile.id}` is {decision.action}ing on "
-                              f"`{decision.node}`; retry shortly", retry_after=2)
-        keep = keep or profile.pinned  # a pinned model's load is never abandoned
-        if decision.action == "join":
-            return self.loader.join(profile, decision.node, keep=keep)
-        assert decision.needs is not None
-        return self.loader.start(profile, decision.node, needs=decision.needs,
-                                 victims=decision.victims, keep=keep,
-                                 policy=self.router.evictor.policy.name)
 
     async def forward(self, call: Call, request: Request, dialect: Dialect) -> Response:
         allowed = allowed_models(request.scope)
