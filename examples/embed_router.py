@@ -59,12 +59,14 @@ def build_app(config: GatewayConfig, profiles: Sequence[ModelProfile],
             yield
 
     async def home(request: Request) -> Response:
-        fleet = request.app.state.gateway.snapshot()
+        fleet = request.app.state.placer.snapshot()
         return JSONResponse({"service": "my-app",
                              "llm_nodes_up": sum(1 for n in fleet.nodes if n.up)})
 
     app = Starlette(routes=[Route("/", home), Mount(prefix, app=gateway)], lifespan=lifespan)
-    app.state.gateway = gateway.state.gateway  # the Gateway object, for your own handlers
+    # The gateway's parts, for your own handlers: the Placer's snapshot is the fleet as
+    # the router sees it (see cortex/gateway/app.py for the others on its app.state).
+    app.state.placer = gateway.state.placer
     return app
 
 

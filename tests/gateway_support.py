@@ -16,7 +16,14 @@ import msgspec
 
 from cortex import FleetEvent, ModelProfile, build_plugin_manager, hookimpl
 from cortex.config import GatewayConfig
-from cortex.gateway.app import Gateway, create_app
+from cortex.gateway import create_app
+from cortex.gateway.fairshare import FairShare
+from cortex.gateway.fleet import Fleet
+from cortex.gateway.loader import Loader
+from cortex.gateway.placement import Placer
+from cortex.gateway.prefixes import PrefixTable
+from cortex.gateway.quarantine import Quarantine
+from cortex.gateway.state import LiveConfig
 from cortex.metrics import metrics_app
 
 from .conftest import NeuronProcess, free_port
@@ -50,10 +57,19 @@ class Recorder:
 
 
 class RunningGateway:
-    def __init__(self, url: str, gateway: Gateway, recorder: Recorder,
+    """A served gateway, its client, and the parts of it a test looks into (`app.state`)."""
+
+    def __init__(self, url: str, state: Any, recorder: Recorder,
                  client: httpx.AsyncClient, metrics_url: str | None = None) -> None:
-        self.url, self.gateway, self.recorder, self.client = url, gateway, recorder, client
+        self.url, self.recorder, self.client = url, recorder, client
         self.metrics_url = metrics_url
+        self.live: LiveConfig = state.live
+        self.placer: Placer = state.placer
+        self.fleet: Fleet = state.fleet
+        self.loader: Loader = state.loader
+        self.fair: FairShare = state.fair
+        self.prefixes: PrefixTable = state.prefixes
+        self.quarantine: Quarantine = state.quarantine
 
 
 @contextlib.asynccontextmanager
@@ -112,7 +128,7 @@ async def running_gateway(neurons: Iterable[tuple[str, NeuronProcess]],
                 return False
 
             await wait_until(all_up, timeout=30, what="gateway sees every neuron")
-            yield RunningGateway(url, app.state.gateway, recorder, client, metrics_url)
+            yield RunningGateway(url, app.state, recorder, client, metrics_url)
     finally:
         stop.set()
         await asyncio.wait_for(asyncio.gather(*tasks), 20)

@@ -6,6 +6,7 @@ Nothing in the core library (`cortex/*.py`) imports this package.
 
 from __future__ import annotations
 
-from cortex.gateway.app import Gateway, Reloader, create_app
+from cortex.gateway.app import create_app
+from cortex.gateway.state import Reloader
 
-__all__ = ["Gateway", "Reloader", "create_app"]
+__all__ = ["Reloader", "create_app"]

@@ -21,7 +21,12 @@ from starlette.routing import BaseRoute, Route
 from cortex.errors import ConfigError, Conflict, InvalidRequest, NotFound
 
 if TYPE_CHECKING:
-    from cortex.gateway.app import Gateway
+    from cortex.gateway.fairshare import FairShare
+    from cortex.gateway.fleet import Fleet
+    from cortex.gateway.loader import Loader
+    from cortex.gateway.placement import Placer
+    from cortex.gateway.state import LiveConfig
+    from cortex.gateway.traffic import Traffic
 
 __all__ = ["AdminAction", "admin_routes"]
 
@@ -49,24 +54,28 @@ async def _action(request: Request) -> AdminAction:
     return action
 
 
-def admin_routes(gateway: Gateway) -> list[BaseRoute]:
+def admin_routes(placer: Placer, fleet: Fleet, loader: Loader, live: LiveConfig, *,
+                 traffic: Traffic, turns: FairShare) -> list[BaseRoute]:
+    """The /admin routes over the parts they show and act on: `traffic` for the last
+    minute's rates, `turns` for the requests waiting for their turn on a busy model."""
+
     def known_node(name: str | None) -> str | None:
-        if name is not None and not gateway.fleet.has(name):
+        if name is not None and not fleet.has(name):
             raise NotFound(f"no neuron named `{name}` in the fleet")
         return name
 
-    async def fleet(request: Request) -> Response:
+    async def fleet_view(request: Request) -> Response:
         now = time.monotonic()
         return JSONResponse({
-            "nodes": gateway.fleet.describe(),
+            "nodes": fleet.describe(),
             "loads": [{"model": j.model, "node": j.node, "waiters": j.waiters,
                        "seconds": round(now - j.started, 3), "keep": j.keep}
-                      for j in gateway.loader.jobs],
-            "routing": gateway.router.strategy.name,
-            "eviction": gateway.router.evictor.policy.name,
-            "traffic": gateway.traffic.describe(),
+                      for j in loader.jobs],
+            "routing": live.router.strategy.name,
+            "eviction": live.router.evictor.policy.name,
+            "traffic": traffic.describe(),
             # Per busy model: requests let through, and those waiting for their turn.
-            "turns": gateway.fair.describe(),
+            "turns": turns.describe(),
         })
 
     async def route(request: Request) -> Response:
@@ -74,14 +83,14 @@ def admin_routes(gateway: Gateway) -> list[BaseRoute]:
         if not name:
             raise InvalidRequest("give the model to explain: /admin/route?model=ID",
                                  param="model")
-        profile, loadable = gateway.resolve(name)
+        profile, loadable = placer.resolve(name)
         only = known_node(request.query_params.get("node"))
-        decision = await gateway.decide(profile, loadable=loadable, only=only)
+        decision = await placer.decide(profile, loadable=loadable, only=only)
         body = {"requested": name, **msgspec.to_builtins(decision)}
         if decision.action == "serve" and profile.spill_after is not None \
                 and decision.ahead >= profile.spill_after and only is None:
             # The request would also start another copy (spill_after), here if anywhere.
-            spill = await gateway.spill_decision(profile)
+            spill = await placer.spill_decision(profile)
             body["spill"] = msgspec.to_builtins(spill) if spill is not None else None
         return JSONResponse(body)
 
@@ -90,38 +99,38 @@ def admin_routes(gateway: Gateway) -> list[BaseRoute]:
         verb = request.path_params["action"]
         action = await _action(request)
         node = known_node(action.node)
-        profile, loadable = gateway.resolve(name)
-        deadline = time.monotonic() + gateway.settings.load_timeout
+        profile, loadable = placer.resolve(name)
+        deadline = time.monotonic() + live.settings.load_timeout
         if verb == "load":
             if not loadable:
                 raise Conflict(f"model `{profile.id}` has no profile here, so it cannot be "
                                "loaded through the gateway")
-            placed = await gateway.place(profile, deadline=deadline, keep=True, only=node)
+            placed = await placer.place(profile, deadline=deadline, keep=True, only=node)
             return JSONResponse({"model": profile.id, "node": placed, "state": "ready"})
         if verb == "unload":
             if profile.pinned:
                 raise Conflict(f"model `{profile.id}` is pinned: unpin it first")
-            nodes = [n.name for n, m in gateway.snapshot().placements_of(profile.id)
+            nodes = [n.name for n, m in placer.snapshot().placements_of(profile.id)
                      if node is None or n.name == node]
             if not nodes:
                 raise NotFound(f"model `{profile.id}` is not loaded"
                                + (f" on `{node}`" if node else ""))
             for each in nodes:
-                await gateway.fleet.unload(each, profile.id, reason="manual", force=action.force)
+                await fleet.unload(each, profile.id, reason="manual", force=action.force)
             return JSONResponse({"model": profile.id, "unloaded_from": nodes})
         if verb in ("pin", "unpin"):
             if not loadable:
                 raise Conflict(f"model `{profile.id}` has no profile here to pin")
-            profile = gateway.set_pin(profile.id, verb == "pin")
+            profile = live.set_pin(profile.id, verb == "pin")
             body: dict[str, Any] = {"model": profile.id, "pinned": profile.pinned}
             if verb == "pin":
-                body["node"] = await gateway.place(profile, deadline=deadline, keep=True,
-                                                   only=node)
+                body["node"] = await placer.place(profile, deadline=deadline, keep=True,
+                                                  only=node)
                 # On the neuron too, so other gateway replicas do not evict it either.
-                await gateway.fleet.pin(body["node"], profile.id, True)
+                await fleet.pin(body["node"], profile.id, True)
             else:
-                for holder, _ in gateway.snapshot().placements_of(profile.id):
-                    await gateway.fleet.pin(holder.name, profile.id, False)
+                for holder, _ in placer.snapshot().placements_of(profile.id):
+                    await fleet.pin(holder.name, profile.id, False)
             return JSONResponse(body)
         raise NotFound(f"no admin action `{verb}` (load, unload, pin, unpin)")
 
@@ -130,21 +139,21 @@ def admin_routes(gateway: Gateway) -> list[BaseRoute]:
         if verb not in ("drain", "undrain"):
             raise NotFound(f"no node action `{verb}` (drain, undrain)")
         known_node(name)
-        status = await gateway.fleet.drain(name, verb == "drain")
+        status = await fleet.drain(name, verb == "drain")
         # The neuron's own count: requests from every gateway replica, not just this one.
         busy = sum(m.in_flight + m.queued for m in status.models)
         return JSONResponse({"node": name, "draining": status.draining, "busy": busy})
 
     async def reload(request: Request) -> Response:
         try:
-            summary = await gateway.reload()
+            summary = await live.reload()
         except ConfigError as exc:
             log.error("POST /admin/reload: configuration not reloaded: %s", exc.message)
             raise InvalidRequest(f"configuration not reloaded: {exc.message}") from None
         return JSONResponse({"status": "reloaded", "summary": summary})
 
     return [
-        Route("/admin/fleet", fleet),
+        Route("/admin/fleet", fleet_view),
         Route("/admin/route", route),
         Route("/admin/models/{model:path}/{action}", model_action, methods=["POST"]),
         Route("/admin/nodes/{name}/{action}", node_action, methods=["POST"]),

@@ -1,8 +1,22 @@
-"""The gateway: create_app(config, plugin_manager) and the Gateway object behind it.
+"""The composition root: create_app(config, plugin_manager) builds the gateway's parts
+and wires them; nothing else in the project imports this module but the package, the
+ASGI factory and the CLI, which build the app through it.
 
-The Gateway owns this process's parts (fleet view, loader, router, proxy,
-reconciler) and the decisions that glue them: which profile a name means, whether a
-request may queue, where it goes. It keeps nothing a neuron cannot tell it again.
+Each part is handed the parts it uses, never a bag of everything:
+
+    LiveConfig   (state.py)       the config, profiles and pins, router, keys; reload
+    Fleet        (fleet.py)       the polled view of the neurons, and their clients
+    Loader       (loader.py)      single-flight loads
+    FairShare    (fairshare.py)   fair turns between clients on a busy model
+    Placer       (placement.py)   where a request goes, and how long it may wait
+    Proxy        (proxy.py)       one request end to end
+    Reconciler   (reconciler.py)  pins, TTL, defrag
+    admin_routes (admin.py)       /admin
+    _DialectAPI  (here)           what the dialects' routes may ask (cortex.dialect.GatewayAPI)
+
+`app.state` carries the parts for `cortex serve`, embedding apps and tests: `live`,
+`placer`, `fleet`, `loader`, `fair`, `prefixes`, `quarantine`, `traffic`, `dialects`,
+and `metrics` (None when its plugin is blocked).
 """
 
 from __future__ import annotations
@@ -12,6 +26,7 @@ import logging
 import re
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import msgspec
 import pluggy
@@ -20,9 +35,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, ExceptionHandler, Message, Receive, Scope, Send
 
-from cortex.config import GatewayConfig, GatewaySection, ModelProfile
+from cortex.config import GatewayConfig, ModelProfile
 from cortex.dialect import Call, CatalogueEntry, Dialect
 from cortex.errors import (
     ConfigError,
@@ -32,8 +47,10 @@ from cortex.errors import (
     NotFound,
     PermissionDenied,
 )
-from cortex.gateway.auth import AuthGuard, KeyRing, allowed_models
+from cortex.gateway.admin import admin_routes
+from cortex.gateway.auth import AuthGuard, allowed_models
 from cortex.gateway.catalogue import build_catalogue
+from cortex.gateway.dialects import Dialects
 from cortex.gateway.fairshare import FairShare
 from cortex.gateway.fleet import Fleet
 from cortex.gateway.limits import BodyLimits, HeadLimit
@@ -43,22 +60,22 @@ from cortex.gateway.openapi import openapi_document
 from cortex.gateway.origins import OriginGuard
 from cortex.gateway.placement import Placer
 from cortex.gateway.prefixes import PrefixTable
-from cortex.gateway.profiles import ProfileIndex
 from cortex.gateway.proxy import Proxy
 from cortex.gateway.quarantine import Quarantine
 from cortex.gateway.reconciler import Reconciler
 from cortex.gateway.state import LiveConfig, Reloader
 from cortex.gateway.traffic import TRAFFIC_PLUGIN, Traffic
+from cortex.gateway.ui import ui_routes
 from cortex.plugins import Plugins, build_options
 from cortex.records import log_value
-from cortex.router import Router
 from cortex.stops import check_stops
 
-__all__ = ["Gateway", "Reloader", "create_app"]
+__all__ = ["Reloader", "create_app"]
 
 log = logging.getLogger("cortex.gateway")
 #: A client's `x-request-id` that is kept (else a fresh one is made).
 _PRINTABLE = re.compile(rb"[\x20-\x7e]{1,128}")
+
 
 def _profiles_of(config: GatewayConfig, profiles: Sequence[ModelProfile] | None
                  ) -> list[ModelProfile]:
@@ -70,83 +87,24 @@ def _profiles_of(config: GatewayConfig, profiles: Sequence[ModelProfile] | None
     return list(config.models)
 
 
-class Gateway:
-    def __init__(self, config: GatewayConfig, profiles: Sequence[ModelProfile],
-                 plugins: Plugins, *, reloader: Reloader | None = None) -> None:
-        self.plugins = plugins
-        self.hook = plugins.hook
-        self.live = LiveConfig(config, profiles, plugins, reloader=reloader)
-        self.fleet = Fleet(config.gateway, self.hook)
-        self.loader = Loader(self.fleet, load_timeout=config.gateway.load_timeout)
-        self.live.on_reload(self._apply)
-        # Fair turns between clients on a busy model (held here, not in a neuron's FIFO).
-        self.fair = FairShare(self.fleet.ready_slots)
-        self.placer = placer = Placer(self.live, self.fleet, self.loader, self.fair)
-        self.snapshot = placer.snapshot
-        self.resolve = placer.resolve
-        self.waiting = placer.waiting
-        self.admit = placer.admit
-        self.decide = placer.decide
-        self.place = placer.place
-        self.spill_if_queued = placer.spill_if_queued
-        self.spill_decision = placer.spill_decision
-        self.prefixes = PrefixTable()
-        self.quarantine = Quarantine(lambda: self.settings)
-        self.proxy = Proxy(self)
-        self.reconciler = Reconciler(self)
-        self.traffic = Traffic()  # recent rates for /admin/fleet; registered by create_app
-        self.dialects = [cls(build_options(cls, {}, where="dialects"))
-                         for cls in plugins.dialects.values()]
+class _DialectAPI:
+    """cortex.dialect.GatewayAPI for the dialects' routes: forward a call (after the key's
+    model allow-list), the catalogue, and the caps on stop lists."""
 
-    @property
-    def config(self) -> GatewayConfig:
-        return self.live.config
+    def __init__(self, live: LiveConfig, placer: Placer, proxy: Proxy) -> None:
+        self._live = live
+        self._placer = placer
+        self._proxy = proxy
 
-    @property
-    def keys(self) -> KeyRing:
-        return self.live.keys
-
-    @property
-    def profiles(self) -> ProfileIndex:
-        return self.live.profiles
-
-    @property
-    def router(self) -> Router:
-        return self.live.router
-
-    @property
-    def settings(self) -> GatewaySection:
-        return self.live.settings
-
-    def _apply(self, config: GatewayConfig) -> None:
-        self.fleet.settings = config.gateway
-        self.loader.load_timeout = config.gateway.load_timeout
-        self.fleet.configure(config.neurons)
-
-    # --- lifecycle ------------------------------------------------------------------------
-
-    async def start(self) -> None:
-        self.keys.announce(self.settings.listen)
-        self.fleet.configure(self.config.neurons)
-        self.reconciler.start()
-
-    async def close(self) -> None:
-        self.placer.close()
-        await self.reconciler.close()
-        await self.loader.close()
-        await self.fleet.close()
-
-    async def reload(self) -> str:
-        """Re-read configuration and apply it; requests in flight carry on undisturbed."""
-        return await self.live.reload()
-
-    def set_pin(self, model: str, pinned: bool) -> ModelProfile:
-        return self.live.set_pin(model, pinned)
-
-    # --- views ----------------------------------------------------------------------------
+    async def forward(self, call: Call, request: Request, dialect: Dialect) -> Response:
+        allowed = allowed_models(request.scope)
+        if allowed is not None and call.model not in allowed \
+                and self._placer.resolve(call.model)[0].id not in allowed:
+            raise PermissionDenied(f"this API key may not use model `{call.model}`")
+        return await self._proxy.forward(call, request, dialect)
 
     def catalogue(self) -> list[CatalogueEntry]:
-        return build_catalogue(self.profiles, self.snapshot())
+        return build_catalogue(self._live.profiles, self._placer.snapshot())
 
     def catalogue_entry(self, model: str) -> CatalogueEntry:
         entries = self.catalogue()
@@ -155,26 +113,11 @@ class Gateway:
                 return entry
         raise ModelNotFound(model)
 
-    async def forward(self, call: Call, request: Request, dialect: Dialect) -> Response:
-        allowed = allowed_models(request.scope)
-        if allowed is not None and call.model not in allowed \
-                and self.resolve(call.model)[0].id not in allowed:
-            raise PermissionDenied(f"this API key may not use model `{call.model}`")
-        return await self.proxy.forward(call, request, dialect)
-
     def check_stops(self, stops: str | Sequence[str] | msgspec.Raw | None,
                     field: str) -> None:
-        check_stops(stops, field=field, max_strings=self.settings.max_stop_strings,
-                    max_bytes=self.settings.max_stop_bytes)
-
-    def dialect_for(self, path: str) -> Dialect | None:
-        """The dialect with the longest path prefix matching `path` (for error envelopes)."""
-        best: tuple[int, Dialect | None] = (-1, None)
-        for dialect in self.dialects:
-            for prefix in dialect.prefixes:
-                if path.startswith(prefix) and len(prefix) > best[0]:
-                    best = (len(prefix), dialect)
-        return best[1]
+        settings = self._live.settings
+        check_stops(stops, field=field, max_strings=settings.max_stop_strings,
+                    max_bytes=settings.max_stop_bytes)
 
 
 class _RequestIds:
@@ -205,95 +148,113 @@ class _RequestIds:
         await self.app(scope, receive, tagged)
 
 
-def create_app(config: GatewayConfig, plugin_manager: pluggy.PluginManager, *,
-               profiles: Sequence[ModelProfile] | None = None,
-               reloader: Reloader | None = None) -> Starlette:
-    """Build the gateway app. `profiles` defaults to the ones inline in `config`;
-    `reloader` re-reads configuration for SIGHUP and POST /admin/reload."""
-    from cortex.gateway.admin import admin_routes
-    from cortex.gateway.ui import ui_routes
-
-    plugins = Plugins(plugin_manager)
-    plugins.validate()
-    gateway = Gateway(config, _profiles_of(config, profiles), plugins, reloader=reloader)
-    # The metrics observer holds this app's own MeterProvider, so it is an object
-    # registered per app rather than as a default entry-point plugin.
-    metrics: GatewayMetrics | None = None
-    if not plugin_manager.is_blocked(METRICS_PLUGIN):
-        metrics = GatewayMetrics(gateway.fleet.describe, lambda model: (
-            gateway.profiles.get(model) is not None
-            or bool(gateway.snapshot().placements_of(model))))
-        plugin_manager.register(metrics, name=METRICS_PLUGIN)
-    plugin_manager.register(gateway.traffic, name=TRAFFIC_PLUGIN)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await gateway.start()
-        try:
-            yield
-        finally:
-            await gateway.close()
-            plugin_manager.unregister(gateway.traffic)
-            if metrics is not None:
-                plugin_manager.unregister(metrics)
-                metrics.close()
-
-    def envelope(request: Request, exc: CortexError) -> Response:
-        dialect = gateway.dialect_for(request.url.path)
-        if dialect is not None:
-            return dialect.error_response(exc)
-        return JSONResponse(exc.openai_envelope(), status_code=exc.status,
-                            headers=exc.headers())
+def _error_handlers(dialects: Dialects) -> dict[Any, ExceptionHandler]:
+    """Errors answered in the envelope of the path's dialect."""
 
     async def on_cortex_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, CortexError)
-        return envelope(request, exc)
+        return dialects.error_response(request.url.path, exc)
 
     async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         error = NotFound(f"no route {request.method} {request.url.path}") \
             if exc.status_code == 404 else InvalidRequest(f"{request.method} "
                                                           f"{request.url.path}: {exc.detail}")
-        response = envelope(request, error)
+        response = dialects.error_response(request.url.path, error)
         response.status_code = exc.status_code
         return response
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s", log_value(request.url.path))
-        return envelope(request, CortexError(f"internal error: {type(exc).__name__}"))
+        return dialects.error_response(request.url.path,
+                                       CortexError(f"internal error: {type(exc).__name__}"))
+
+    return {CortexError: on_cortex_error, HTTPException: on_http_error,
+            Exception: on_unexpected}
+
+
+def create_app(config: GatewayConfig, plugin_manager: pluggy.PluginManager, *,
+               profiles: Sequence[ModelProfile] | None = None,
+               reloader: Reloader | None = None) -> Starlette:
+    """Build the gateway app. `profiles` defaults to the ones inline in `config`;
+    `reloader` re-reads configuration for SIGHUP and POST /admin/reload."""
+    plugins = Plugins(plugin_manager)
+    plugins.validate()
+    live = LiveConfig(config, _profiles_of(config, profiles), plugins, reloader=reloader)
+    fleet = Fleet(config.gateway, plugins.hook)
+    loader = Loader(fleet, load_timeout=config.gateway.load_timeout)
+
+    def follow(fresh: GatewayConfig) -> None:  # a reload reaches the fleet before it returns
+        fleet.settings = fresh.gateway
+        loader.load_timeout = fresh.gateway.load_timeout
+        fleet.configure(fresh.neurons)
+
+    live.on_reload(follow)
+    # Fair turns between clients on a busy model (held here, not in a neuron's FIFO).
+    fair = FairShare(fleet.ready_slots)
+    placer = Placer(live, fleet, loader, fair)
+    prefixes = PrefixTable()
+    quarantine = Quarantine(lambda: live.settings)
+    proxy = Proxy(placer, fleet, live=live, fair=fair, prefixes=prefixes,
+                  quarantine=quarantine, hook=plugins.hook)
+    reconciler = Reconciler(placer, fleet, loader, live)
+    traffic = Traffic()  # recent rates for /admin/fleet
+    dialects = Dialects(cls(build_options(cls, {}, where="dialects"))
+                        for cls in plugins.dialects.values())
+    # The metrics observer holds this app's own MeterProvider, so it is an object
+    # registered per app rather than as a default entry-point plugin.
+    metrics: GatewayMetrics | None = None
+    if not plugin_manager.is_blocked(METRICS_PLUGIN):
+        metrics = GatewayMetrics(fleet.describe, lambda model: (
+            live.profiles.get(model) is not None
+            or bool(placer.snapshot().placements_of(model))))
+        plugin_manager.register(metrics, name=METRICS_PLUGIN)
+    plugin_manager.register(traffic, name=TRAFFIC_PLUGIN)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        live.keys.announce(live.settings.listen)
+        fleet.configure(live.config.neurons)
+        reconciler.start()
+        try:
+            yield
+        finally:
+            placer.close()
+            await reconciler.close()
+            await loader.close()
+            await fleet.close()
+            plugin_manager.unregister(traffic)
+            if metrics is not None:
+                plugin_manager.unregister(metrics)
+                metrics.close()
 
     async def health(request: Request) -> Response:
-        up = sum(1 for n in gateway.snapshot().nodes if n.up)
-        return JSONResponse({"status": "ok", "nodes_up": up, "nodes": len(gateway.fleet.names)})
+        up = sum(1 for n in placer.snapshot().nodes if n.up)
+        return JSONResponse({"status": "ok", "nodes_up": up, "nodes": len(fleet.names)})
 
     document = openapi_document()
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(document)
 
+    api = _DialectAPI(live, placer, proxy)
     routes: list[BaseRoute] = [Route("/health", health), Route("/openapi.json", openapi)]
-    for dialect in gateway.dialects:
-        routes.extend(dialect.routes(gateway))
-    routes.extend(admin_routes(gateway))
+    for dialect in dialects:
+        routes.extend(dialect.routes(api))
+    routes.extend(admin_routes(placer, fleet, loader, live, traffic=traffic, turns=fair))
     routes.extend(ui_routes())
     app = Starlette(routes=routes, lifespan=lifespan,
-                    exception_handlers={CortexError: on_cortex_error,
-                                        HTTPException: on_http_error,
-                                        Exception: on_unexpected})
-    app.state.gateway = gateway
+                    exception_handlers=_error_handlers(dialects))
+    app.state.live, app.state.placer, app.state.fleet = live, placer, fleet
+    app.state.loader, app.state.fair, app.state.prefixes = loader, fair, prefixes
+    app.state.quarantine, app.state.traffic, app.state.dialects = quarantine, traffic, dialects
     # Served on [gateway] metrics_listen by cortex.gateway.server (None when blocked).
     app.state.metrics = metrics
-    def refuse(path: str, exc: CortexError) -> Response:
-        dialect = gateway.dialect_for(path)
-        if dialect is not None:
-            return dialect.error_response(exc)
-        return JSONResponse(exc.openai_envelope(), status_code=exc.status,
-                            headers=exc.headers())
-
-    app.add_middleware(BodyLimits, settings=lambda: gateway.settings, respond=refuse)
-    app.add_middleware(AuthGuard, keyring=lambda: gateway.keys, respond=refuse)
-    app.add_middleware(OriginGuard, settings=lambda: gateway.settings,
-                       keyed=lambda: not gateway.keys.open, respond=refuse)
+    refuse = dialects.error_response
+    app.add_middleware(BodyLimits, settings=lambda: live.settings, respond=refuse)
+    app.add_middleware(AuthGuard, keyring=lambda: live.keys, respond=refuse)
+    app.add_middleware(OriginGuard, settings=lambda: live.settings,
+                       keyed=lambda: not live.keys.open, respond=refuse)
     app.add_middleware(_RequestIds)
-    app.add_middleware(HeadLimit, settings=lambda: gateway.settings, respond=refuse)
+    app.add_middleware(HeadLimit, settings=lambda: live.settings, respond=refuse)
     return app

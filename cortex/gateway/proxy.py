@@ -16,7 +16,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from starlette.requests import Request
@@ -35,7 +35,12 @@ from cortex.types import Usage
 if TYPE_CHECKING:
     from cortex.config import ModelProfile
     from cortex.dialect import Call, Dialect
-    from cortex.gateway.app import Gateway
+    from cortex.gateway.fairshare import FairShare
+    from cortex.gateway.fleet import Fleet
+    from cortex.gateway.placement import Placer
+    from cortex.gateway.prefixes import PrefixTable
+    from cortex.gateway.quarantine import Quarantine
+    from cortex.gateway.state import LiveConfig
 
 __all__ = ["Proxy"]
 
@@ -113,32 +118,42 @@ class _Tally:
 
 
 class Proxy:
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
+    """Sends requests where `placer` says, over `fleet`'s clients; `hook` is told of each
+    finished one (request_finished)."""
+
+    def __init__(self, placer: Placer, fleet: Fleet, *, live: LiveConfig, fair: FairShare,
+                 prefixes: PrefixTable, quarantine: Quarantine, hook: Any) -> None:
+        self._placer = placer
+        self._fleet = fleet
+        self._live = live
+        self._fair = fair
+        self._prefixes = prefixes
+        self._quarantine = quarantine
+        self._hook = hook
 
     def _finish(self, tally: _Tally, status: int | None = None) -> None:
         if status is not None:
             tally.record.status = status
         tally.record.duration_seconds = time.monotonic() - tally.started
         try:
-            self.gateway.hook.request_finished(record=tally.record)
+            self._hook.request_finished(record=tally.record)
         except Exception:
             log.exception("a request_finished observer failed")
 
     async def forward(self, call: Call, request: Request, dialect: Dialect) -> Response:
-        gateway = self.gateway
+        placer = self._placer
         tally = _Tally(call, dialect, getattr(request.state, "request_id", ""),
                        request.scope.setdefault("state", {}))
         try:
-            profile, _ = gateway.resolve(call.model)
+            profile, _ = placer.resolve(call.model)
             tally.record.model = profile.id
-            gateway.admit(profile)
+            placer.admit(profile)
             body = call.body if call.model == profile.id else _rename(call.body, profile.id)
             body = clamp_max_tokens(body, profile.max_tokens)
             key = None
-            if gateway.quarantine:  # hash only while some request is remembered
+            if self._quarantine:  # hash only while some request is remembered
                 key = fingerprint(profile.id, call.path, body)
-                gateway.quarantine.check(key)
+                self._quarantine.check(key)
         except CortexError as exc:
             self._finish(tally, exc.status)
             return dialect.error_response(exc)
@@ -147,7 +162,7 @@ class Proxy:
             return await self._whole(request, call, dialect, attempt, tally)
 
         task = asyncio.ensure_future(attempt)
-        await asyncio.wait({task}, timeout=gateway.settings.keepalive_interval)
+        await asyncio.wait({task}, timeout=self._live.settings.keepalive_interval)
         if task.done() and (task.cancelled() or task.exception() is not None):
             return self._failure(task, dialect, tally)
         state: dict[str, Opened] = {}
@@ -201,7 +216,7 @@ class Proxy:
         status = 200
         try:
             while not task.done():
-                await asyncio.wait({task}, timeout=self.gateway.settings.keepalive_interval)
+                await asyncio.wait({task}, timeout=self._live.settings.keepalive_interval)
                 if not task.done():
                     yield dialect.keepalive(call)
             try:
@@ -245,7 +260,7 @@ class Proxy:
         except READ_ERRORS as exc:
             error = Unreachable(f"neuron `{opened.node}` failed mid-stream: "
                                 f"{str(exc) or type(exc).__name__}")
-            self.gateway.fleet.report_failure(opened.node, error)
+            self._fleet.report_failure(opened.node, error)
             raise error from None
 
     async def _taking_turns(self, call: Call, body: bytes, profile: ModelProfile,
@@ -254,10 +269,10 @@ class Proxy:
         ends with the answer. Nothing is awaited for it while nobody waits."""
         if call.path in _UNGATED:
             return await self._open(call, body, profile.id, tally, key)
-        fair, client = self.gateway.fair, client_of(tally.state)
+        fair, client = self._fair, client_of(tally.state)
         ticket = fair.enter(profile.id, client)
         if ticket is None:
-            self.gateway.spill_if_queued(profile, fair.ahead(profile.id))
+            self._placer.spill_if_queued(profile, fair.ahead(profile.id))
             ticket = await fair.wait(profile.id, client)
         try:
             opened = await self._open(call, body, profile.id, tally, key)
@@ -272,21 +287,21 @@ class Proxy:
         """Place the request and read the neuron's first bytes (its whole answer when not
         streaming), retrying on another node while nothing has reached the client and
         the failure allows it. `key` is the request's fingerprint, if already known."""
-        gateway = self.gateway
-        settings = gateway.settings
+        placer, fleet = self._placer, self._fleet
+        settings = self._live.settings
         deadline = tally.started + settings.load_timeout
-        prefix_node = gateway.prefixes.lookup(model, call.prefixes) if call.prefixes else None
+        prefix_node = self._prefixes.lookup(model, call.prefixes) if call.prefixes else None
         exclude: set[str] = set()
         last: CortexError | None = None
         deaths = 0  # neurons that died holding it in this request (with poison_ttl = 0 too)
         for attempt in range(settings.retries + 1):
             tally.record.retries = attempt
-            profile, loadable = gateway.resolve(model)
+            profile, loadable = placer.resolve(model)
             try:
-                with gateway.waiting(model):
-                    node = await gateway.place(profile, loadable=loadable,
-                                               prefix_node=prefix_node,
-                                               exclude=frozenset(exclude), deadline=deadline)
+                with placer.waiting(model):
+                    node = await placer.place(profile, loadable=loadable,
+                                              prefix_node=prefix_node,
+                                              exclude=frozenset(exclude), deadline=deadline)
             except CortexError as exc:
                 if last is None:
                     raise
@@ -298,22 +313,22 @@ class Proxy:
             hold = contextlib.ExitStack()
             sent = time.monotonic()
             try:
-                client = hold.enter_context(gateway.fleet.using(node, model))
+                client = hold.enter_context(fleet.using(node, model))
                 opened = await first_bytes(
-                    gateway.fleet, node, model,
+                    fleet, node, model,
                     client.open(call.path, body, request_id=tally.record.request_id),
                     call, hold, attempt)
             except Dropped as exc:
                 hold.close()
                 exclude.add(node)
-                if not exc.died and await gateway.fleet.survived(node, sent):
+                if not exc.died and await fleet.survived(node, sent):
                     log.info("%s on %s: the connection broke before the first byte, the "
                              "neuron lives (%s); trying again", model, node, exc.error.message)
                     last = exc.error
                     continue
                 key = key or fingerprint(model, call.path, body)
-                deaths = max(deaths + 1, gateway.quarantine.record(key, node))
-                again = gateway.quarantine.allows(deaths)
+                deaths = max(deaths + 1, self._quarantine.record(key, node))
+                again = self._quarantine.allows(deaths)
                 last = _died(model, node, exc.error, again=again)
                 if not again:
                     raise last from None
@@ -330,9 +345,9 @@ class Proxy:
             except BaseException:
                 hold.close()
                 raise
-            gateway.fleet.report_success(node)
+            fleet.report_success(node)
             if call.prefixes:
-                gateway.prefixes.record(model, call.prefixes, node)
+                self._prefixes.record(model, call.prefixes, node)
             return opened
         assert last is not None
         raise last

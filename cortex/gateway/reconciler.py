@@ -17,7 +17,10 @@ from cortex.errors import CortexError
 from cortex.evictor import DefragPlan
 
 if TYPE_CHECKING:
-    from cortex.gateway.app import Gateway
+    from cortex.gateway.fleet import Fleet
+    from cortex.gateway.loader import Loader
+    from cortex.gateway.placement import Placer
+    from cortex.gateway.state import LiveConfig
 
 __all__ = ["Reconciler"]
 
@@ -26,8 +29,14 @@ _PIN_BACKOFF = 10.0
 
 
 class Reconciler:
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
+    """Runs a pass every `poll_interval`, and at once after `live` changes (a reload, a
+    runtime pin); loads go through `placer`, unloads through `fleet`."""
+
+    def __init__(self, placer: Placer, fleet: Fleet, loader: Loader, live: LiveConfig) -> None:
+        self._placer = placer
+        self._fleet = fleet
+        self._loader = loader
+        self._live = live
         self._task: asyncio.Task[None] | None = None
         self._pinning: set[str] = set()
         self._pin_after: dict[str, float] = {}
@@ -46,8 +55,8 @@ class Reconciler:
                 await task
 
     async def _run(self) -> None:
-        await self.gateway.fleet.first_round(timeout=10.0)
-        live = self.gateway.live
+        await self._fleet.first_round(timeout=10.0)
+        live = self._live
         while True:
             seen = live.version  # a change during the pass brings the next one at once
             try:
@@ -62,40 +71,39 @@ class Reconciler:
         task.add_done_callback(self._background.discard)
 
     async def tick(self) -> None:
-        gateway = self.gateway
-        snapshot = gateway.snapshot()
-        for expiry in gateway.router.evictor.expired(snapshot):
-            if gateway.loader.job(expiry.model) is None and expiry.node not in self._defragging:
+        live, loader = self._live, self._loader
+        snapshot = self._placer.snapshot()
+        for expiry in live.router.evictor.expired(snapshot):
+            if loader.job(expiry.model) is None and expiry.node not in self._defragging:
                 with contextlib.suppress(CortexError):
-                    await gateway.fleet.unload(expiry.node, expiry.model, reason="ttl")
+                    await self._fleet.unload(expiry.node, expiry.model, reason="ttl")
         now = time.monotonic()
-        for profile in gateway.profiles:
+        for profile in live.profiles:
             if not profile.pinned or profile.id in self._pinning \
                     or self._pin_after.get(profile.id, 0.0) > now:
                 continue
             resident = [m for node, m in snapshot.placements_of(profile.id)
                         if m.state in ("ready", "loading")
                         and (not profile.neurons or node.name in profile.neurons)]
-            if not resident and gateway.loader.job(profile.id) is None:
+            if not resident and loader.job(profile.id) is None:
                 self._pinning.add(profile.id)
                 self._spawn(self._pin(profile.id), f"pin:{profile.id}")
         for node in snapshot.nodes:
             if node.draining:  # it would refuse the reloads
                 continue
-            plan = gateway.router.evictor.defrag(node)
+            plan = live.router.evictor.defrag(node)
             if plan is not None and node.name not in self._defragging:
                 self._defragging.add(node.name)
                 self._spawn(self._defrag(plan), f"defrag:{node.name}")
 
     async def _pin(self, model: str) -> None:
-        gateway = self.gateway
         try:
-            profile = gateway.profiles.get(model)
+            profile = self._live.profiles.get(model)
             if profile is None or not profile.pinned:
                 return
-            deadline = time.monotonic() + gateway.settings.load_timeout
-            node = await gateway.place(profile, deadline=deadline, keep=True)
-            await gateway.fleet.pin(node, model, True)  # for the other gateway replicas
+            deadline = time.monotonic() + self._live.settings.load_timeout
+            node = await self._placer.place(profile, deadline=deadline, keep=True)
+            await self._fleet.pin(node, model, True)  # for the other gateway replicas
             log.info("pinned model %s is loaded on %s", model, node)
         except CortexError as exc:
             log.warning("cannot load pinned model %s (trying again in %.0fs): %s", model,
@@ -105,23 +113,24 @@ class Reconciler:
             self._pinning.discard(model)
 
     async def _defrag(self, plan: DefragPlan) -> None:
-        gateway = self.gateway
+        fleet, live = self._fleet, self._live
         log.info("defragmenting %s: unloading %s", plan.node, ", ".join(plan.unload))
         try:
-            gateway.fleet.reset_cycles(plan.node)
+            fleet.reset_cycles(plan.node)
             for model in plan.unload:
                 with contextlib.suppress(CortexError):
-                    await gateway.fleet.unload(plan.node, model, reason="defrag")
+                    await fleet.unload(plan.node, model, reason="defrag")
             for model in plan.reload:
-                profile = gateway.profiles.get(model)
-                if profile is None or gateway.loader.job(model) is not None:
+                profile = live.profiles.get(model)
+                if profile is None or self._loader.job(model) is not None:
                     continue
-                deadline = time.monotonic() + gateway.settings.load_timeout
+                deadline = time.monotonic() + live.settings.load_timeout
                 try:
-                    await gateway.place(profile, deadline=deadline, keep=True, only=plan.node)
+                    await self._placer.place(profile, deadline=deadline, keep=True,
+                                             only=plan.node)
                 except CortexError as exc:
                     log.warning("defrag could not reload %s on %s: %s", model, plan.node,
                                 exc.message)
-            gateway.fleet.reset_cycles(plan.node)
+            fleet.reset_cycles(plan.node)
         finally:
             self._defragging.discard(plan.node)

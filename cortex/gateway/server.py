@@ -11,13 +11,17 @@ import asyncio
 import logging
 import signal
 from collections.abc import Awaitable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cortex.config import split_listen
 from cortex.disconnects import CUT
 from cortex.errors import CortexError, Unavailable
 from cortex.loops import run, settle_heap
 from cortex.metrics import metrics_app
+
+if TYPE_CHECKING:
+    from cortex.gateway.dialects import Dialects
+    from cortex.gateway.state import LiveConfig
 
 __all__ = ["Served", "serve"]
 
@@ -61,8 +65,8 @@ class _Drain:
     `message_stop`), a request whose response has not started with a 503, and any
     other partial body with the connection closed before the body's end."""
 
-    def __init__(self, app: Any, core: Any) -> None:
-        self.app, self.core = app, core
+    def __init__(self, app: Any, dialects: Dialects) -> None:
+        self.app, self.dialects = app, dialects
         self.active = 0
         self.deadline: float | None = None
         self._idle = asyncio.Event()
@@ -119,15 +123,7 @@ class _Drain:
             left = self.deadline - asyncio.get_running_loop().time()
             error = Unavailable("the gateway is shutting down: retry on another replica",
                                 retry_after=max(1.0, left))
-        dialect = self.core.dialect_for(scope["path"])
-        if dialect is not None:
-            response = dialect.error_response(error)
-        else:
-            from starlette.responses import JSONResponse
-
-            response = JSONResponse(error.openai_envelope(), status_code=error.status,
-                                    headers=error.headers())
-        await response(scope, receive, send)
+        await self.dialects.error_response(scope["path"], error)(scope, receive, send)
 
     async def _end_cut(self, scope: Any, receive: Any, send: Any,
                        response: dict[str, Any]) -> None:
@@ -146,7 +142,7 @@ class _Drain:
             return  # hypercorn closes the connection mid-body: the client sees it cut
         from cortex.dialect import Call, Dialect
 
-        dialect = self.core.dialect_for(scope["path"]) or Dialect()
+        dialect = self.dialects.dialect_for(scope["path"]) or Dialect()
         frame = dialect.stream_error(error, Call(path=scope["path"], model="", body=b""))
         await send({"type": "http.response.body", "body": frame, "more_body": False})
 
@@ -169,9 +165,9 @@ class _Drain:
                 log.warning("%d cut requests did not end within a second", self.active)
 
 
-async def _reload(gateway: Any) -> None:
+async def _reload(live: LiveConfig) -> None:
     try:
-        summary = await gateway.reload()
+        summary = await live.reload()
     except CortexError as exc:
         log.error("SIGHUP: configuration not reloaded: %s", exc.message)
     else:
@@ -184,15 +180,15 @@ async def _serve(gateway: Served, before: Sequence[Served]) -> None:
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    state = getattr(gateway.app, "state", None)
-    core = getattr(state, "gateway", None) if state is not None else None
+    state: Any = getattr(gateway.app, "state", None)
+    live: LiveConfig | None = getattr(state, "live", None)  # None: not the gateway's app
     api: Any = gateway.app
     drains: list[asyncio.Future[None]] = []
-    if core is not None:
-        drain = api = _Drain(gateway.app, core)
+    if live is not None:
+        drain = api = _Drain(gateway.app, state.dialects)
 
         async def drain_then_stop() -> None:
-            await drain.drain(core.settings.drain_timeout)
+            await drain.drain(live.settings.drain_timeout)
             stop.set()
 
         def on_stop_signal() -> None:
@@ -203,7 +199,7 @@ async def _serve(gateway: Served, before: Sequence[Served]) -> None:
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_stop_signal)
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(_reload(core)))
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(_reload(live)))
     else:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
@@ -215,12 +211,12 @@ async def _serve(gateway: Served, before: Sequence[Served]) -> None:
         # hypercorn's own handler on top of ours printed each of its lines twice.
         hyper.errorlog = logging.getLogger("hypercorn.error")
         # Requests had drain_timeout already; what is left now is closing connections.
-        hyper.graceful_timeout = 30 if core is None else 2
-        if core is not None:
+        hyper.graceful_timeout = 30 if live is None else 2
+        if live is not None:
             # A head far over the limit gets hypercorn's bare 431 before the app sees it;
             # cortex.gateway.limits.HeadLimit holds the exact limit.
-            hyper.h11_max_incomplete_size = core.settings.max_header_bytes
-            hyper.h2_max_header_list_size = core.settings.max_header_bytes
+            hyper.h11_max_incomplete_size = live.settings.max_header_bytes
+            hyper.h2_max_header_list_size = live.settings.max_header_bytes
         return hyper
 
     tasks = []
@@ -232,9 +228,9 @@ async def _serve(gateway: Served, before: Sequence[Served]) -> None:
     tasks.append(asyncio.ensure_future(
         hypercorn_serve(api, config(gateway), shutdown_trigger=stop.wait)))
     log.info("cortex gateway listening on %s", gateway.listen)
-    metrics = getattr(state, "metrics", None) if state is not None else None
-    if core is not None and metrics is not None:
-        served = Served(metrics_app(metrics.prometheus), core.settings.metrics_listen,
+    metrics = getattr(state, "metrics", None)
+    if live is not None and metrics is not None:
+        served = Served(metrics_app(metrics.prometheus), live.settings.metrics_listen,
                         name="metrics")
         tasks.append(asyncio.ensure_future(_optional(
             hypercorn_serve(served.app, config(served), shutdown_trigger=stop.wait), served)))

@@ -4,7 +4,9 @@
   (`cortex.cli`), the neuron nor the default plugins, so a plugin author or an app that
   embeds the router gets the library alone;
 - nothing names a project module in a string for importlib: the neuron is started
-  through its package's public `create_app`, plugins through entry points.
+  through its package's public `create_app`, plugins through entry points;
+- no import circle anywhere in cortex, cortex_neuron and cortex_plugins, imports for
+  type checking included: each gateway part is handed the parts it uses.
 """
 
 from __future__ import annotations
@@ -40,8 +42,8 @@ def _absolute(node: ast.ImportFrom, name: str, path: Path) -> str:
 
 def imports_of(name: str, path: Path) -> set[str]:
     """Every module `name` imports (at any depth: functions and TYPE_CHECKING blocks
-    count), `from x import y` counted as x.y where y is a module, and every string given
-    to importlib.import_module or __import__."""
+    count), `from x import y` counted as x.y where y is a module (and as x only where
+    some y is not), and every string given to importlib.import_module or __import__."""
     known = modules()
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
@@ -49,8 +51,10 @@ def imports_of(name: str, path: Path) -> set[str]:
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             base = _absolute(node, name, path)
-            found.add(base)
-            found.update(f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in known)
+            submodules = {f"{base}.{a.name}" for a in node.names} & known.keys()
+            found.update(submodules)
+            if len(submodules) < len(node.names):  # `from pkg import mod` needs only mod
+                found.add(base)
         elif isinstance(node, ast.Call):
             func = node.func
             called = func.attr if isinstance(func, ast.Attribute) else \
@@ -99,3 +103,52 @@ def test_no_project_module_is_imported_by_a_string() -> None:
                     and isinstance(arg.value, str) and within(arg.value, *PACKAGES):
                 strings.setdefault(name, []).append(arg.value)
     assert strings == {}
+
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Each project module and the project modules it imports (as `imports_of` counts)."""
+    known = modules()
+    return {name: {m for m in imports_of(name, path) if m in known and m != name}
+            for name, path in known.items()}
+
+
+def import_circle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One circle in `graph`, as the modules along it back to the first; None if none."""
+    finished: set[str] = set()
+    for root in sorted(graph):
+        if root in finished:
+            continue
+        path = [root]
+        pending = [iter(sorted(graph.get(root, ())))]
+        while pending:
+            following = next(pending[-1], None)
+            if following is None:
+                finished.add(path.pop())
+                pending.pop()
+            elif following in path:
+                return [*path[path.index(following):], following]
+            elif following not in finished:
+                path.append(following)
+                pending.append(iter(sorted(graph.get(following, ()))))
+    return None
+
+
+def test_the_circle_finder_finds_one() -> None:
+    assert import_circle({"a": {"b"}, "b": {"c"}, "c": {"b"}}) == ["b", "c", "b"]
+    assert import_circle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_no_import_circle_anywhere() -> None:
+    """No module imports, even only for type checking, one that imports it back: each part
+    is handed what it uses (cortex.gateway.app, the composition root, is imported by
+    nobody but the package and what builds the app)."""
+    assert import_circle(import_graph()) is None
+
+
+def test_only_the_package_and_the_asgi_factory_import_the_composition_root() -> None:
+    """`cortex.gateway.app` builds the app from the parts; a part that imported it back
+    would be handed a bag of everything again."""
+    importers = {name for name, imported in import_graph().items()
+                 if "cortex.gateway.app" in imported}
+    assert importers == {"cortex.gateway", "cortex.gateway.asgi"}

@@ -17,7 +17,8 @@ import pytest
 from cortex import FleetSnapshot, NodeView, Plugins, RouteRequest, build_plugin_manager
 from cortex.config import load_gateway_config
 from cortex.errors import ConfigError, PluginError
-from cortex.gateway.app import Gateway, create_app
+from cortex.gateway import create_app
+from cortex.gateway.state import LiveConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "examples" / "plugins" / "cortex-evict-largest"
@@ -66,16 +67,16 @@ def small() -> NodeView:
     return msgspec.structs.replace(node, models=models, budget=5 * GiB)
 
 
-def gateway_for(tmp_path: Path, eviction: str) -> Gateway:
+def gateway_for(tmp_path: Path, eviction: str) -> LiveConfig:
     (tmp_path / "cortex.toml").write_text(
         f"{eviction}\n\n[[neurons]]\nname = \"small\"\nendpoint = \"http://127.0.0.1:9\"\n")
     config, profiles = load_gateway_config(tmp_path / "cortex.toml")
-    gateway = create_app(config, build_plugin_manager(), profiles=profiles).state.gateway
-    assert isinstance(gateway, Gateway)
-    return gateway
+    live = create_app(config, build_plugin_manager(), profiles=profiles).state.live
+    assert isinstance(live, LiveConfig)
+    return live
 
 
-def victims(gateway: Gateway, need: int) -> list[str]:
+def victims(gateway: LiveConfig, need: int) -> list[str]:
     chosen = gateway.router.evictor.victims(small(), need)
     assert chosen is not None
     return [m.id for m in chosen]

@@ -101,7 +101,7 @@ async def test_the_gateway_routes_around_a_drained_node_and_back(
             gw.client, max_tokens=20, started=started))
         await asyncio.wait_for(started.wait(), 10)
         # Which node the running stream went to is the router's choice: drain that one.
-        node = next(n.name for n in gw.gateway.snapshot().nodes
+        node = next(n.name for n in gw.placer.snapshot().nodes
                     if (view := n.model("m")) is not None and view.active)
         other = "b" if node == "a" else "a"
         drained = await gw.client.post(f"/admin/nodes/{node}/drain")

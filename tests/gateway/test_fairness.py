@@ -101,8 +101,8 @@ async def test_a_flooding_key_costs_another_key_about_one_request(
         flood = [asyncio.ensure_future(ask("key-a", f"a{i}")) for i in range(10)]
 
         async def all_of_a_arrived() -> bool:
-            sent = sum(node["in_flight"].get("m", 0) for node in gw.gateway.fleet.describe())
-            return sent + gw.gateway.fair.waiting("m") == 10
+            sent = sum(node["in_flight"].get("m", 0) for node in gw.fleet.describe())
+            return sent + gw.fair.waiting("m") == 10
 
         await wait_until(all_of_a_arrived, timeout=30, what="key a's ten requests arrived")
         assert await ask("key-b", "b") == 200

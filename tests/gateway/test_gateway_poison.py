@@ -173,7 +173,7 @@ async def test_a_neuron_refusing_the_connection_is_still_retried_elsewhere(
         assert reply.status_code == 200, reply.text
         assert gw.recorder.records[-1].node == "b"
         assert gw.recorder.records[-1].retries == 1
-        assert len(gw.gateway.quarantine) == 0
+        assert len(gw.quarantine) == 0
 
 
 async def test_a_neuron_answering_4xx_is_never_retried(
@@ -245,7 +245,7 @@ async def test_a_connection_broken_by_a_neuron_that_lives_on_is_retried(
             "model": "s", "messages": [{"role": "user", "content": "Hi"}]})
         assert reply.status_code == 200, reply.text
         assert gw.recorder.records[-1].node == "b"
-        assert len(gw.gateway.quarantine) == 0
+        assert len(gw.quarantine) == 0
 
 
 async def test_a_neuron_that_restarted_while_holding_the_request_counts_as_dead(
@@ -259,7 +259,7 @@ async def test_a_neuron_that_restarted_while_holding_the_request_counts_as_dead(
         assert reply.status_code == 502, reply.text
         assert reply.json()["error"]["code"] == "upstream_died"
         assert "s" not in await neuron_models(b)  # never loaded there for a replay
-        assert len(gw.gateway.quarantine) == 1
+        assert len(gw.quarantine) == 1
 
 
 # --- the quarantine itself -------------------------------------------------------------------

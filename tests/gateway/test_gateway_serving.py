@@ -200,7 +200,7 @@ async def test_a_conversation_prefers_the_node_that_served_its_prefix(
         follow = [*turn, {"role": "assistant", "content": "Hello"},
                   {"role": "user", "content": "Bye"}]
         hashes = prefix_hashes([msgspec.Raw(msgspec.json.encode(m)) for m in follow])
-        assert gw.gateway.prefixes.lookup("chat", hashes) == node
+        assert gw.prefixes.lookup("chat", hashes) == node
 
 
 # --- placement and eviction ------------------------------------------------------------------
@@ -275,12 +275,12 @@ async def test_defrag_reloads_the_hot_set_after_n_cycles(
             models = await neuron_models(fleet["b"])
             return bool(unloaded) and len(reloaded) == 2 * len(unloaded) \
                 and all(m["state"] == "ready" for m in models.values()) \
-                and not gw.gateway.loader.jobs
+                and not gw.loader.jobs
 
         await wait_until(defragged, timeout=30, what="node b is defragmented")
         assert {e.reason for e in gw.recorder.kinds("unloaded")} == {"defrag"}
         assert await resident(fleet["b"]) == {"g2", "g3"}
-        assert gw.gateway.snapshot().node("b").cycles == 0  # type: ignore[union-attr]
+        assert gw.placer.snapshot().node("b").cycles == 0  # type: ignore[union-attr]
 
 
 # --- explain, admin and CLI -------------------------------------------------------------------

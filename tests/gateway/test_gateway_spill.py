@@ -13,7 +13,7 @@ import pytest
 
 from cortex import ModelProfile
 from cortex.cli.main import explain_text
-from cortex.gateway.app import Gateway
+from cortex.gateway.placement import Placer
 
 from ..conftest import NeuronProcess
 from ..gateway_support import neuron_fleet, neuron_models, running_gateway, wait_until
@@ -49,7 +49,7 @@ async def test_a_queue_on_every_copy_loads_another_where_there_is_room(
         placed = await gw.client.post("/admin/models/m/load", json={"node": "a"})
         assert placed.json()["node"] == "a"
         first = asyncio.ensure_future(_stream(gw.client, 20))
-        await wait_until(lambda: _busy(gw.gateway, "a"), timeout=10, what="a's slot is taken")
+        await wait_until(lambda: _busy(gw.placer, "a"), timeout=10, what="a's slot is taken")
         route = (await gw.client.get("/admin/route", params={"model": "m"})).json()
         assert (route["action"], route["node"], route["ahead"]) == ("serve", "a", 1)
         assert route["spill"]["node"] == "b"  # what the next request would start
@@ -69,7 +69,7 @@ async def test_a_queue_on_every_copy_loads_another_where_there_is_room(
         assert [r.node for r in gw.recorder.records] == ["a", "a"]
         # With a busy again, the next request goes to b's free slot.
         busy_again = asyncio.ensure_future(_stream(gw.client, 20))
-        await wait_until(lambda: _busy(gw.gateway, "a"), timeout=10, what="a is busy again")
+        await wait_until(lambda: _busy(gw.placer, "a"), timeout=10, what="a is busy again")
         assert await _stream(gw.client, 3) == "data: [DONE]"
         assert gw.recorder.records[-1].node == "b"
         await busy_again
@@ -81,14 +81,14 @@ async def test_without_spill_after_a_queue_stays_a_queue(
     async with running_gateway(nodes, [one_slot(spill_after=None)]) as gw:
         await gw.client.post("/admin/models/m/load", json={"node": "a"})
         first = asyncio.ensure_future(_stream(gw.client, 10))
-        await wait_until(lambda: _busy(gw.gateway, "a"), timeout=10, what="a's slot is taken")
+        await wait_until(lambda: _busy(gw.placer, "a"), timeout=10, what="a's slot is taken")
         assert await _stream(gw.client, 3) == "data: [DONE]"
         await first
         assert "m" not in await neuron_models(pair["b"])
         assert [r.node for r in gw.recorder.records] == ["a", "a"]
 
 
-async def _busy(gateway: Gateway, node: str) -> bool:
-    view = gateway.snapshot().node(node)
+async def _busy(placer: Placer, node: str) -> bool:
+    view = placer.snapshot().node(node)
     model = view.model("m") if view is not None else None
     return model is not None and not model.free_slot

@@ -35,7 +35,7 @@ def node(tmp_path: Path) -> Iterator[NeuronProcess]:
 
 async def _seen_pinned(gw: RunningGateway, pinned: bool) -> None:
     async def check() -> bool:
-        view = gw.gateway.snapshot().node("n")
+        view = gw.placer.snapshot().node("n")
         model = view.model("big1") if view is not None else None
         return model is not None and model.pinned is pinned
 
@@ -69,7 +69,7 @@ async def test_a_pin_made_on_one_replica_stops_the_other_from_evicting(
         assert set(await neuron_models(node)) == {"big2"}
         # Pinning on the neuron is best effort (this gateway keeps its own pins): a copy
         # that is gone, or a neuron too old for /models/pin, is a warning, not a failure.
-        assert await one.gateway.fleet.pin("n", "big1", True) is False
+        assert await one.fleet.pin("n", "big1", True) is False
 
 
 async def test_the_neuron_pins_only_what_it_holds(node: NeuronProcess) -> None:
