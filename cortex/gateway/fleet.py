@@ -3,6 +3,8 @@
 Neurons are authoritative. The view holds what they last said plus what this gateway
 is doing right now (requests in flight, loads and unloads it has started), so a
 restarted gateway or a second replica rebuilds the same picture from the neurons.
+What is known of each neuron is a Node (cortex.gateway.nodes); the memory estimates
+and load times asked of them are kept by `estimates` (cortex.gateway.estimates).
 """
 
 from __future__ import annotations
@@ -16,72 +18,26 @@ from collections import Counter
 from collections.abc import Callable, Coroutine, Iterable, Iterator
 from typing import Any, Literal
 
-import msgspec
-
-from cortex.config import GatewaySection, ModelProfile, NeuronEntry
+from cortex.config import GatewaySection, NeuronEntry
 from cortex.errors import CortexError, Unavailable
-from cortex.gateway.client import NeuronClient, neuron_profile
+from cortex.gateway.client import NeuronClient
+from cortex.gateway.estimates import Estimates
+from cortex.gateway.nodes import Lost, Node, active
 from cortex.gateway.profiles import ProfileIndex
 from cortex.records import FleetEvent
-from cortex.snapshot import FleetSnapshot, ModelView, NodeView
+from cortex.snapshot import FleetSnapshot
 from cortex.types import ModelStatus, NodeStatus
 
 __all__ = ["Fleet"]
 
 log = logging.getLogger("cortex.gateway.fleet")
-_ESTIMATE_ERROR_TTL = 30.0
 EventKind = Literal["loaded", "unloaded", "evicted", "load_failed", "node_up", "node_down"]
-#: Told when a node goes down: why, and whether it died holding a request (else it
-#: stopped answering polls, or refused connections).
-Lost = Callable[[CortexError, bool], None]
-
-
-def _known(future: asyncio.Future[int | None]) -> bool:
-    """A finished estimate that produced a number (worth caching for good)."""
-    return (future.done() and not future.cancelled() and future.exception() is None
-            and future.result() is not None)
-
-
-class _Node:
-    """One neuron's mutable state; only the Fleet changes it."""
-
-    def __init__(self, entry: NeuronEntry, client: NeuronClient) -> None:
-        self.entry = entry
-        self.client = client
-        self.up = False
-        self.polled = False
-        self.failures = 0
-        self.last_error: str | None = None
-        self.status: NodeStatus | None = None
-        self.models: dict[str, ModelStatus] = {}
-        # This gateway's requests in flight per model, now and when the neuron last counted.
-        self.active: Counter[str] = Counter()
-        self.active_at_poll: Counter[str] = Counter()
-        self.idle_since: dict[str, float] = {}
-        self.loading: dict[str, int] = {}
-        self.unloading: set[str] = set()
-        self.cycles = 0
-        self.users = 0
-        self.retired = False
-        self.wake = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
-        self.watchers: set[Lost] = set()  # requests in flight there, told if it goes down
-
-
-def _active(node: _Node, model: ModelStatus) -> int:
-    """Requests on the model: this gateway's own now, plus what the neuron last counted
-    beyond them (other gateways' requests)."""
-    others = max(0, model.in_flight + model.queued - node.active_at_poll[model.id])
-    return others + node.active[model.id]
-
-
 class Fleet:
     def __init__(self, settings: GatewaySection, hook: Any) -> None:
         self.settings = settings
         self._hook = hook
-        self._nodes: dict[str, _Node] = {}
-        self._estimates: dict[tuple[str, bytes], tuple[float, asyncio.Future[int | None]]] = {}
-        self._load_seconds: dict[str, float] = {}
+        self._nodes: dict[str, Node] = {}
+        self.estimates = Estimates(self._nodes.get)
         self._closing = False
         self._background: set[asyncio.Task[None]] = set()
 
@@ -105,14 +61,14 @@ class Fleet:
                 log.info("neuron %s removed from the fleet", name)
         for name, entry in wanted.items():
             if name not in self._nodes:
-                node = _Node(entry, NeuronClient(
+                node = Node(entry, NeuronClient(
                     entry, connect_timeout=self.settings.connect_timeout,
                     request_timeout=self.settings.request_timeout))
                 self._nodes[name] = node
                 node.task = asyncio.create_task(self._poll_loop(node), name=f"poll:{name}")
                 log.info("neuron %s (%s) joined the fleet", name, entry.endpoint)
 
-    def _retire(self, node: _Node) -> None:
+    def _retire(self, node: Node) -> None:
         node.retired = True
         if node.task is not None:
             node.task.cancel()
@@ -133,7 +89,7 @@ class Fleet:
                     await node.task
             await node.client.close()
 
-    def _node(self, name: str) -> _Node:
+    def _node(self, name: str) -> Node:
         node = self._nodes.get(name)
         if node is None:
             raise Unavailable(f"neuron `{name}` is not in the fleet")
@@ -147,7 +103,7 @@ class Fleet:
 
     # --- polling --------------------------------------------------------------------------
 
-    async def _poll_loop(self, node: _Node) -> None:
+    async def _poll_loop(self, node: Node) -> None:
         while not node.retired:
             try:
                 await self._poll(node)
@@ -158,7 +114,7 @@ class Fleet:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(node.wake.wait(), interval)
 
-    async def _poll(self, node: _Node) -> None:
+    async def _poll(self, node: Node) -> None:
         try:
             status = await node.client.status(timeout=self.settings.poll_timeout)
         except CortexError as exc:
@@ -206,7 +162,7 @@ class Fleet:
         while time.monotonic() < deadline and not all(n.polled for n in self._nodes.values()):
             await asyncio.sleep(0.02)
 
-    def _apply_status(self, node: _Node, status: NodeStatus) -> None:
+    def _apply_status(self, node: Node, status: NodeStatus) -> None:
         now = time.monotonic()
         previous = node.models
         node.status = status
@@ -217,13 +173,12 @@ class Fleet:
             busy = model.in_flight + model.queued > 0 or node.active[model.id] > 0
             if busy or before is None or before.last_used != model.last_used:
                 node.idle_since[model.id] = now
-            if model.load_seconds:
-                self._load_seconds[model.id] = model.load_seconds
+            self.estimates.loaded(model.id, model.load_seconds)
         for gone in set(node.idle_since) - set(node.models):
             del node.idle_since[gone]
         self._succeeded(node)
 
-    def _succeeded(self, node: _Node) -> None:
+    def _succeeded(self, node: Node) -> None:
         node.failures = 0
         node.last_error = None
         if not node.up:
@@ -231,14 +186,14 @@ class Fleet:
             log.info("neuron %s is up", node.entry.name)
             self.emit("node_up", node.entry.name)
 
-    def _failed(self, node: _Node, exc: CortexError, *, died: bool = False) -> None:
+    def _failed(self, node: Node, exc: CortexError, *, died: bool = False) -> None:
         node.failures += 1
         node.last_error = exc.message
         if node.up and node.failures >= self.settings.down_after:
             node.up = False
             node.models = {}
             node.idle_since.clear()
-            self._forget_estimates(node.entry.name)
+            self.estimates.forget(node.entry.name)
             log.warning("neuron %s is down: %s", node.entry.name, exc.message)
             self.emit("node_down", node.entry.name, reason=exc.message)
             for lost in list(node.watchers):
@@ -295,8 +250,7 @@ class Fleet:
             return
         node.models[status.id] = status
         node.idle_since[status.id] = time.monotonic()
-        if status.load_seconds:
-            self._load_seconds[status.id] = status.load_seconds
+        self.estimates.loaded(status.id, status.load_seconds)
 
     def drop_model(self, name: str, model: str) -> None:
         node = self._nodes.get(name)
@@ -359,51 +313,6 @@ class Fleet:
 
         return await asyncio.shield(asyncio.ensure_future(run()))
 
-    # --- estimates ------------------------------------------------------------------------------
-
-    def load_seconds(self, model: str) -> float | None:
-        return self._load_seconds.get(model)
-
-    def _forget_estimates(self, name: str) -> None:
-        for key in [k for k in self._estimates if k[0] == name]:
-            del self._estimates[key]
-
-    async def estimates(self, profile: ModelProfile, names: Iterable[str]) -> dict[str, int]:
-        """Bytes the profile would reserve on each named node; nodes that cannot say are left
-        out. Answers are cached (failures briefly), and concurrent asks share one request."""
-        key_profile = msgspec.json.encode(neuron_profile(profile))
-        now = time.monotonic()
-        futures: dict[str, asyncio.Future[int | None]] = {}
-        for name in names:
-            node = self._nodes.get(name)
-            if node is None:
-                continue
-            cached = self._estimates.get((name, key_profile))
-            if cached is not None and (_known(cached[1]) or now - cached[0] < _ESTIMATE_ERROR_TTL):
-                futures[name] = cached[1]
-                continue
-            fresh: asyncio.Future[int | None] = asyncio.ensure_future(
-                self._estimate(node, profile))
-            self._estimates[(name, key_profile)] = (now, fresh)
-            futures[name] = fresh
-        results = {}
-        for name, pending in futures.items():
-            with contextlib.suppress(Exception):
-                value = await asyncio.shield(pending)
-                if value is not None:
-                    results[name] = value
-        return results
-
-    async def _estimate(self, node: _Node, profile: ModelProfile) -> int | None:
-        resident = node.models.get(profile.id)
-        if resident is not None and resident.estimate is not None:
-            return resident.estimate.total
-        try:
-            return (await node.client.estimate(profile)).total
-        except CortexError as exc:
-            log.info("neuron %s cannot estimate %s: %s", node.entry.name, profile.id, exc.message)
-            return None
-
     # --- views ----------------------------------------------------------------------------------
 
     def emit(self, kind: EventKind, node: str, *, model: str | None = None,
@@ -416,7 +325,7 @@ class Fleet:
 
     def snapshot(self, profiles: ProfileIndex) -> FleetSnapshot:
         now = time.monotonic()
-        return FleetSnapshot(nodes=tuple(self._view(node, profiles, now)
+        return FleetSnapshot(nodes=tuple(node.view(profiles, now)
                                          for node in self._nodes.values()))
 
     def backlog(self, model_id: str) -> int:
@@ -426,7 +335,7 @@ class Fleet:
         for node in self._nodes.values():
             model = node.models.get(model_id)
             if model is not None and model.state == "ready" and model_id not in node.unloading:
-                total += max(0, _active(node, model) - model.slots)
+                total += max(0, active(node, model) - model.slots)
         return total
 
     def ready_slots(self, model_id: str) -> tuple[int, int]:
@@ -442,52 +351,6 @@ class Fleet:
                 copies += 1
         return slots, copies
 
-    def _view(self, node: _Node, profiles: ProfileIndex, now: float) -> NodeView:
-        views: list[ModelView] = []
-        for model in node.models.values():
-            profile = profiles.get(model.id)
-            active = _active(node, model)
-            state = "unloading" if model.id in node.unloading else model.state
-            views.append(ModelView(
-                id=model.id, state=state, n_ctx=model.n_ctx, slots=model.slots,
-                bytes=model.estimate.total if model.estimate else node.loading.get(model.id, 0),
-                active=active, last_used=model.last_used,
-                idle_for=0.0 if active else now - node.idle_since.get(model.id, now),
-                pinned=model.pinned or (profile.pinned if profile else False),
-                priority=profile.priority if profile else 0,
-                ttl=profile.ttl if profile else None, load_seconds=model.load_seconds))
-        for model_id, needs in node.loading.items():
-            if model_id not in node.models:
-                profile = profiles.get(model_id)
-                views.append(ModelView(
-                    id=model_id, state="loading", bytes=needs,
-                    n_ctx=profile.n_ctx if profile else 0, slots=profile.slots if profile else 1,
-                    pinned=profile.pinned if profile else False,
-                    priority=profile.priority if profile else 0))
-        status = node.status
-        return NodeView(name=node.entry.name, endpoint=node.entry.endpoint, up=node.up,
-                        budget=status.budget_bytes if status else 0, models=tuple(views),
-                        cycles=node.cycles, last_error=node.last_error,
-                        draining=status.draining if status else False)
-
     def describe(self) -> list[dict[str, Any]]:
         """Everything known about each node, for /admin/fleet and `cortex status`."""
-        out = []
-        for name, node in self._nodes.items():
-            status = node.status
-            out.append({
-                "name": name, "endpoint": node.entry.endpoint, "up": node.up,
-                "draining": status.draining if status else False,
-                "failures": node.failures, "last_error": node.last_error,
-                "cycles": node.cycles,
-                "cpu_only": status.cpu_only if status else None,
-                "version": status.version if status else None,
-                "gpus": msgspec.to_builtins(status.gpus) if status else [],
-                "budget_bytes": status.budget_bytes if status else 0,
-                "reserved_bytes": sum(m.estimate.total for m in node.models.values()
-                                      if m.estimate),
-                "models": [msgspec.to_builtins(m) for m in node.models.values()],
-                "in_flight": {k: v for k, v in node.active.items() if v},
-                "loading": sorted(node.loading), "unloading": sorted(node.unloading),
-            })
-        return out
+        return [node.describe() for node in self._nodes.values()]

@@ -54,6 +54,7 @@ class Placer:
                  fair: FairShare) -> None:
         self._live = live
         self._fleet = fleet
+        self._estimates = fleet.estimates
         self._loader = loader
         self._fair = fair
         self._waiting: Counter[str] = Counter()
@@ -99,7 +100,7 @@ class Placer:
             job = self._loader.job(profile.id)
             wait = 1.0
             if job is not None:
-                expected = self._fleet.load_seconds(profile.id) or 5.0
+                expected = self._estimates.load_seconds(profile.id) or 5.0
                 wait = max(1.0, expected - (time.monotonic() - job.started))
             raise RateLimited(f"model `{profile.id}` has {queued} requests waiting "
                               f"(queue_limit is {limit})", retry_after=wait)
@@ -110,7 +111,7 @@ class Placer:
                        exclude: frozenset[str], only: str | None) -> RouteRequest:
         affinity = (only,) if only else tuple(profile.neurons)
         return RouteRequest(model=profile.id, affinity=affinity, prefix_node=prefix_node,
-                            exclude=exclude, load_seconds=self._fleet.load_seconds(profile.id),
+                            exclude=exclude, load_seconds=self._estimates.load_seconds(profile.id),
                             max_copies=profile.max_copies)
 
     async def decide(self, profile: ModelProfile, *, loadable: bool = True,
@@ -124,7 +125,7 @@ class Placer:
         if decision.action in ("serve", "join") or not loadable:
             return decision
         names = [n.name for n in self.snapshot().nodes if request.allows(n)]
-        estimates = await self._fleet.estimates(profile, names)
+        estimates = await self._estimates.of(profile, names)
         return self._live.router.decide(msgspec.structs.replace(request, estimates=estimates),
                                         self.snapshot())
 
@@ -222,7 +223,7 @@ class Placer:
                                       only=None)
         names = [n.name for n in self.snapshot().nodes if request.allows(n)]
         try:
-            estimates = await self._fleet.estimates(profile, names)
+            estimates = await self._estimates.of(profile, names)
         except CortexError as exc:
             log.info("%s: no estimates for another copy: %s", profile.id, exc.message)
             return None
