@@ -14,7 +14,16 @@ from cortex.config import (
     load_gateway_config,
     load_neuron_config,
 )
-from cortex.dialect import Call, CatalogueEntry, Dialect, GatewayAPI, sse_frame
+from cortex.dialect import (
+    Call,
+    CatalogueEntry,
+    Dialect,
+    GatewayAPI,
+    SSEReader,
+    decode_body,
+    prefix_hashes,
+    sse_frame,
+)
 from cortex.errors import ConfigError, CortexError, InvalidRequest, PluginError
 from cortex.evictor import EvictionPolicy, Evictor
 from cortex.harness import (
@@ -73,12 +82,15 @@ __all__ = [
     "RouteRequest",
     "Router",
     "RoutingStrategy",
+    "SSEReader",
     "TextDelta",
     "ToolCalls",
     "__version__",
     "build_plugin_manager",
+    "decode_body",
     "hookimpl",
     "load_gateway_config",
     "load_neuron_config",
+    "prefix_hashes",
     "sse_frame",
 ]

@@ -6,25 +6,111 @@ to the gateway's `forward`; the gateway routes, loads, retries and streams, call
 back into the dialect to encode replies, stream frames and errors in its own shape.
 The defaults here are pass-through, which is what an OpenAI-shaped dialect needs; a
 translating dialect overrides `reply`, `relay` and the error methods.
+
+The toolkit below is what every dialect needs and none should copy from another:
+`decode_body` (a client's JSON, or a 400), `prefix_hashes` (conversation affinity) and
+`SSEReader` (a neuron's stream, event by event).
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING, ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, ClassVar, Literal, Protocol, TypeVar
 
 import msgspec
 from starlette.responses import JSONResponse, Response
 
-from cortex.errors import CortexError
+from cortex.errors import CortexError, InvalidRequest
 
 if TYPE_CHECKING:
     from starlette.requests import Request
     from starlette.routing import BaseRoute
 
-__all__ = ["Call", "CatalogueEntry", "Dialect", "GatewayAPI", "sse_frame"]
+__all__ = [
+    "Call",
+    "CatalogueEntry",
+    "Dialect",
+    "GatewayAPI",
+    "SSEReader",
+    "decode_body",
+    "prefix_hashes",
+    "sse_frame",
+]
 
+T = TypeVar("T")
 _encode = msgspec.json.Encoder().encode
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+_SYSTEM_ROLES = frozenset({"system", "developer"})
+
+
+class _RoleView(msgspec.Struct):
+    role: str = ""
+
+
+_role_view = msgspec.json.Decoder(_RoleView)
+
+
+def decode_body(body: bytes, into: msgspec.json.Decoder[T] | type[T]) -> T:
+    """A client's JSON body as `into` (a Decoder, or a type): the one place where a body
+    that is not JSON, or not of that shape, becomes a 400 with msgspec's JSON path."""
+    try:
+        if isinstance(into, msgspec.json.Decoder):
+            return into.decode(body)
+        return msgspec.json.decode(body, type=into)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequest(f"invalid request: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"malformed JSON: {exc}") from None
+
+
+def prefix_hashes(messages: Sequence[msgspec.Raw]) -> tuple[str, ...]:
+    """Hashes of messages[:k] (each message's canonical OpenAI JSON), shortest first, from
+    the first non-system message on (a system prompt alone is shared by too many
+    conversations to say where one went). A Call's `prefixes`."""
+    digest = hashlib.blake2b(digest_size=16)
+    keys: list[str] = []
+    started = False
+    for raw in messages:
+        data = bytes(raw)
+        digest.update(len(data).to_bytes(8, "little"))
+        digest.update(data)
+        if not started:
+            try:
+                started = _role_view.decode(data).role not in _SYSTEM_ROLES
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                started = True
+        if started:
+            keys.append(digest.copy().hexdigest())
+    return tuple(keys)
+
+
+class SSEReader:
+    """An incremental server-sent-events parser: CRLF, CR or LF line ends (even split
+    across chunks), comments, multi-line `data`. `feed` returns each complete event's
+    data, so a translating dialect reads a neuron's stream event by event."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._data: list[bytes] = []
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        self._buffer += chunk
+        events: list[bytes] = []
+        while (end := _LINE_END.search(self._buffer)) is not None:
+            if end.group() == b"\r" and end.end() == len(self._buffer):
+                break  # maybe the first half of a CRLF
+            line, self._buffer = self._buffer[:end.start()], self._buffer[end.end():]
+            if not line:
+                if self._data:
+                    events.append(b"\n".join(self._data))
+                    self._data = []
+                continue
+            field, _, value = line.partition(b":")
+            if field == b"data":
+                self._data.append(value.removeprefix(b" "))
+        return events
 
 
 def sse_frame(payload: object, *, event: str | None = None) -> bytes:

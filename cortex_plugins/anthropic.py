@@ -13,7 +13,6 @@ so Claude Code's `?beta=true` needs nothing. Auth headers are not read here: eve
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
@@ -23,7 +22,16 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import Scope
 
-from cortex import Call, CatalogueEntry, CortexError, Dialect, GatewayAPI, hookimpl
+from cortex import (
+    Call,
+    CatalogueEntry,
+    CortexError,
+    Dialect,
+    GatewayAPI,
+    SSEReader,
+    hookimpl,
+    prefix_hashes,
+)
 from cortex.anthropic_types import (
     CountTokensResponse,
     MessagesRequest,
@@ -45,44 +53,16 @@ from cortex_plugins.anthropic_translate import (
     to_openai,
     to_tokenize,
 )
-from cortex_plugins.openai import prefix_hashes
 
-__all__ = ["AnthropicDialect", "SSEReader"]
+__all__ = ["AnthropicDialect"]
 
 _encode = msgspec.json.Encoder().encode
 _completion = msgspec.json.Decoder(ChatCompletion)
 _tokenized = msgspec.json.Decoder(TokenizeResponse)
-_LINE_END = re.compile(rb"\r\n|\r|\n")
 # The headers only an Anthropic client sends (SDK 1.x: x-api-key; 2.x: Bearer, but
 # always anthropic-version); their absence means an OpenAI client (§4, strategy a).
 _ANTHROPIC_HEADERS = (b"anthropic-version", b"x-api-key")
 _EPOCH = "1970-01-01T00:00:00Z"  # the catalogue has no creation times (OpenAI says 0)
-
-
-class SSEReader:
-    """An incremental server-sent-events parser: CRLF, CR or LF line ends (even split
-    across chunks), comments, multi-line `data`. Yields each event's data (§1.4)."""
-
-    def __init__(self) -> None:
-        self._buffer = b""
-        self._data: list[bytes] = []
-
-    def feed(self, chunk: bytes) -> list[bytes]:
-        self._buffer += chunk
-        events: list[bytes] = []
-        while (end := _LINE_END.search(self._buffer)) is not None:
-            if end.group() == b"\r" and end.end() == len(self._buffer):
-                break  # maybe the first half of a CRLF
-            line, self._buffer = self._buffer[:end.start()], self._buffer[end.end():]
-            if not line:
-                if self._data:
-                    events.append(b"\n".join(self._data))
-                    self._data = []
-                continue
-            field, _, value = line.partition(b":")
-            if field == b"data":
-                self._data.append(value.removeprefix(b" "))
-        return events
 
 
 class _Messages(Call, kw_only=True):

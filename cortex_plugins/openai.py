@@ -6,7 +6,6 @@ routing and conversation affinity); bodies and SSE chunks go through untouched.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -21,11 +20,12 @@ from cortex import (
     CortexError,
     Dialect,
     GatewayAPI,
-    InvalidRequest,
+    decode_body,
     hookimpl,
+    prefix_hashes,
 )
 
-__all__ = ["OpenAIDialect", "prefix_hashes"]
+__all__ = ["OpenAIDialect"]
 
 
 class _RequestView(msgspec.Struct):
@@ -46,44 +46,9 @@ class _ChatView(msgspec.Struct):
     stop: msgspec.Raw = msgspec.Raw()
 
 
-class _RoleView(msgspec.Struct):
-    role: str = ""
-
-
 _request_view = msgspec.json.Decoder(_RequestView)
 _completion_view = msgspec.json.Decoder(_CompletionView)
 _chat_view = msgspec.json.Decoder(_ChatView)
-_role_view = msgspec.json.Decoder(_RoleView)
-_SYSTEM_ROLES = {"system", "developer"}
-
-
-def prefix_hashes(messages: Sequence[msgspec.Raw]) -> tuple[str, ...]:
-    """Hashes of messages[:k], shortest first, from the first non-system message on (a
-    system prompt alone is shared by too many conversations to say where one went)."""
-    digest = hashlib.blake2b(digest_size=16)
-    keys: list[str] = []
-    started = False
-    for raw in messages:
-        data = bytes(raw)
-        digest.update(len(data).to_bytes(8, "little"))
-        digest.update(data)
-        if not started:
-            try:
-                started = _role_view.decode(data).role not in _SYSTEM_ROLES
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                started = True
-        if started:
-            keys.append(digest.copy().hexdigest())
-    return tuple(keys)
-
-
-def _decode(body: bytes, decoder: msgspec.json.Decoder[Any]) -> Any:
-    try:
-        return decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        raise InvalidRequest(f"invalid request: {exc}") from None
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"malformed JSON: {exc}") from None
 
 
 def _model(entry: CatalogueEntry) -> dict[str, Any]:
@@ -98,7 +63,7 @@ class OpenAIDialect(Dialect):
     def routes(self, gateway: GatewayAPI) -> Sequence[BaseRoute]:
         async def chat(request: Request) -> Response:
             body = await request.body()
-            view = _decode(body, _chat_view)
+            view = decode_body(body, _chat_view)
             gateway.check_stops(view.stop, "stop")
             return await gateway.forward(
                 Call(path="/v1/chat/completions", model=view.model, body=body,
@@ -107,7 +72,7 @@ class OpenAIDialect(Dialect):
 
         async def completions(request: Request) -> Response:
             body = await request.body()
-            view = _decode(body, _completion_view)
+            view = decode_body(body, _completion_view)
             gateway.check_stops(view.stop, "stop")
             return await gateway.forward(
                 Call(path="/v1/completions", model=view.model, body=body, stream=view.stream),
@@ -115,7 +80,7 @@ class OpenAIDialect(Dialect):
 
         async def embeddings(request: Request) -> Response:
             body = await request.body()
-            view = _decode(body, _request_view)
+            view = decode_body(body, _request_view)
             return await gateway.forward(
                 Call(path="/v1/embeddings", model=view.model, body=body), request, self)
 

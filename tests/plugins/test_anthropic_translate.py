@@ -290,7 +290,7 @@ def test_missing_or_bad_required_fields_are_400(body: dict[str, Any], path: str)
 
 
 def test_malformed_json_is_400() -> None:
-    with pytest.raises(InvalidRequest, match="not valid JSON"):
+    with pytest.raises(InvalidRequest, match="malformed JSON"):
         decode_messages_request(b'{"model": ')
 
 

@@ -24,8 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from cortex import ModelProfile
-from cortex_plugins.anthropic import SSEReader
+from cortex import ModelProfile, SSEReader
 
 from ..conftest import NeuronProcess, free_port
 from ..gateway_support import RunningGateway, running_gateway, wait_until
