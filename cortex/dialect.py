@@ -2,10 +2,12 @@
 
 A dialect owns its routes. Each inference handler decodes only what routing needs,
 turns the body into a canonical (OpenAI chat-completions shaped) Call, and hands it
-to the gateway's `forward`; the gateway routes, loads, retries and streams, calling
-back into the dialect to encode replies, stream frames and errors in its own shape.
-The defaults here are pass-through, which is what an OpenAI-shaped dialect needs; a
-translating dialect overrides `reply`, `relay` and the error methods.
+to the gateway's `forward`; the gateway routes, loads, retries and streams. The Call
+carries the request's Exchange, made by the handler, which the gateway asks to encode
+the reply, the stream's frames and its error in the dialect's own shape; what one
+answer must remember (a stream translator) lives there. The Dialect itself answers the
+errors that come before any Exchange. The defaults are pass-through, which is what an
+OpenAI-shaped dialect needs.
 
 The toolkit below is what every dialect needs and none should copy from another:
 `decode_body` (a client's JSON, or a 400), `prefix_hashes` (conversation affinity) and
@@ -32,6 +34,7 @@ __all__ = [
     "Call",
     "CatalogueEntry",
     "Dialect",
+    "Exchange",
     "GatewayAPI",
     "SSEReader",
     "decode_body",
@@ -136,8 +139,32 @@ class CatalogueEntry(msgspec.Struct, kw_only=True):
     configured: bool = True
 
 
+class Exchange:
+    """One request's answer, in its dialect's shape: made by the dialect's handler for
+    each request and carried by its Call, so state one answer needs (a stream's
+    translator) lives here. These defaults pass a neuron's OpenAI bytes through."""
+
+    def reply(self, body: bytes) -> Response:
+        """A whole (non-streamed) neuron answer, re-encoded for the client if needed."""
+        return Response(body, media_type="application/json")
+
+    def relay(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """A neuron's SSE stream, re-encoded for the client if needed."""
+        return chunks
+
+    def keepalive(self) -> bytes:
+        """Sent while a stream waits for a model to load or prefill; clients ignore SSE
+        comments."""
+        return b": keep-alive\n\n"
+
+    def stream_error(self, exc: CortexError) -> bytes:
+        """The frame that ends a stream that failed after it started."""
+        return sse_frame(exc.openai_envelope())
+
+
 class Call(msgspec.Struct, kw_only=True):
-    """A canonical request: the neuron route and the OpenAI-shaped body to send there."""
+    """A canonical request: the neuron route and the OpenAI-shaped body to send there,
+    and the Exchange that answers it."""
 
     path: str
     model: str
@@ -145,6 +172,7 @@ class Call(msgspec.Struct, kw_only=True):
     stream: bool = False
     # Hashes of the conversation's prefixes, shortest first (for KV-reuse routing).
     prefixes: tuple[str, ...] = ()
+    exchange: Exchange = msgspec.field(default_factory=Exchange)
 
 
 class GatewayAPI(Protocol):
@@ -190,6 +218,7 @@ class Dialect:
     # --- errors ----------------------------------------------------------------------------
 
     def error_response(self, exc: CortexError) -> Response:
+        """An error before any neuron answered (and on any path in `prefixes`)."""
         return JSONResponse(exc.openai_envelope(), status_code=exc.status,
                             headers=exc.headers())
 
@@ -197,21 +226,7 @@ class Dialect:
         """A neuron answered with an error before the stream started (`exc` rebuilt from it)."""
         return self.error_response(exc)
 
-    def stream_error(self, exc: CortexError, call: Call) -> bytes:
-        """The frame that ends a stream that failed after it started."""
-        return sse_frame(exc.openai_envelope())
-
-    def keepalive(self, call: Call) -> bytes:
-        """Sent while a stream waits for a model to load or prefill; clients ignore SSE
-        comments. `call` is the request's own (a dialect may keep per-stream state on it)."""
-        return b": keep-alive\n\n"
-
-    # --- replies ---------------------------------------------------------------------------
-
-    def reply(self, call: Call, body: bytes) -> Response:
-        """A whole (non-streamed) neuron answer, re-encoded for the client if needed."""
-        return Response(body, media_type="application/json")
-
-    def relay(self, call: Call, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """A neuron's SSE stream, re-encoded for the client if needed (pass-through here)."""
-        return chunks
+    def exchange(self) -> Exchange:
+        """An Exchange that knows no request: what ends a stream the gateway cuts while
+        draining. A dialect whose Exchange differs (its error frame) returns its own."""
+        return Exchange()

@@ -3,12 +3,13 @@ shape of `/v1/models` (api-conformance §3, §4).
 
 A request is decoded and translated by `anthropic_translate` into the canonical OpenAI
 request, then forwarded like any other, so routing, loading, retries and disconnects
-are the gateway's. The neuron's answer comes back through this dialect's hooks: a whole
-ChatCompletion is translated with `from_openai`, a stream is parsed as SSE and fed to
-the request's StreamTranslator, which also writes the pings sent while a model loads or
-prefills and the error event of a stream that fails. Routes match on the path only,
-so Claude Code's `?beta=true` needs nothing. Auth headers are not read here: every form
-(Bearer, `x-api-key`) and any `anthropic-version`, or none, is accepted.
+are the gateway's. The neuron's answer comes back through the request's Exchange
+(MessagesExchange): a whole ChatCompletion is translated with `from_openai`, a stream
+is parsed as SSE and fed to the request's StreamTranslator, which also writes the pings
+sent while a model loads or prefills and the error event of a stream that fails.
+Routes match on the path only, so Claude Code's `?beta=true` needs nothing. Auth
+headers are not read here: every form (Bearer, `x-api-key`) and any
+`anthropic-version`, or none, is accepted.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from cortex import (
     CatalogueEntry,
     CortexError,
     Dialect,
+    Exchange,
     GatewayAPI,
     SSEReader,
     hookimpl,
@@ -34,6 +36,7 @@ from cortex import (
 )
 from cortex.anthropic_types import (
     CountTokensResponse,
+    Message,
     MessagesRequest,
     StreamEvent,
     decode_count_tokens_request,
@@ -54,7 +57,7 @@ from cortex_plugins.anthropic_translate import (
     to_tokenize,
 )
 
-__all__ = ["AnthropicDialect"]
+__all__ = ["AnthropicDialect", "AnthropicExchange", "CountTokensExchange", "MessagesExchange"]
 
 _encode = msgspec.json.Encoder().encode
 _completion = msgspec.json.Decoder(ChatCompletion)
@@ -65,17 +68,81 @@ _ANTHROPIC_HEADERS = (b"anthropic-version", b"x-api-key")
 _EPOCH = "1970-01-01T00:00:00Z"  # the catalogue has no creation times (OpenAI says 0)
 
 
-class _Messages(Call, kw_only=True):
-    """A `/v1/messages` call, carrying what its reply needs: the client's request and the
-    translator of its stream (also used for the pings before the stream begins)."""
+class AnthropicExchange(Exchange):
+    """An answer in the Anthropic shape that needs no translator: count_tokens, and the
+    error event of a stream the gateway cuts while draining."""
 
-    request: MessagesRequest
-    translator: StreamTranslator
-    backend_stream: bool  # the neuron streams even for a non-streaming client (stops)
+    def stream_error(self, exc: CortexError) -> bytes:
+        _, event = anthropic_error(exc)
+        return encode_sse(event)
 
 
-class _CountTokens(Call, kw_only=True):
-    """A count_tokens call: `/tokenize` on a neuron holding the model."""
+class CountTokensExchange(AnthropicExchange):
+    """count_tokens: `/tokenize` on a neuron holding the model, answered as a count."""
+
+    def reply(self, body: bytes) -> Response:
+        try:
+            count = _decoded(_tokenized, body).count
+            if count <= 0:  # Claude Code trusts a 0 and never compacts (§5.8)
+                raise UpstreamError("the neuron could not count the prompt's tokens")
+        except CortexError as exc:
+            return _error_response(exc)
+        return _json(CountTokensResponse(input_tokens=count))
+
+
+class MessagesExchange(AnthropicExchange):
+    """A `/v1/messages` answer: the client's request and the translator of its stream
+    (also used for the pings before the stream begins)."""
+
+    def __init__(self, request: MessagesRequest, translator: StreamTranslator, *,
+                 backend_stream: bool) -> None:
+        self.request = request
+        self.translator = translator
+        self.backend_stream = backend_stream  # the neuron streams even for a whole reply
+
+    def reply(self, body: bytes) -> Response:
+        try:
+            return _json(self._message(body))
+        except CortexError as exc:
+            return _error_response(exc)
+
+    def _message(self, body: bytes) -> Message:
+        translator = self.translator
+        if self.backend_stream:  # stop sequences: the neuron streamed, we matched them
+            events: list[StreamEvent] = []
+            reader = SSEReader()
+            for data in [*reader.feed(body), *reader.feed(b"\n\n")]:
+                events += _translate(translator, data)
+                if translator.stopped or translator.closed:
+                    break
+            events += translator.finish()
+            return assemble(events)
+        return from_openai(_decoded(_completion, body), model=self.request.model,
+                           stop_sequences=self.request.stop_sequences or ())
+
+    async def relay(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """Neuron SSE in, Anthropic events out. A matched stop sequence ends the stream
+        here; returning makes the proxy close the upstream, which ends generation."""
+        translator = self.translator
+        reader = SSEReader()
+        try:
+            async for chunk in chunks:
+                for data in reader.feed(chunk):
+                    yield _frames(_translate(translator, data))
+                    if translator.stopped or translator.closed:
+                        yield _frames(translator.finish())
+                        return
+            yield _frames(translator.finish())  # no [DONE]: finish() says it failed
+        except CortexError as exc:
+            yield _frames(translator.error(exc))
+
+    def keepalive(self) -> bytes:
+        """message_start once, then `ping` events: real events, not comments, while the
+        model loads or prefills (§3.3; pings never come before message_start)."""
+        return _frames(self.translator.ping())
+
+    def stream_error(self, exc: CortexError) -> bytes:
+        return _frames(self.translator.error(exc))
 
 
 class _AnthropicRoute(Route):
@@ -134,19 +201,19 @@ class AnthropicDialect(Dialect):
             gateway.check_stops(req.stop_sequences, "stop_sequences")
             canonical = to_openai(req, model=req.model, match_stops=self.options.match_stops)
             rendered = [msgspec.Raw(_encode(m)) for m in canonical.messages]
-            call = _Messages(
-                path="/v1/chat/completions", model=req.model, body=_encode(canonical),
-                stream=req.stream, prefixes=prefix_hashes(rendered), request=req,
-                translator=StreamTranslator.for_request(req,
-                                                        match_stops=self.options.match_stops),
-                backend_stream=canonical.stream)
+            translator = StreamTranslator.for_request(req, match_stops=self.options.match_stops)
+            call = Call(path="/v1/chat/completions", model=req.model, body=_encode(canonical),
+                        stream=req.stream, prefixes=prefix_hashes(rendered),
+                        exchange=MessagesExchange(req, translator,
+                                                  backend_stream=canonical.stream))
             return await gateway.forward(call, request, self)
 
         async def count_tokens(request: Request) -> Response:
             req = decode_count_tokens_request(await request.body())
             tokenize = to_tokenize(req, model=req.model)
             return await gateway.forward(
-                _CountTokens(path="/tokenize", model=req.model, body=_encode(tokenize)),
+                Call(path="/tokenize", model=req.model, body=_encode(tokenize),
+                     exchange=CountTokensExchange()),
                 request, self)
 
         async def models(request: Request) -> Response:
@@ -171,9 +238,7 @@ class AnthropicDialect(Dialect):
     # --- errors ----------------------------------------------------------------------------
 
     def error_response(self, exc: CortexError) -> Response:
-        status, body = anthropic_error(exc)
-        return Response(_encode(body), status_code=status, media_type="application/json",
-                         headers=exc.headers())
+        return _error_response(exc)
 
     def upstream_error(self, status: int, body: bytes, exc: CortexError) -> Response:
         """The neuron's own status is kept (a 500 stays 500, as on OpenAI routes); the
@@ -184,63 +249,14 @@ class AnthropicDialect(Dialect):
         return Response(_encode(event), status_code=code, media_type="application/json",
                         headers=exc.headers())
 
-    def stream_error(self, exc: CortexError, call: Call) -> bytes:
-        if isinstance(call, _Messages):
-            return _frames(call.translator.error(exc))
-        _, event = anthropic_error(exc)
-        return encode_sse(event)
+    def exchange(self) -> Exchange:
+        return AnthropicExchange()
 
-    def keepalive(self, call: Call) -> bytes:
-        """message_start once, then `ping` events: real events, not comments, while the
-        model loads or prefills (§3.3; pings never come before message_start)."""
-        if isinstance(call, _Messages):
-            return _frames(call.translator.ping())
-        return super().keepalive(call)
 
-    # --- replies ---------------------------------------------------------------------------
-
-    def reply(self, call: Call, body: bytes) -> Response:
-        try:
-            return self._reply(call, body)
-        except CortexError as exc:
-            return self.error_response(exc)
-
-    def _reply(self, call: Call, body: bytes) -> Response:
-        if isinstance(call, _CountTokens):
-            count = _decoded(_tokenized, body).count
-            if count <= 0:  # Claude Code trusts a 0 and never compacts (§5.8)
-                raise UpstreamError("the neuron could not count the prompt's tokens")
-            return _json(CountTokensResponse(input_tokens=count))
-        assert isinstance(call, _Messages)
-        if call.backend_stream:  # stop sequences: the neuron streamed, we matched them
-            events: list[StreamEvent] = []
-            reader = SSEReader()
-            for data in [*reader.feed(body), *reader.feed(b"\n\n")]:
-                events += _translate(call.translator, data)
-                if call.translator.stopped or call.translator.closed:
-                    break
-            events += call.translator.finish()
-            return _json(assemble(events))
-        reply = from_openai(_decoded(_completion, body), model=call.request.model,
-                            stop_sequences=call.request.stop_sequences or ())
-        return _json(reply)
-
-    async def relay(self, call: Call, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """Neuron SSE in, Anthropic events out. A matched stop sequence ends the stream
-        here; returning makes the proxy close the upstream, which ends generation."""
-        assert isinstance(call, _Messages)
-        translator = call.translator
-        reader = SSEReader()
-        try:
-            async for chunk in chunks:
-                for data in reader.feed(chunk):
-                    yield _frames(_translate(translator, data))
-                    if translator.stopped or translator.closed:
-                        yield _frames(translator.finish())
-                        return
-            yield _frames(translator.finish())  # no [DONE]: finish() says it failed
-        except CortexError as exc:
-            yield _frames(translator.error(exc))
+def _error_response(exc: CortexError) -> Response:
+    status, body = anthropic_error(exc)
+    return Response(_encode(body), status_code=status, media_type="application/json",
+                    headers=exc.headers())
 
 
 def _translate(translator: StreamTranslator, data: bytes) -> list[StreamEvent]:

@@ -191,7 +191,7 @@ class Proxy:
         try:
             tally.opened(opened)
             tally.usage(_usage(opened.first))
-            return dialect.reply(call, opened.first)
+            return call.exchange.reply(opened.first)
         finally:
             opened.close()
             self._finish(tally)
@@ -203,26 +203,26 @@ class Proxy:
             while not task.done():
                 await asyncio.wait({task}, timeout=self.gateway.settings.keepalive_interval)
                 if not task.done():
-                    yield dialect.keepalive(call)
+                    yield call.exchange.keepalive()
             try:
                 opened = state["opened"] = task.result()
             except Answer as answer:
                 status = answer.status
-                yield dialect.stream_error(answer.error, call)
+                yield call.exchange.stream_error(answer.error)
                 return
             except CortexError as exc:
                 status = exc.status
-                yield dialect.stream_error(exc, call)
+                yield call.exchange.stream_error(exc)
                 return
             tally.opened(opened)
             try:
-                async for chunk in dialect.relay(call, self._chunks(opened, tally)):
+                async for chunk in call.exchange.relay(self._chunks(opened, tally)):
                     yield chunk
             except CortexError as exc:
                 status = exc.status
                 log.warning("stream of %s from %s failed: %s", call.model, opened.node,
                             exc.message)
-                yield dialect.stream_error(exc, call)
+                yield call.exchange.stream_error(exc)
         except asyncio.CancelledError:
             status = cancelled_status(tally.state)
             raise
