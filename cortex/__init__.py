@@ -20,6 +20,7 @@ from cortex.dialect import (
     Dialect,
     Exchange,
     GatewayAPI,
+    Operation,
     SSEReader,
     decode_body,
     prefix_hashes,
@@ -42,7 +43,13 @@ from cortex.plugins import Plugins, build_plugin_manager
 from cortex.records import FleetEvent, RequestRecord
 from cortex.router import Decision, Placement, Replica, Router, RouteRequest, RoutingStrategy
 from cortex.snapshot import FleetSnapshot, ModelView, NodeView
-from cortex.types import GPU, MemoryEstimate
+from cortex.types import (
+    GPU,
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    MemoryEstimate,
+)
 
 try:
     __version__ = version("cortex")
@@ -53,11 +60,14 @@ __all__ = [
     "GPU",
     "Call",
     "CatalogueEntry",
+    "ChatCompletionRequest",
+    "CompletionRequest",
     "ConfigError",
     "CortexError",
     "Decision",
     "Dialect",
     "Done",
+    "EmbeddingRequest",
     "Engine",
     "EngineStats",
     "EvictionPolicy",
@@ -75,6 +85,7 @@ __all__ = [
     "ModelView",
     "NeuronConfig",
     "NodeView",
+    "Operation",
     "Placement",
     "PluginError",
     "Plugins",

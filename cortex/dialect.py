@@ -36,6 +36,7 @@ __all__ = [
     "Dialect",
     "Exchange",
     "GatewayAPI",
+    "Operation",
     "SSEReader",
     "decode_body",
     "prefix_hashes",
@@ -175,6 +176,16 @@ class Call(msgspec.Struct, kw_only=True):
     exchange: Exchange = msgspec.field(default_factory=Exchange)
 
 
+class Operation(msgspec.Struct, frozen=True, kw_only=True):
+    """One route as `/openapi.json` describes it; `body` is the type its handler decodes
+    (None: no body), so the document cannot drift from what is accepted."""
+
+    method: Literal["get", "post"]
+    path: str
+    summary: str
+    body: type[msgspec.Struct] | None = None
+
+
 class GatewayAPI(Protocol):
     """What a dialect may ask of the gateway."""
 
@@ -214,6 +225,10 @@ class Dialect:
     def routes(self, gateway: GatewayAPI) -> Sequence[BaseRoute]:
         """The Starlette routes this dialect serves."""
         raise NotImplementedError
+
+    def openapi(self) -> Sequence[Operation]:
+        """The routes `/openapi.json` describes, tagged with this dialect's name."""
+        return ()
 
     # --- errors ----------------------------------------------------------------------------
 

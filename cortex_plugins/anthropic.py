@@ -30,11 +30,13 @@ from cortex import (
     Dialect,
     Exchange,
     GatewayAPI,
+    Operation,
     SSEReader,
     hookimpl,
     prefix_hashes,
 )
 from cortex.anthropic_types import (
+    CountTokensRequest,
     CountTokensResponse,
     Message,
     MessagesRequest,
@@ -233,6 +235,14 @@ class AnthropicDialect(Dialect):
             Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
             _AnthropicRoute("/v1/models", models),
             _AnthropicRoute("/v1/models/{model:path}", model),
+        ]
+
+    def openapi(self) -> Sequence[Operation]:
+        return [
+            Operation(method="post", path="/v1/messages", body=MessagesRequest,
+                      summary="Anthropic Messages, streamed or whole"),
+            Operation(method="post", path="/v1/messages/count_tokens", body=CountTokensRequest,
+                      summary="Tokens the prompt of a Messages request would take"),
         ]
 
     # --- errors ----------------------------------------------------------------------------

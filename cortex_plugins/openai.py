@@ -17,9 +17,13 @@ from starlette.routing import BaseRoute, Route
 from cortex import (
     Call,
     CatalogueEntry,
+    ChatCompletionRequest,
+    CompletionRequest,
     CortexError,
     Dialect,
+    EmbeddingRequest,
     GatewayAPI,
+    Operation,
     decode_body,
     hookimpl,
     prefix_hashes,
@@ -97,6 +101,19 @@ class OpenAIDialect(Dialect):
             Route("/v1/embeddings", embeddings, methods=["POST"]),
             Route("/v1/models", models),
             Route("/v1/models/{model:path}", model),
+        ]
+
+    def openapi(self) -> Sequence[Operation]:
+        return [
+            Operation(method="post", path="/v1/chat/completions", body=ChatCompletionRequest,
+                      summary="Chat completion, streamed (`stream: true`) or whole"),
+            Operation(method="post", path="/v1/completions", body=CompletionRequest,
+                      summary="Text completion"),
+            Operation(method="post", path="/v1/embeddings", body=EmbeddingRequest,
+                      summary="Embeddings (profiles with `embeddings = true`)"),
+            Operation(method="get", path="/v1/models", summary="The catalogue"),
+            Operation(method="get", path="/v1/models/{id}",
+                      summary="One catalogue entry, by id or alias"),
         ]
 
     def upstream_error(self, status: int, body: bytes, exc: CortexError) -> Response:

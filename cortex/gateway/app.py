@@ -467,7 +467,7 @@ def create_app(config: GatewayConfig, plugin_manager: pluggy.PluginManager, *,
         up = sum(1 for n in gateway.snapshot().nodes if n.up)
         return JSONResponse({"status": "ok", "nodes_up": up, "nodes": len(gateway.fleet.names)})
 
-    document = openapi_document()
+    document = openapi_document(gateway.dialects)
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(document)

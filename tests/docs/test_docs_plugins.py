@@ -184,8 +184,12 @@ async def test_dialect_example_is_mounted_by_the_gateway() -> None:
                                  base_url="http://localhost") as client:
         tags = await client.get("/api/tags")
         missing = await client.get("/api/nothing")
+        document = (await client.get("/openapi.json")).json()
     assert tags.status_code == 200 and tags.json() == {"models": []}
     assert missing.status_code == 404
+    # Its own operation is in the document, tagged with its name, beside the defaults'.
+    assert document["paths"]["/api/tags"]["get"]["tags"] == ["ollama-tags"]
+    assert document["paths"]["/v1/messages"]["post"]["tags"] == ["anthropic"]
 
 
 @pytest.mark.anyio

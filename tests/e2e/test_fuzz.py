@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
+from cortex import Plugins, build_plugin_manager
 from cortex.anthropic_types import (
     ToolUseBlock,
     decode_count_tokens_request,
@@ -46,6 +47,8 @@ from ..serve_support import GatewayProcess, served, synthetic_neuron
 FULL = os.environ.get("CORTEX_FUZZ_FULL") == "1"
 EXAMPLES = 2000 if FULL else 250
 MODELS = ["syn", "capped", "missing"]
+#: The document as a gateway with the installed dialect plugins assembles it.
+DOCUMENT = openapi_document([cls() for cls in Plugins(build_plugin_manager()).dialects.values()])
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +75,7 @@ def _pin_models(doc: dict[str, Any]) -> dict[str, Any]:
 
 def test_the_document_comes_from_the_wire_types(gateway: GatewayProcess) -> None:
     doc = httpx.get(f"{gateway.url}/openapi.json", timeout=10).json()
-    assert doc == openapi_document()
+    assert doc == DOCUMENT
     schemas = doc["components"]["schemas"]
     body = doc["paths"]["/v1/messages"]["post"]["requestBody"]
     assert body["content"]["application/json"]["schema"]["$ref"] == \
@@ -116,7 +119,7 @@ def test_schemathesis_finds_no_server_error(gateway: GatewayProcess) -> None:
 
 PROPERTY = settings(max_examples=1000 if FULL else 150, deadline=None, database=None,
                     derandomize=not FULL, suppress_health_check=list(HealthCheck))
-_DOCUMENT = schemathesis.openapi.from_dict(openapi_document())
+_DOCUMENT = schemathesis.openapi.from_dict(DOCUMENT)
 
 
 def _bodies(path: str) -> st.SearchStrategy[bytes]:
