@@ -26,7 +26,17 @@ from cortex.dialect import (
     prefix_hashes,
     sse_frame,
 )
-from cortex.errors import ConfigError, CortexError, InvalidRequest, PluginError
+from cortex.errors import (
+    ConfigError,
+    ContextLengthExceeded,
+    CortexError,
+    InvalidRequest,
+    PluginError,
+    Timeout,
+    Unavailable,
+    UnsupportedFeature,
+    UpstreamError,
+)
 from cortex.evictor import EvictionPolicy, Evictor
 from cortex.harness import (
     Done,
@@ -43,12 +53,23 @@ from cortex.plugins import Plugins, build_plugin_manager
 from cortex.records import FleetEvent, RequestRecord
 from cortex.router import Decision, Placement, Replica, Router, RouteRequest, RoutingStrategy
 from cortex.snapshot import FleetSnapshot, ModelView, NodeView
+from cortex.stops import StopMatcher
 from cortex.types import (
     GPU,
+    ChatCompletion,
     ChatCompletionRequest,
+    ChatMessage,
     CompletionRequest,
     EmbeddingRequest,
     MemoryEstimate,
+    StreamOptions,
+    TokenizeRequest,
+    TokenizeResponse,
+    Tool,
+    ToolCall,
+    ToolCallFunction,
+    ToolFunction,
+    Usage,
 )
 
 try:
@@ -60,9 +81,12 @@ __all__ = [
     "GPU",
     "Call",
     "CatalogueEntry",
+    "ChatCompletion",
     "ChatCompletionRequest",
+    "ChatMessage",
     "CompletionRequest",
     "ConfigError",
+    "ContextLengthExceeded",
     "CortexError",
     "Decision",
     "Dialect",
@@ -96,8 +120,21 @@ __all__ = [
     "Router",
     "RoutingStrategy",
     "SSEReader",
+    "StopMatcher",
+    "StreamOptions",
     "TextDelta",
+    "Timeout",
+    "TokenizeRequest",
+    "TokenizeResponse",
+    "Tool",
+    "ToolCall",
+    "ToolCallFunction",
     "ToolCalls",
+    "ToolFunction",
+    "Unavailable",
+    "UnsupportedFeature",
+    "UpstreamError",
+    "Usage",
     "__version__",
     "build_plugin_manager",
     "decode_body",

@@ -23,22 +23,23 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
-from cortex import Plugins, build_plugin_manager
-from cortex.anthropic_types import (
-    ToolUseBlock,
-    decode_count_tokens_request,
-    decode_messages_request,
+from cortex import (
+    ChatCompletion,
+    ChatCompletionRequest,
+    Plugins,
+    TokenizeRequest,
+    build_plugin_manager,
 )
 from cortex.errors import CortexError, InvalidRequest, UpstreamError
 from cortex.gateway.openapi import openapi_document
-from cortex.types import ChatCompletion, ChatCompletionRequest, TokenizeRequest
-from cortex_plugins.anthropic_translate import (
-    StreamTranslator,
-    assemble,
-    decode_chunk,
-    from_openai,
-    to_openai,
-    to_tokenize,
+from cortex_plugins.anthropic.chunks import decode_chunk
+from cortex_plugins.anthropic.reply import assemble, from_openai
+from cortex_plugins.anthropic.request import to_openai, to_tokenize
+from cortex_plugins.anthropic.stream import StreamTranslator
+from cortex_plugins.anthropic.types import (
+    ToolUseBlock,
+    decode_count_tokens_request,
+    decode_messages_request,
 )
 
 from ..plugins.test_anthropic_translate import assert_well_formed, call, chunk

@@ -1,7 +1,7 @@
 """The Anthropic dialect: `/v1/messages`, `/v1/messages/count_tokens` and the Anthropic
 shape of `/v1/models` (api-conformance §3, §4).
 
-A request is decoded and translated by `anthropic_translate` into the canonical OpenAI
+A request is decoded (`types`) and translated (`request`) into the canonical OpenAI
 request, then forwarded like any other, so routing, loading, retries and disconnects
 are the gateway's. The neuron's answer comes back through the request's Exchange
 (MessagesExchange): a whole ChatCompletion is translated with `from_openai`, a stream
@@ -26,16 +26,25 @@ from starlette.types import Scope
 from cortex import (
     Call,
     CatalogueEntry,
+    ChatCompletion,
     CortexError,
     Dialect,
     Exchange,
     GatewayAPI,
     Operation,
     SSEReader,
+    TokenizeResponse,
+    UpstreamError,
     hookimpl,
     prefix_hashes,
 )
-from cortex.anthropic_types import (
+
+from .chunks import decode_chunk
+from .errors import anthropic_error, anthropic_error_type, anthropic_status
+from .reply import assemble, from_openai
+from .request import to_openai, to_tokenize
+from .stream import StreamTranslator, encode_sse
+from .types import (
     CountTokensRequest,
     CountTokensResponse,
     Message,
@@ -43,20 +52,6 @@ from cortex.anthropic_types import (
     StreamEvent,
     decode_count_tokens_request,
     decode_messages_request,
-)
-from cortex.errors import UpstreamError
-from cortex.types import ChatCompletion, TokenizeResponse
-from cortex_plugins.anthropic_translate import (
-    StreamTranslator,
-    anthropic_error,
-    anthropic_error_type,
-    anthropic_status,
-    assemble,
-    decode_chunk,
-    encode_sse,
-    from_openai,
-    to_openai,
-    to_tokenize,
 )
 
 __all__ = ["AnthropicDialect", "AnthropicExchange", "CountTokensExchange", "MessagesExchange"]

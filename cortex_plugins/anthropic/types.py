@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, TypeVar, get_args
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from cortex.dialect import decode_body
+from cortex import decode_body
 
 __all__ = [
     "ContentBlock",
