@@ -106,8 +106,8 @@ class Gateway:
         self.proxy = Proxy(self)
         self.reconciler = Reconciler(self)
         self.traffic = Traffic()  # recent rates for /admin/fleet; registered by create_app
-        self.dialects = [cls(build_options(cls, {}, where="dialects"))
-                         for cls in plugins.dialects.values()]
+        options = plugins.dialect_options(config.dialects)
+        self.dialects = [cls(options[name]) for name, cls in plugins.dialects.items()]
 
     @property
     def settings(self) -> GatewaySection:
@@ -145,6 +145,7 @@ class Gateway:
         # Keys first: a keys file emptied or unreadable refuses the reload, old keys kept.
         keys = await asyncio.to_thread(KeyRing, config.auth)
         router = self._router(config)
+        dialect_options = self.plugins.dialect_options(config.dialects)
         if config.gateway.listen != self.config.gateway.listen:
             log.warning("gateway.listen changed: restart the gateway to move it")
         self.config = config
@@ -153,6 +154,8 @@ class Gateway:
         self._base_profiles = list(profiles)
         self.profiles = ProfileIndex(self._base_profiles, self._pins)
         self.router = router
+        for dialect in self.dialects:  # requests that start from now on read them
+            dialect.options = dialect_options[dialect.name]
         self.fleet.settings = config.gateway
         self.loader.load_timeout = config.gateway.load_timeout
         self.fleet.configure(config.neurons)

@@ -196,9 +196,10 @@ class AnthropicDialect(Dialect):
         async def messages(request: Request) -> Response:
             req = decode_messages_request(await request.body())
             gateway.check_stops(req.stop_sequences, "stop_sequences")
-            canonical = to_openai(req, model=req.model, match_stops=self.options.match_stops)
+            match_stops = self.options.match_stops  # [dialects.anthropic], as of now
+            canonical = to_openai(req, model=req.model, match_stops=match_stops)
             rendered = [msgspec.Raw(_encode(m)) for m in canonical.messages]
-            translator = StreamTranslator.for_request(req, match_stops=self.options.match_stops)
+            translator = StreamTranslator.for_request(req, match_stops=match_stops)
             call = Call(path="/v1/chat/completions", model=req.model, body=_encode(canonical),
                         stream=req.stream, prefixes=prefix_hashes(rendered),
                         exchange=MessagesExchange(req, translator,
