@@ -173,6 +173,11 @@ class Call(msgspec.Struct, kw_only=True):
     stream: bool = False
     # Hashes of the conversation's prefixes, shortest first (for KV-reuse routing).
     prefixes: tuple[str, ...] = ()
+    # The body's token budgets as the dialect's view read them (None: absent, or not an
+    # integer, which the neuron refuses), so the gateway can cap them at the profile's
+    # max_tokens without parsing the body again.
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
     exchange: Exchange = msgspec.field(default_factory=Exchange)
 
 

@@ -1,7 +1,8 @@
 """The OpenAI dialect: a near pass-through, since neurons speak OpenAI already.
 
-Only `model`, `stream` and the raw bytes of each chat message are decoded (for
-routing and conversation affinity); bodies and SSE chunks go through untouched.
+Only `model`, `stream`, the token budgets and the raw bytes of each chat message are
+decoded (for routing, the profile's max_tokens cap and conversation affinity); bodies
+and SSE chunks go through untouched unless the gateway must rename or cap.
 """
 
 from __future__ import annotations
@@ -41,18 +42,22 @@ class _CompletionView(msgspec.Struct):
     model: str
     stream: bool = False
     stop: msgspec.Raw = msgspec.Raw()  # checked against the caps before it is decoded
+    max_tokens: Any = None  # any type: a wrong one is the neuron's to refuse
 
 
-class _ChatView(msgspec.Struct):
-    model: str
-    stream: bool = False
+class _ChatView(_CompletionView):
     messages: list[msgspec.Raw] = []
-    stop: msgspec.Raw = msgspec.Raw()
+    max_completion_tokens: Any = None
 
 
 _request_view = msgspec.json.Decoder(_RequestView)
 _completion_view = msgspec.json.Decoder(_CompletionView)
 _chat_view = msgspec.json.Decoder(_ChatView)
+
+
+def _budget(value: Any) -> int | None:
+    """A token budget the gateway may cap: an integer (bool is not one)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _model(entry: CatalogueEntry) -> dict[str, Any]:
@@ -71,7 +76,9 @@ class OpenAIDialect(Dialect):
             gateway.check_stops(view.stop, "stop")
             return await gateway.forward(
                 Call(path="/v1/chat/completions", model=view.model, body=body,
-                     stream=view.stream, prefixes=prefix_hashes(view.messages)),
+                     stream=view.stream, prefixes=prefix_hashes(view.messages),
+                     max_tokens=_budget(view.max_tokens),
+                     max_completion_tokens=_budget(view.max_completion_tokens)),
                 request, self)
 
         async def completions(request: Request) -> Response:
@@ -79,7 +86,8 @@ class OpenAIDialect(Dialect):
             view = decode_body(body, _completion_view)
             gateway.check_stops(view.stop, "stop")
             return await gateway.forward(
-                Call(path="/v1/completions", model=view.model, body=body, stream=view.stream),
+                Call(path="/v1/completions", model=view.model, body=body, stream=view.stream,
+                     max_tokens=_budget(view.max_tokens)),
                 request, self)
 
         async def embeddings(request: Request) -> Response:

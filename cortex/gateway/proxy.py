@@ -26,7 +26,7 @@ from starlette.types import Receive, Scope, Send
 from cortex.disconnects import cancelled_status, unless_disconnected
 from cortex.errors import CortexError, NeuronDied, Unavailable, Unreachable
 from cortex.gateway.auth import client_of
-from cortex.gateway.limits import clamp_max_tokens
+from cortex.gateway.limits import for_profile
 from cortex.gateway.quarantine import fingerprint
 from cortex.gateway.upstream import READ_ERRORS, Answer, Dropped, Opened, Retry, first_bytes
 from cortex.records import RequestRecord
@@ -66,13 +66,6 @@ def _stream_usage(chunk: bytes) -> Usage | None:
         if frame.startswith(b"data: {") and b'"usage":{' in frame:
             found = _usage(frame[6:]) or found
     return found
-
-
-def _rename(body: bytes, model: str) -> bytes:
-    """Swap an alias for the profile id the neuron knows (only when an alias was used)."""
-    decoded = msgspec.json.decode(body)
-    decoded["model"] = model
-    return msgspec.json.encode(decoded)
 
 
 class _Relay(StreamingResponse):
@@ -133,8 +126,7 @@ class Proxy:
             profile, _ = gateway.resolve(call.model)
             tally.record.model = profile.id
             gateway.admit(profile)
-            body = call.body if call.model == profile.id else _rename(call.body, profile.id)
-            body = clamp_max_tokens(body, profile.max_tokens)
+            body = for_profile(call, profile.id, profile.max_tokens)
             key = None
             if gateway.quarantine:  # hash only while some request is remembered
                 key = fingerprint(profile.id, call.path, body)

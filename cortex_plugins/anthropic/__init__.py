@@ -202,6 +202,7 @@ class AnthropicDialect(Dialect):
             translator = StreamTranslator.for_request(req, match_stops=match_stops)
             call = Call(path="/v1/chat/completions", model=req.model, body=_encode(canonical),
                         stream=req.stream, prefixes=prefix_hashes(rendered),
+                        max_tokens=canonical.max_tokens,
                         exchange=MessagesExchange(req, translator,
                                                   backend_stream=canonical.stream))
             return await gateway.forward(call, request, self)
