@@ -8,11 +8,13 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from cortex.config import (
+    MAX_N_THREADS,
     GatewayConfig,
     ModelProfile,
     NeuronConfig,
     load_gateway_config,
     load_neuron_config,
+    parse_bytes,
 )
 from cortex.dialect import (
     Call,
@@ -50,7 +52,7 @@ from cortex.harness import (
 )
 from cortex.hookspecs import hookimpl
 from cortex.plugins import Plugins, build_plugin_manager
-from cortex.records import FleetEvent, RequestRecord
+from cortex.records import MAX_LOGGED, FleetEvent, RequestRecord, log_value
 from cortex.router import Decision, Placement, Replica, Router, RouteRequest, RoutingStrategy
 from cortex.snapshot import FleetSnapshot, ModelView, NodeView
 from cortex.stops import StopMatcher
@@ -79,6 +81,8 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 __all__ = [
     "GPU",
+    "MAX_LOGGED",
+    "MAX_N_THREADS",
     "Call",
     "CatalogueEntry",
     "ChatCompletion",
@@ -141,6 +145,8 @@ __all__ = [
     "hookimpl",
     "load_gateway_config",
     "load_neuron_config",
+    "log_value",
+    "parse_bytes",
     "prefix_hashes",
     "sse_frame",
 ]

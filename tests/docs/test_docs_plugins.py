@@ -140,6 +140,21 @@ def test_an_undocumented_or_unknown_hook_is_caught() -> None:
 
 # --- every example works ----------------------------------------------------------------------
 
+def test_the_examples_import_only_the_public_api() -> None:
+    """What the doc says a plugin may import is what its own examples import."""
+    import cortex
+
+    examples = [code for code in blocks(DOC) if not code.startswith("@hookspec")]
+    assert len(examples) == 9
+    for code in examples:
+        for node in ast.walk(ast.parse(code)):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("cortex"):
+                assert node.module in ("cortex", "cortex.dialect"), ast.unparse(node)
+                if node.module == "cortex":
+                    assert {a.name for a in node.names} <= set(cortex.__all__), \
+                        ast.unparse(node)
+
+
 def test_every_example_registers_against_the_hookspecs() -> None:
     for hook in hookspecs():
         module = example(hook)
