@@ -222,7 +222,8 @@ class Dialect:
     stream_media_type: ClassVar[str] = "text/event-stream"
 
     class Options(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-        """The plugin's own settings, validated when config is loaded."""
+        """The plugin's own settings, from cortex.toml's `[dialects.NAME]`: validated at
+        start and on reload, which sets them anew for the requests that follow."""
 
     def __init__(self, options: Options | None = None) -> None:
         self.options = options if options is not None else self.Options()
