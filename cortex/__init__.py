@@ -8,14 +8,37 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from cortex.config import (
+    MAX_N_THREADS,
     GatewayConfig,
     ModelProfile,
     NeuronConfig,
     load_gateway_config,
     load_neuron_config,
+    parse_bytes,
 )
-from cortex.dialect import Call, CatalogueEntry, Dialect, GatewayAPI, sse_frame
-from cortex.errors import ConfigError, CortexError, InvalidRequest, PluginError
+from cortex.dialect import (
+    Call,
+    CatalogueEntry,
+    Dialect,
+    Exchange,
+    GatewayAPI,
+    Operation,
+    SSEReader,
+    decode_body,
+    prefix_hashes,
+    sse_frame,
+)
+from cortex.errors import (
+    ConfigError,
+    ContextLengthExceeded,
+    CortexError,
+    InvalidRequest,
+    PluginError,
+    Timeout,
+    Unavailable,
+    UnsupportedFeature,
+    UpstreamError,
+)
 from cortex.evictor import EvictionPolicy, Evictor
 from cortex.harness import (
     Done,
@@ -29,10 +52,27 @@ from cortex.harness import (
 )
 from cortex.hookspecs import hookimpl
 from cortex.plugins import Plugins, build_plugin_manager
-from cortex.records import FleetEvent, RequestRecord
+from cortex.records import MAX_LOGGED, FleetEvent, RequestRecord, log_value
 from cortex.router import Decision, Placement, Replica, Router, RouteRequest, RoutingStrategy
 from cortex.snapshot import FleetSnapshot, ModelView, NodeView
-from cortex.types import GPU, MemoryEstimate
+from cortex.stops import StopMatcher
+from cortex.types import (
+    GPU,
+    ChatCompletion,
+    ChatCompletionRequest,
+    ChatMessage,
+    CompletionRequest,
+    EmbeddingRequest,
+    MemoryEstimate,
+    StreamOptions,
+    TokenizeRequest,
+    TokenizeResponse,
+    Tool,
+    ToolCall,
+    ToolCallFunction,
+    ToolFunction,
+    Usage,
+)
 
 try:
     __version__ = version("cortex")
@@ -41,17 +81,26 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 __all__ = [
     "GPU",
+    "MAX_LOGGED",
+    "MAX_N_THREADS",
     "Call",
     "CatalogueEntry",
+    "ChatCompletion",
+    "ChatCompletionRequest",
+    "ChatMessage",
+    "CompletionRequest",
     "ConfigError",
+    "ContextLengthExceeded",
     "CortexError",
     "Decision",
     "Dialect",
     "Done",
+    "EmbeddingRequest",
     "Engine",
     "EngineStats",
     "EvictionPolicy",
     "Evictor",
+    "Exchange",
     "FleetEvent",
     "FleetSnapshot",
     "GatewayAPI",
@@ -64,6 +113,7 @@ __all__ = [
     "ModelView",
     "NeuronConfig",
     "NodeView",
+    "Operation",
     "Placement",
     "PluginError",
     "Plugins",
@@ -73,12 +123,30 @@ __all__ = [
     "RouteRequest",
     "Router",
     "RoutingStrategy",
+    "SSEReader",
+    "StopMatcher",
+    "StreamOptions",
     "TextDelta",
+    "Timeout",
+    "TokenizeRequest",
+    "TokenizeResponse",
+    "Tool",
+    "ToolCall",
+    "ToolCallFunction",
     "ToolCalls",
+    "ToolFunction",
+    "Unavailable",
+    "UnsupportedFeature",
+    "UpstreamError",
+    "Usage",
     "__version__",
     "build_plugin_manager",
+    "decode_body",
     "hookimpl",
     "load_gateway_config",
     "load_neuron_config",
+    "log_value",
+    "parse_bytes",
+    "prefix_hashes",
     "sse_frame",
 ]

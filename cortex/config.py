@@ -211,6 +211,8 @@ class GatewayConfig(Base, kw_only=True):
     neurons: list[NeuronEntry] = []
     auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
     models: str | list[ModelProfile] = []
+    # `[dialects.NAME]`: each dialect plugin's own Options (cortex.Plugins.dialect_options).
+    dialects: dict[str, dict[str, Any]] = {}
 
 
 _PATH_RE = re.compile(r"^(?P<reason>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)

@@ -2,29 +2,119 @@
 
 A dialect owns its routes. Each inference handler decodes only what routing needs,
 turns the body into a canonical (OpenAI chat-completions shaped) Call, and hands it
-to the gateway's `forward`; the gateway routes, loads, retries and streams, calling
-back into the dialect to encode replies, stream frames and errors in its own shape.
-The defaults here are pass-through, which is what an OpenAI-shaped dialect needs; a
-translating dialect overrides `reply`, `relay` and the error methods.
+to the gateway's `forward`; the gateway routes, loads, retries and streams. The Call
+carries the request's Exchange, made by the handler, which the gateway asks to encode
+the reply, the stream's frames and its error in the dialect's own shape; what one
+answer must remember (a stream translator) lives there. The Dialect itself answers the
+errors that come before any Exchange. The defaults are pass-through, which is what an
+OpenAI-shaped dialect needs.
+
+The toolkit below is what every dialect needs and none should copy from another:
+`decode_body` (a client's JSON, or a 400), `prefix_hashes` (conversation affinity) and
+`SSEReader` (a neuron's stream, event by event).
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING, ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, ClassVar, Literal, Protocol, TypeVar
 
 import msgspec
 from starlette.responses import JSONResponse, Response
 
-from cortex.errors import CortexError
+from cortex.errors import CortexError, InvalidRequest
 
 if TYPE_CHECKING:
     from starlette.requests import Request
     from starlette.routing import BaseRoute
 
-__all__ = ["Call", "CatalogueEntry", "Dialect", "GatewayAPI", "sse_frame"]
+__all__ = [
+    "Call",
+    "CatalogueEntry",
+    "Dialect",
+    "Exchange",
+    "GatewayAPI",
+    "Operation",
+    "SSEReader",
+    "decode_body",
+    "prefix_hashes",
+    "sse_frame",
+]
 
+T = TypeVar("T")
 _encode = msgspec.json.Encoder().encode
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+_SYSTEM_ROLES = frozenset({"system", "developer"})
+
+
+class _RoleView(msgspec.Struct):
+    role: str = ""
+
+
+_role_view = msgspec.json.Decoder(_RoleView)
+
+
+def decode_body(body: bytes, into: msgspec.json.Decoder[T] | type[T]) -> T:
+    """A client's JSON body as `into` (a Decoder, or a type): the one place where a body
+    that is not JSON, or not of that shape, becomes a 400 with msgspec's JSON path."""
+    try:
+        if isinstance(into, msgspec.json.Decoder):
+            return into.decode(body)
+        return msgspec.json.decode(body, type=into)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequest(f"invalid request: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"malformed JSON: {exc}") from None
+
+
+def prefix_hashes(messages: Sequence[msgspec.Raw]) -> tuple[str, ...]:
+    """Hashes of messages[:k] (each message's canonical OpenAI JSON), shortest first, from
+    the first non-system message on (a system prompt alone is shared by too many
+    conversations to say where one went). A Call's `prefixes`."""
+    digest = hashlib.blake2b(digest_size=16)
+    keys: list[str] = []
+    started = False
+    for raw in messages:
+        data = bytes(raw)
+        digest.update(len(data).to_bytes(8, "little"))
+        digest.update(data)
+        if not started:
+            try:
+                started = _role_view.decode(data).role not in _SYSTEM_ROLES
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                started = True
+        if started:
+            keys.append(digest.copy().hexdigest())
+    return tuple(keys)
+
+
+class SSEReader:
+    """An incremental server-sent-events parser: CRLF, CR or LF line ends (even split
+    across chunks), comments, multi-line `data`. `feed` returns each complete event's
+    data, so a translating dialect reads a neuron's stream event by event."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._data: list[bytes] = []
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        self._buffer += chunk
+        events: list[bytes] = []
+        while (end := _LINE_END.search(self._buffer)) is not None:
+            if end.group() == b"\r" and end.end() == len(self._buffer):
+                break  # maybe the first half of a CRLF
+            line, self._buffer = self._buffer[:end.start()], self._buffer[end.end():]
+            if not line:
+                if self._data:
+                    events.append(b"\n".join(self._data))
+                    self._data = []
+                continue
+            field, _, value = line.partition(b":")
+            if field == b"data":
+                self._data.append(value.removeprefix(b" "))
+        return events
 
 
 def sse_frame(payload: object, *, event: str | None = None) -> bytes:
@@ -50,8 +140,32 @@ class CatalogueEntry(msgspec.Struct, kw_only=True):
     configured: bool = True
 
 
+class Exchange:
+    """One request's answer, in its dialect's shape: made by the dialect's handler for
+    each request and carried by its Call, so state one answer needs (a stream's
+    translator) lives here. These defaults pass a neuron's OpenAI bytes through."""
+
+    def reply(self, body: bytes) -> Response:
+        """A whole (non-streamed) neuron answer, re-encoded for the client if needed."""
+        return Response(body, media_type="application/json")
+
+    def relay(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """A neuron's SSE stream, re-encoded for the client if needed."""
+        return chunks
+
+    def keepalive(self) -> bytes:
+        """Sent while a stream waits for a model to load or prefill; clients ignore SSE
+        comments."""
+        return b": keep-alive\n\n"
+
+    def stream_error(self, exc: CortexError) -> bytes:
+        """The frame that ends a stream that failed after it started."""
+        return sse_frame(exc.openai_envelope())
+
+
 class Call(msgspec.Struct, kw_only=True):
-    """A canonical request: the neuron route and the OpenAI-shaped body to send there."""
+    """A canonical request: the neuron route and the OpenAI-shaped body to send there,
+    and the Exchange that answers it."""
 
     path: str
     model: str
@@ -59,6 +173,22 @@ class Call(msgspec.Struct, kw_only=True):
     stream: bool = False
     # Hashes of the conversation's prefixes, shortest first (for KV-reuse routing).
     prefixes: tuple[str, ...] = ()
+    # The body's token budgets as the dialect's view read them (None: absent, or not an
+    # integer, which the neuron refuses), so the gateway can cap them at the profile's
+    # max_tokens without parsing the body again.
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    exchange: Exchange = msgspec.field(default_factory=Exchange)
+
+
+class Operation(msgspec.Struct, frozen=True, kw_only=True):
+    """One route as `/openapi.json` describes it; `body` is the type its handler decodes
+    (None: no body), so the document cannot drift from what is accepted."""
+
+    method: Literal["get", "post"]
+    path: str
+    summary: str
+    body: type[msgspec.Struct] | None = None
 
 
 class GatewayAPI(Protocol):
@@ -92,7 +222,8 @@ class Dialect:
     stream_media_type: ClassVar[str] = "text/event-stream"
 
     class Options(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-        """The plugin's own settings, validated when config is loaded."""
+        """The plugin's own settings, from cortex.toml's `[dialects.NAME]`: validated at
+        start and on reload, which sets them anew for the requests that follow."""
 
     def __init__(self, options: Options | None = None) -> None:
         self.options = options if options is not None else self.Options()
@@ -101,9 +232,14 @@ class Dialect:
         """The Starlette routes this dialect serves."""
         raise NotImplementedError
 
+    def openapi(self) -> Sequence[Operation]:
+        """The routes `/openapi.json` describes, tagged with this dialect's name."""
+        return ()
+
     # --- errors ----------------------------------------------------------------------------
 
     def error_response(self, exc: CortexError) -> Response:
+        """An error before any neuron answered (and on any path in `prefixes`)."""
         return JSONResponse(exc.openai_envelope(), status_code=exc.status,
                             headers=exc.headers())
 
@@ -111,21 +247,7 @@ class Dialect:
         """A neuron answered with an error before the stream started (`exc` rebuilt from it)."""
         return self.error_response(exc)
 
-    def stream_error(self, exc: CortexError, call: Call) -> bytes:
-        """The frame that ends a stream that failed after it started."""
-        return sse_frame(exc.openai_envelope())
-
-    def keepalive(self, call: Call) -> bytes:
-        """Sent while a stream waits for a model to load or prefill; clients ignore SSE
-        comments. `call` is the request's own (a dialect may keep per-stream state on it)."""
-        return b": keep-alive\n\n"
-
-    # --- replies ---------------------------------------------------------------------------
-
-    def reply(self, call: Call, body: bytes) -> Response:
-        """A whole (non-streamed) neuron answer, re-encoded for the client if needed."""
-        return Response(body, media_type="application/json")
-
-    def relay(self, call: Call, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """A neuron's SSE stream, re-encoded for the client if needed (pass-through here)."""
-        return chunks
+    def exchange(self) -> Exchange:
+        """An Exchange that knows no request: what ends a stream the gateway cuts while
+        draining. A dialect whose Exchange differs (its error frame) returns its own."""
+        return Exchange()

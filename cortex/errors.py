@@ -1,9 +1,12 @@
 """One error hierarchy for the gateway, the neuron and the library.
 
-Every error knows its HTTP status and how it reads in each client dialect, so a
-failure anywhere reaches the client in its own envelope::
+Every error knows its HTTP status and how it reads in the OpenAI envelope, which is
+canonical because neurons speak it: the gateway rebuilds a neuron's error from that
+envelope (`from_openai_envelope`), and each dialect re-encodes it in its own shape
+(the Anthropic dialect maps statuses to its own error types). Below, each status with
+the OpenAI `type` or `code` it carries::
 
-    CortexError                      500 api_error / server_error
+    CortexError                      500 server_error
     ├── ConfigError                  (start-up only: names file, key and reason)
     ├── PluginError                  (start-up only: duplicate or unknown plugin names)
     ├── InvalidRequest               400 invalid_request_error
@@ -12,7 +15,7 @@ failure anywhere reaches the client in its own envelope::
     │   └── Quarantined              400 (a body a neuron died holding: not sent again for now)
     ├── AuthenticationFailed         401 authentication_error
     ├── PermissionDenied             403 permission_error
-    ├── NotFound                     404 not_found_error
+    ├── NotFound                     404 not_found
     │   └── ModelNotFound            404 model_not_found
     ├── RequestTimeout               408 (a request body stalled; the connection closes)
     ├── Conflict                     409 (e.g. unload of a model that is loading)
@@ -20,10 +23,10 @@ failure anywhere reaches the client in its own envelope::
     ├── HeadersTooLarge              431 (a request line plus headers over max_header_bytes)
     ├── RateLimited                  429 rate_limit_error (carries Retry-After)
     ├── InsufficientMemory           507 (a load that does not fit the node's budget)
-    ├── UpstreamError                502 api_error (a neuron failed)
+    ├── UpstreamError                502 upstream_error (a neuron failed)
     │   ├── Unreachable              502 (no answer: refused, reset, timed out; safe to retry)
     │   └── NeuronDied               502 (the neuron died holding the request: not retried)
-    ├── Unavailable                  503 overloaded / unavailable (carries Retry-After)
+    ├── Unavailable                  503 unavailable (carries Retry-After)
     └── Timeout                      504 timeout_error
 """
 
@@ -61,7 +64,6 @@ __all__ = [
 class CortexError(Exception):
     status: ClassVar[int] = 500
     openai_type: ClassVar[str] = "server_error"
-    anthropic_type: ClassVar[str] = "api_error"
     code: ClassVar[str | None] = None
 
     def __init__(self, message: str, *, param: str | None = None,
@@ -74,9 +76,6 @@ class CortexError(Exception):
     def openai_envelope(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.openai_type,
                           "param": self.param, "code": self.code}}
-
-    def anthropic_envelope(self) -> dict[str, Any]:
-        return {"type": "error", "error": {"type": self.anthropic_type, "message": self.message}}
 
     def headers(self) -> dict[str, str]:
         if self.retry_after is None:
@@ -95,7 +94,6 @@ class PluginError(CortexError):
 class InvalidRequest(CortexError):
     status = 400
     openai_type = "invalid_request_error"
-    anthropic_type = "invalid_request_error"
 
 
 class ContextLengthExceeded(InvalidRequest):
@@ -127,20 +125,17 @@ class Quarantined(InvalidRequest):
 class AuthenticationFailed(CortexError):
     status = 401
     openai_type = "authentication_error"
-    anthropic_type = "authentication_error"
     code = "invalid_api_key"
 
 
 class PermissionDenied(CortexError):
     status = 403
     openai_type = "permission_error"
-    anthropic_type = "permission_error"
 
 
 class NotFound(CortexError):
     status = 404
     openai_type = "invalid_request_error"
-    anthropic_type = "not_found_error"
     code = "not_found"
 
 
@@ -159,7 +154,6 @@ class RequestTimeout(CortexError):
 
     status = 408
     openai_type = "invalid_request_error"
-    anthropic_type = "invalid_request_error"
     code = "request_timeout"
 
     def headers(self) -> dict[str, str]:
@@ -169,35 +163,30 @@ class RequestTimeout(CortexError):
 class Conflict(CortexError):
     status = 409
     openai_type = "invalid_request_error"
-    anthropic_type = "invalid_request_error"
     code = "conflict"
 
 
 class PayloadTooLarge(CortexError):
     status = 413
     openai_type = "invalid_request_error"
-    anthropic_type = "request_too_large"
     code = "request_too_large"
 
 
 class HeadersTooLarge(CortexError):
     status = 431
     openai_type = "invalid_request_error"
-    anthropic_type = "invalid_request_error"
     code = "request_header_fields_too_large"
 
 
 class RateLimited(CortexError):
     status = 429
     openai_type = "rate_limit_error"
-    anthropic_type = "rate_limit_error"
     code = "rate_limit_exceeded"
 
 
 class InsufficientMemory(CortexError):
     status = 507
     openai_type = "server_error"
-    anthropic_type = "api_error"
     code = "insufficient_memory"
 
 
@@ -221,14 +210,12 @@ class NeuronDied(UpstreamError):
 class Unavailable(CortexError):
     status = 503
     openai_type = "server_error"
-    anthropic_type = "overloaded_error"
     code = "unavailable"
 
 
 class Timeout(CortexError):
     status = 504
     openai_type = "timeout_error"
-    anthropic_type = "timeout_error"
     code = "timeout"
 
 

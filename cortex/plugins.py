@@ -9,7 +9,7 @@ plugins but first, so the core never names the plugin package.
 from __future__ import annotations
 
 import importlib.metadata
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
@@ -155,3 +155,16 @@ class Plugins:
 
     def harness(self, name: str) -> type[Harness]:
         return _pick(self.harnesses, name, "harness")
+
+    def dialect_options(self, tables: Mapping[str, Mapping[str, Any]], *,
+                        where: str = "cortex.toml") -> dict[str, Dialect.Options]:
+        """Every registered dialect's Options, from its `[dialects.NAME]` table (or the
+        defaults); a table that names no dialect is an error, as a misspelt key is."""
+        for name in tables:
+            if name not in self.dialects:
+                known = ", ".join(sorted(self.dialects)) or "none"
+                raise ConfigError(f"{where}: dialects.{name}: no dialect is named `{name}` "
+                                  f"(available: {known})")
+        return {name: build_options(cls, dict(tables.get(name, {})),
+                                    where=f"{where}: dialects.{name}")
+                for name, cls in self.dialects.items()}

@@ -19,7 +19,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import cortex
-from cortex import NeuronConfig, Plugins, build_plugin_manager
+from cortex import NeuronConfig, Plugins, build_plugin_manager, decode_body
 from cortex.config import parse_bytes
 from cortex.disconnects import unless_disconnected
 from cortex.errors import (
@@ -74,13 +74,7 @@ def error_response(exc: CortexError) -> JSONResponse:
 
 
 async def decode(request: Request, kind: type[T]) -> T:
-    body = await request.body()
-    try:
-        return msgspec.json.decode(body, type=kind)
-    except msgspec.ValidationError as exc:
-        raise InvalidRequest(f"invalid request: {exc}") from None
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"malformed JSON: {exc}") from None
+    return decode_body(await request.body(), kind)
 
 
 class _Neuron:

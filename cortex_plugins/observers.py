@@ -14,8 +14,7 @@ import logging
 
 import msgspec
 
-from cortex import RequestRecord, hookimpl
-from cortex.records import MAX_LOGGED, log_value
+from cortex import MAX_LOGGED, RequestRecord, hookimpl, log_value
 
 __all__ = ["request_line"]
 

@@ -1,12 +1,12 @@
 """The OpenAI dialect: a near pass-through, since neurons speak OpenAI already.
 
-Only `model`, `stream` and the raw bytes of each chat message are decoded (for
-routing and conversation affinity); bodies and SSE chunks go through untouched.
+Only `model`, `stream`, the token budgets and the raw bytes of each chat message are
+decoded (for routing, the profile's max_tokens cap and conversation affinity); bodies
+and SSE chunks go through untouched unless the gateway must rename or cap.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -18,14 +18,19 @@ from starlette.routing import BaseRoute, Route
 from cortex import (
     Call,
     CatalogueEntry,
+    ChatCompletionRequest,
+    CompletionRequest,
     CortexError,
     Dialect,
+    EmbeddingRequest,
     GatewayAPI,
-    InvalidRequest,
+    Operation,
+    decode_body,
     hookimpl,
+    prefix_hashes,
 )
 
-__all__ = ["OpenAIDialect", "prefix_hashes"]
+__all__ = ["OpenAIDialect"]
 
 
 class _RequestView(msgspec.Struct):
@@ -37,53 +42,22 @@ class _CompletionView(msgspec.Struct):
     model: str
     stream: bool = False
     stop: msgspec.Raw = msgspec.Raw()  # checked against the caps before it is decoded
+    max_tokens: Any = None  # any type: a wrong one is the neuron's to refuse
 
 
-class _ChatView(msgspec.Struct):
-    model: str
-    stream: bool = False
+class _ChatView(_CompletionView):
     messages: list[msgspec.Raw] = []
-    stop: msgspec.Raw = msgspec.Raw()
-
-
-class _RoleView(msgspec.Struct):
-    role: str = ""
+    max_completion_tokens: Any = None
 
 
 _request_view = msgspec.json.Decoder(_RequestView)
 _completion_view = msgspec.json.Decoder(_CompletionView)
 _chat_view = msgspec.json.Decoder(_ChatView)
-_role_view = msgspec.json.Decoder(_RoleView)
-_SYSTEM_ROLES = {"system", "developer"}
 
 
-def prefix_hashes(messages: Sequence[msgspec.Raw]) -> tuple[str, ...]:
-    """Hashes of messages[:k], shortest first, from the first non-system message on (a
-    system prompt alone is shared by too many conversations to say where one went)."""
-    digest = hashlib.blake2b(digest_size=16)
-    keys: list[str] = []
-    started = False
-    for raw in messages:
-        data = bytes(raw)
-        digest.update(len(data).to_bytes(8, "little"))
-        digest.update(data)
-        if not started:
-            try:
-                started = _role_view.decode(data).role not in _SYSTEM_ROLES
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                started = True
-        if started:
-            keys.append(digest.copy().hexdigest())
-    return tuple(keys)
-
-
-def _decode(body: bytes, decoder: msgspec.json.Decoder[Any]) -> Any:
-    try:
-        return decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        raise InvalidRequest(f"invalid request: {exc}") from None
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"malformed JSON: {exc}") from None
+def _budget(value: Any) -> int | None:
+    """A token budget the gateway may cap: an integer (bool is not one)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _model(entry: CatalogueEntry) -> dict[str, Any]:
@@ -98,24 +72,27 @@ class OpenAIDialect(Dialect):
     def routes(self, gateway: GatewayAPI) -> Sequence[BaseRoute]:
         async def chat(request: Request) -> Response:
             body = await request.body()
-            view = _decode(body, _chat_view)
+            view = decode_body(body, _chat_view)
             gateway.check_stops(view.stop, "stop")
             return await gateway.forward(
                 Call(path="/v1/chat/completions", model=view.model, body=body,
-                     stream=view.stream, prefixes=prefix_hashes(view.messages)),
+                     stream=view.stream, prefixes=prefix_hashes(view.messages),
+                     max_tokens=_budget(view.max_tokens),
+                     max_completion_tokens=_budget(view.max_completion_tokens)),
                 request, self)
 
         async def completions(request: Request) -> Response:
             body = await request.body()
-            view = _decode(body, _completion_view)
+            view = decode_body(body, _completion_view)
             gateway.check_stops(view.stop, "stop")
             return await gateway.forward(
-                Call(path="/v1/completions", model=view.model, body=body, stream=view.stream),
+                Call(path="/v1/completions", model=view.model, body=body, stream=view.stream,
+                     max_tokens=_budget(view.max_tokens)),
                 request, self)
 
         async def embeddings(request: Request) -> Response:
             body = await request.body()
-            view = _decode(body, _request_view)
+            view = decode_body(body, _request_view)
             return await gateway.forward(
                 Call(path="/v1/embeddings", model=view.model, body=body), request, self)
 
@@ -132,6 +109,19 @@ class OpenAIDialect(Dialect):
             Route("/v1/embeddings", embeddings, methods=["POST"]),
             Route("/v1/models", models),
             Route("/v1/models/{model:path}", model),
+        ]
+
+    def openapi(self) -> Sequence[Operation]:
+        return [
+            Operation(method="post", path="/v1/chat/completions", body=ChatCompletionRequest,
+                      summary="Chat completion, streamed (`stream: true`) or whole"),
+            Operation(method="post", path="/v1/completions", body=CompletionRequest,
+                      summary="Text completion"),
+            Operation(method="post", path="/v1/embeddings", body=EmbeddingRequest,
+                      summary="Embeddings (profiles with `embeddings = true`)"),
+            Operation(method="get", path="/v1/models", summary="The catalogue"),
+            Operation(method="get", path="/v1/models/{id}",
+                      summary="One catalogue entry, by id or alias"),
         ]
 
     def upstream_error(self, status: int, body: bytes, exc: CortexError) -> Response:

@@ -36,19 +36,24 @@ from typing import ClassVar
 import msgspec
 
 from cortex import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    ConfigError,
+    ContextLengthExceeded,
     Done,
     Engine,
     GenerationEvent,
     Harness,
+    InvalidRequest,
     MemoryEstimate,
     ModelProfile,
     ResolvedModel,
     TextDelta,
+    TokenizeRequest,
+    Unavailable,
     hookimpl,
+    parse_bytes,
 )
-from cortex.config import parse_bytes
-from cortex.errors import ConfigError, ContextLengthExceeded, InvalidRequest, Unavailable
-from cortex.types import ChatCompletionRequest, CompletionRequest, TokenizeRequest
 
 __all__ = ["SyntheticEngine", "SyntheticHarness", "SyntheticSettings"]
 

@@ -38,6 +38,8 @@ DESCRIPTIONS: dict[str, str] = {
     "GatewayConfig.routing": "the `[routing]` table",
     "GatewayConfig.neurons": "one `[[neurons]]` table per neuron",
     "GatewayConfig.auth": "the `[auth]` table",
+    "GatewayConfig.dialects": "`[dialects.NAME]`: each dialect plugin's own `Options`; a "
+                              "table naming no dialect is an error",
     "GatewaySection.listen": "host:port of the API and `/admin` (`--listen` overrides it)",
     "GatewaySection.metrics_listen": "host:port where the gateway serves Prometheus `/metrics`",
     "GatewaySection.load_timeout": "seconds a request waits for its model to be placed and "
@@ -151,6 +153,11 @@ DESCRIPTIONS: dict[str, str] = {
     "NeuronConfig.preload": "profiles loaded at start-up (`[[preload]]`, the keys of "
                             "`[[models]]`)",
     "NeuronConfig.harness": "`[harness.NAME]`: each harness plugin's own `Options`",
+    # dialect plugins' Options ([dialects.NAME] in cortex.toml)
+    "AnthropicDialect.Options.match_stops": "match `stop_sequences` in the gateway, so a hit "
+                                            "reads `stop_reason: stop_sequence`; `false` "
+                                            "sends them to the neuron as `stop`, and a hit "
+                                            "reads `end_turn`",
     # harness plugins' Options ([harness.NAME] in neuron.toml)
     "LlamaCppHarness.Options.n_threads": "CPU threads; unset: physical cores (a profile's "
                                          "`n_threads` wins)",
@@ -304,15 +311,16 @@ def walk(struct: type[Any], heading: str, *, missing: list[str],
     return ([top] if top.rows else []) + nested
 
 
-def plugin_sections(missing: list[str]) -> list[Section]:
-    """`[harness.NAME]` tables from the default harness plugins' Options Structs."""
-    plugins = Plugins(build_plugin_manager(entry_points=False))
+def plugin_sections(registry: dict[str, type[Any]], table: str,
+                    missing: list[str]) -> list[Section]:
+    """`[TABLE.NAME]` tables from the default plugins' Options Structs (`[harness.NAME]`
+    in neuron.toml, `[dialects.NAME]` in cortex.toml)."""
     sections: list[Section] = []
-    for name, cls in sorted(plugins.harnesses.items()):
+    for name, cls in sorted(registry.items()):
         options = cls.Options
         if not msgspec.structs.fields(options):
             continue
-        sections.extend(walk(options, f"[harness.{name}]", missing=missing, seen={}))
+        sections.extend(walk(options, f"[{table}.{name}]", missing=missing, seen={}))
     return sections
 
 
@@ -355,13 +363,14 @@ def generate() -> tuple[str, list[str]]:
             # Inline `[[models]]` in cortex.toml take the keys of models.toml's.
             sections.insert(1, Section("[[models]]", note="Inline profiles: the keys of "
                                                           "models.toml's `[[models]]`."))
+            sections += plugin_sections(plugins.dialects, "dialects", missing)
             for section in sections:
                 if section.heading == "[eviction]":
                     section.note = _policy_note("eviction policies", plugins.eviction_policies)
                 elif section.heading == "[routing]":
                     section.note = _policy_note("routing strategies", plugins.routing_strategies)
         if struct is NeuronConfig:
-            sections += plugin_sections(missing)
+            sections += plugin_sections(plugins.harnesses, "harness", missing)
         for section in sections:
             lines.extend(render_section(section))
     return "\n".join(lines).rstrip("\n") + "\n", missing

@@ -78,10 +78,14 @@ async def running_gateway(neurons: Iterable[tuple[str, NeuronProcess]],
                           routing: str = "affinity", defrag_after_cycles: int = 0,
                           plugins: Iterable[object] = (), metrics: bool = False,
                           auth: dict[str, Any] | None = None,
+                          dialects: dict[str, dict[str, Any]] | None = None,
+                          reloader: Callable[[], tuple[GatewayConfig, list[ModelProfile]]]
+                          | None = None,
                           **settings: Any) -> AsyncIterator[RunningGateway]:
     """Serve a gateway with hypercorn on a free loopback port, in this event loop; with
     `metrics`, its Prometheus endpoint on another (`metrics_listen`), as `cortex serve`
-    does. `plugins` are registered beside the Recorder; `auth` is the `[auth]` table."""
+    does. `plugins` are registered beside the Recorder; `auth` is the `[auth]` table,
+    `dialects` the `[dialects.NAME]` tables; `reloader` answers /admin/reload."""
     from hypercorn.asyncio import serve
     from hypercorn.config import Config
 
@@ -96,11 +100,12 @@ async def running_gateway(neurons: Iterable[tuple[str, NeuronProcess]],
         "routing": {"strategy": routing},
         "neurons": [{"name": name, "endpoint": n.url} for name, n in nodes],
         "auth": auth or {},
+        "dialects": dialects or {},
     }, GatewayConfig)
     recorder = Recorder()
     app = create_app(config, build_plugin_manager(entry_points=False,
                                                   extra=[recorder, *plugins]),
-                     profiles=list(profiles))
+                     profiles=list(profiles), reloader=reloader)
     hyper = Config()
     hyper.bind = [f"127.0.0.1:{port}"]
     hyper.accesslog = None

@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from cortex.dialect import decode_body
 from cortex.errors import ConfigError, Conflict, InvalidRequest, NotFound
 
 if TYPE_CHECKING:
@@ -42,10 +43,7 @@ class AdminAction(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 async def _action(request: Request) -> AdminAction:
     body = await request.body()
-    try:
-        action = msgspec.json.decode(body, type=AdminAction) if body.strip() else AdminAction()
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise InvalidRequest(f"invalid request: {exc}") from None
+    action = decode_body(body, AdminAction) if body.strip() else AdminAction()
     node = request.query_params.get("node")
     if node:
         action.node = node

@@ -66,7 +66,7 @@ from cortex.gateway.reconciler import Reconciler
 from cortex.gateway.state import LiveConfig, Reloader
 from cortex.gateway.traffic import TRAFFIC_PLUGIN, Traffic
 from cortex.gateway.ui import ui_routes
-from cortex.plugins import Plugins, build_options
+from cortex.plugins import Plugins
 from cortex.records import log_value
 from cortex.stops import check_stops
 
@@ -184,10 +184,15 @@ def create_app(config: GatewayConfig, plugin_manager: pluggy.PluginManager, *,
     fleet = Fleet(config.gateway, plugins.hook)
     loader = Loader(fleet, load_timeout=config.gateway.load_timeout)
 
-    def follow(fresh: GatewayConfig) -> None:  # a reload reaches the fleet before it returns
+    dialects = Dialects(cls(live.dialect_options[name])
+                        for name, cls in plugins.dialects.items())
+
+    def follow(fresh: GatewayConfig) -> None:  # a reload reaches the parts before it returns
         fleet.settings = fresh.gateway
         loader.load_timeout = fresh.gateway.load_timeout
         fleet.configure(fresh.neurons)
+        for dialect in dialects:  # requests that start from now on read them
+            dialect.options = live.dialect_options[dialect.name]
 
     live.on_reload(follow)
     # Fair turns between clients on a busy model (held here, not in a neuron's FIFO).
@@ -199,8 +204,6 @@ def create_app(config: GatewayConfig, plugin_manager: pluggy.PluginManager, *,
                   quarantine=quarantine, hook=plugins.hook)
     reconciler = Reconciler(placer, fleet, loader, live)
     traffic = Traffic()  # recent rates for /admin/fleet
-    dialects = Dialects(cls(build_options(cls, {}, where="dialects"))
-                        for cls in plugins.dialects.values())
     # The metrics observer holds this app's own MeterProvider, so it is an object
     # registered per app rather than as a default entry-point plugin.
     metrics: GatewayMetrics | None = None
@@ -232,7 +235,7 @@ def create_app(config: GatewayConfig, plugin_manager: pluggy.PluginManager, *,
         up = sum(1 for n in placer.snapshot().nodes if n.up)
         return JSONResponse({"status": "ok", "nodes_up": up, "nodes": len(fleet.names)})
 
-    document = openapi_document()
+    document = openapi_document(list(dialects))
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(document)

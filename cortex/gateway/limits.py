@@ -12,8 +12,9 @@ would otherwise end as a RecursionError, a 500, here or on a neuron. A `tools` a
 `max_header_bytes` gets 431 from HeadLimit: hypercorn's own bound (set to the same in
 cortex.gateway.server) only looks at heads still incomplete after each 64 KiB read, so it let
 through any head that ended within the read that crossed it, up to about twice the
-limit; it still bounds what a head can make the server buffer. `clamp_max_tokens` caps
-a request's token budget at its profile's `max_tokens`.
+limit; it still bounds what a head can make the server buffer. `for_profile` caps a
+request's token budget at its profile's `max_tokens` (and names the profile, not an
+alias), re-encoding the body only when it must.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import asyncio
 import itertools
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -39,8 +40,9 @@ if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
     from cortex.config import GatewaySection
+    from cortex.dialect import Call
 
-__all__ = ["MAX_JSON_DEPTH", "BodyLimits", "HeadLimit", "check_body", "clamp_max_tokens",
+__all__ = ["MAX_JSON_DEPTH", "BodyLimits", "HeadLimit", "check_body", "for_profile",
            "head_bytes", "json_too_deep"]
 
 #: Deepest JSON nesting accepted; real requests (tool schemas included) stay under 30.
@@ -61,13 +63,7 @@ class _ToolsView(msgspec.Struct):
     tools: msgspec.Raw = msgspec.Raw()
 
 
-class _TokenView(msgspec.Struct):
-    max_tokens: Any = None
-    max_completion_tokens: Any = None
-
-
 _tools_view = msgspec.json.Decoder(_ToolsView)
-_token_view = msgspec.json.Decoder(_TokenView)
 
 
 def json_too_deep(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
@@ -110,24 +106,20 @@ def check_body(body: bytes, *, max_tools_bytes: int) -> None:
                                   param="tools")
 
 
-def clamp_max_tokens(body: bytes, cap: int | None) -> bytes:
-    """The body with `max_tokens`/`max_completion_tokens` lowered to `cap` where above it,
-    so every harness honours the profile's cap the way llama.cpp's engine does; an
-    unchanged body is returned as is (no re-encoding)."""
-    if cap is None:
-        return body
-    try:
-        view = _token_view.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return body
-    over = [key for key in ("max_tokens", "max_completion_tokens")
-            if isinstance(value := getattr(view, key), int) and not isinstance(value, bool)
-            and value > cap]
-    if not over:
-        return body
-    decoded = msgspec.json.decode(body)
-    for key in over:
-        decoded[key] = cap
+def for_profile(call: Call, model: str, cap: int | None) -> bytes:
+    """The body a neuron gets for `call`: naming `model` (the profile id, where the client
+    used an alias) and with `max_tokens`/`max_completion_tokens` lowered to the profile's
+    `cap` where above it, so every harness honours the cap the way llama.cpp's engine
+    does. Both in one decode and encode, and only when one applies: the dialect's view
+    read the budgets, so a body that needs neither is passed on as it came."""
+    over = {key: cap for key, value in (("max_tokens", call.max_tokens),
+                                        ("max_completion_tokens", call.max_completion_tokens))
+            if cap is not None and value is not None and value > cap}
+    if call.model == model and not over:
+        return call.body
+    decoded = msgspec.json.decode(call.body)
+    decoded["model"] = model
+    decoded.update(over)
     return msgspec.json.encode(decoded)
 
 

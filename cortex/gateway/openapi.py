@@ -1,39 +1,30 @@
 """The gateway's OpenAPI 3.1 document, served at `/openapi.json`.
 
-Request bodies are generated from the msgspec types the dialects decode and the neurons
-validate (`msgspec.json.schema_components`), so the document cannot drift from what is
-accepted; it describes the public client routes only (not `/admin`). Fuzzers read it
-(tests/e2e/test_fuzz.py runs schemathesis against a live gateway).
+Each dialect describes its own routes (`Dialect.openapi()`, tagged with its name), and
+request bodies are generated from the msgspec types those name, the types the dialects
+decode and the neurons validate (`msgspec.json.schema_components`), so the document
+cannot drift from what is accepted; it describes the public client routes only (not
+`/admin`). Fuzzers read it (tests/e2e/test_fuzz.py runs schemathesis against a live
+gateway).
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
 
-from cortex import anthropic_types, types
+from cortex.dialect import Dialect, Operation
 
 __all__ = ["openapi_document"]
 
 _REF = "#/components/schemas/{name}"
 
-#: (method, path, request type or None, summary, tag)
-_OPERATIONS: tuple[tuple[str, str, type[msgspec.Struct] | None, str, str], ...] = (
-    ("post", "/v1/chat/completions", types.ChatCompletionRequest,
-     "Chat completion, streamed (`stream: true`) or whole", "openai"),
-    ("post", "/v1/completions", types.CompletionRequest, "Text completion", "openai"),
-    ("post", "/v1/embeddings", types.EmbeddingRequest,
-     "Embeddings (profiles with `embeddings = true`)", "openai"),
-    ("get", "/v1/models", None, "The catalogue", "openai"),
-    ("get", "/v1/models/{id}", None, "One catalogue entry, by id or alias", "openai"),
-    ("post", "/v1/messages", anthropic_types.MessagesRequest,
-     "Anthropic Messages, streamed or whole", "anthropic"),
-    ("post", "/v1/messages/count_tokens", anthropic_types.CountTokensRequest,
-     "Tokens the prompt of a Messages request would take", "anthropic"),
-    ("get", "/health", None, "Liveness and the number of live neurons", "gateway"),
-)
+#: The gateway's own routes, beside the dialects'.
+_GATEWAY = (Operation(method="get", path="/health",
+                      summary="Liveness and the number of live neurons"),)
 
 _ERRORS = {
     "400": "malformed body, invalid UTF-8, JSON nested too deeply, or what a neuron rejects",
@@ -53,14 +44,14 @@ _ERROR_SCHEMA: dict[str, Any] = {
 }
 
 
-def _operation(method: str, path: str, body: type[msgspec.Struct] | None, summary: str,
-               tag: str) -> dict[str, Any]:
+def _operation(op: Operation, tag: str) -> dict[str, Any]:
+    method, path, body = op.method, op.path, op.body
     responses: dict[str, Any] = {"200": {"description": "OK; `text/event-stream` when streamed",
                                          "content": {"application/json": {"schema": {}}}}}
     for status, why in _ERRORS.items():
         responses[status] = {"description": why, "content": {"application/json": {
             "schema": {"$ref": _REF.format(name="Error")}}}}
-    operation: dict[str, Any] = {"summary": summary, "tags": [tag], "responses": responses,
+    operation: dict[str, Any] = {"summary": op.summary, "tags": [tag], "responses": responses,
                                  "operationId": f"{method}_{path.strip('/')}".replace(
                                      "/", "_").replace("{", "").replace("}", "")}
     if body is not None:
@@ -72,21 +63,23 @@ def _operation(method: str, path: str, body: type[msgspec.Struct] | None, summar
     return operation
 
 
-def openapi_document() -> dict[str, Any]:
+def openapi_document(dialects: Iterable[Dialect]) -> dict[str, Any]:
     """The document: every public client route, request bodies from the wire types."""
     try:
         version = importlib.metadata.version("cortex")
     except importlib.metadata.PackageNotFoundError:
         version = "0.0.0"
-    bodies = [body for _, _, body, _, _ in _OPERATIONS if body is not None]
+    operations = [(op, dialect.name) for dialect in dialects for op in dialect.openapi()]
+    operations += [(op, "gateway") for op in _GATEWAY]
+    bodies = list(dict.fromkeys(op.body for op, _ in operations if op.body is not None))
     refs, components = msgspec.json.schema_components(bodies, ref_template=_REF)
     for ref, kind in zip(refs, bodies, strict=True):
         if ref["$ref"] != _REF.format(name=kind.__name__):  # a name both dialects use
             components[kind.__name__] = {"$ref": ref["$ref"]}
     components["Error"] = _ERROR_SCHEMA
     paths: dict[str, dict[str, Any]] = {}
-    for method, path, body, summary, tag in _OPERATIONS:
-        paths.setdefault(path, {})[method] = _operation(method, path, body, summary, tag)
+    for op, tag in operations:
+        paths.setdefault(op.path, {})[op.method] = _operation(op, tag)
     return {
         "openapi": "3.1.0",
         "info": {"title": "cortex gateway", "version": version,

@@ -26,7 +26,7 @@ from starlette.types import Receive, Scope, Send
 from cortex.disconnects import cancelled_status, unless_disconnected
 from cortex.errors import CortexError, NeuronDied, Unavailable, Unreachable
 from cortex.gateway.auth import client_of
-from cortex.gateway.limits import clamp_max_tokens
+from cortex.gateway.limits import for_profile
 from cortex.gateway.quarantine import fingerprint
 from cortex.gateway.upstream import READ_ERRORS, Answer, Dropped, Opened, Retry, first_bytes
 from cortex.records import RequestRecord
@@ -71,13 +71,6 @@ def _stream_usage(chunk: bytes) -> Usage | None:
         if frame.startswith(b"data: {") and b'"usage":{' in frame:
             found = _usage(frame[6:]) or found
     return found
-
-
-def _rename(body: bytes, model: str) -> bytes:
-    """Swap an alias for the profile id the neuron knows (only when an alias was used)."""
-    decoded = msgspec.json.decode(body)
-    decoded["model"] = model
-    return msgspec.json.encode(decoded)
 
 
 class _Relay(StreamingResponse):
@@ -148,8 +141,7 @@ class Proxy:
             profile, _ = placer.resolve(call.model)
             tally.record.model = profile.id
             placer.admit(profile)
-            body = call.body if call.model == profile.id else _rename(call.body, profile.id)
-            body = clamp_max_tokens(body, profile.max_tokens)
+            body = for_profile(call, profile.id, profile.max_tokens)
             key = None
             if self._quarantine:  # hash only while some request is remembered
                 key = fingerprint(profile.id, call.path, body)
@@ -206,7 +198,7 @@ class Proxy:
         try:
             tally.opened(opened)
             tally.usage(_usage(opened.first))
-            return dialect.reply(call, opened.first)
+            return call.exchange.reply(opened.first)
         finally:
             opened.close()
             self._finish(tally)
@@ -218,26 +210,26 @@ class Proxy:
             while not task.done():
                 await asyncio.wait({task}, timeout=self._live.settings.keepalive_interval)
                 if not task.done():
-                    yield dialect.keepalive(call)
+                    yield call.exchange.keepalive()
             try:
                 opened = state["opened"] = task.result()
             except Answer as answer:
                 status = answer.status
-                yield dialect.stream_error(answer.error, call)
+                yield call.exchange.stream_error(answer.error)
                 return
             except CortexError as exc:
                 status = exc.status
-                yield dialect.stream_error(exc, call)
+                yield call.exchange.stream_error(exc)
                 return
             tally.opened(opened)
             try:
-                async for chunk in dialect.relay(call, self._chunks(opened, tally)):
+                async for chunk in call.exchange.relay(self._chunks(opened, tally)):
                     yield chunk
             except CortexError as exc:
                 status = exc.status
                 log.warning("stream of %s from %s failed: %s", call.model, opened.node,
                             exc.message)
-                yield dialect.stream_error(exc, call)
+                yield call.exchange.stream_error(exc)
         except asyncio.CancelledError:
             status = cancelled_status(tally.state)
             raise

@@ -140,10 +140,10 @@ class _Drain:
                              if name.lower() == b"content-type"), b"")
         if start["status"] != 200 or not content_type.startswith(b"text/event-stream"):
             return  # hypercorn closes the connection mid-body: the client sees it cut
-        from cortex.dialect import Call, Dialect
+        from cortex.dialect import Dialect
 
         dialect = self.dialects.dialect_for(scope["path"]) or Dialect()
-        frame = dialect.stream_error(error, Call(path=scope["path"], model="", body=b""))
+        frame = dialect.exchange().stream_error(error)
         await send({"type": "http.response.body", "body": frame, "more_body": False})
 
     async def drain(self, timeout: float) -> None:

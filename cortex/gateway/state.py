@@ -1,7 +1,8 @@
 """LiveConfig: the gateway's configuration as it is now, swapped whole on a reload.
 
 It holds what a reload or a runtime pin changes (the config, the profiles with their
-pins, the router built from the routing and eviction plugins, the API keys) and says
+pins, the router built from the routing and eviction plugins, the API keys, the
+dialects' options) and says
 so: `version` counts changes, `changed()` waits for the next, and `on_reload` callbacks
 apply a new config to the parts that hold a copy (the fleet's neuron list) before
 `reload()` returns. Keys load here at start and on every reload, failing closed: a
@@ -16,6 +17,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 from cortex.config import GatewayConfig, GatewaySection, ModelProfile
+from cortex.dialect import Dialect
 from cortex.errors import Conflict
 from cortex.evictor import Evictor
 from cortex.gateway.auth import KeyRing
@@ -45,6 +47,8 @@ class LiveConfig:
         self.keys = KeyRing(config.auth)  # a keys file that lost its keys refuses start
         self.profiles = ProfileIndex(self._base_profiles)
         self.router = self._router(config)
+        self.dialect_options: dict[str, Dialect.Options] = plugins.dialect_options(
+            config.dialects)
 
     @property
     def settings(self) -> GatewaySection:
@@ -83,6 +87,7 @@ class LiveConfig:
         # Keys first: a keys file emptied or unreadable refuses the reload, old keys kept.
         keys = await asyncio.to_thread(KeyRing, config.auth)
         router = self._router(config)
+        dialect_options = self._plugins.dialect_options(config.dialects)
         if config.gateway.listen != self.config.gateway.listen:
             log.warning("gateway.listen changed: restart the gateway to move it")
         self.config = config
@@ -91,6 +96,7 @@ class LiveConfig:
         self._base_profiles = list(profiles)
         self.profiles = ProfileIndex(self._base_profiles, self._pins)
         self.router = router
+        self.dialect_options = dialect_options
         for apply in self._on_reload:
             apply(config)
         self._change()

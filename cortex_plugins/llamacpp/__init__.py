@@ -14,9 +14,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 
-from cortex import Harness, MemoryEstimate, ModelProfile, ResolvedModel, hookimpl
-from cortex.config import MAX_N_THREADS
-from cortex.errors import InvalidRequest
+from cortex import (
+    MAX_N_THREADS,
+    Harness,
+    InvalidRequest,
+    MemoryEstimate,
+    ModelProfile,
+    ResolvedModel,
+    hookimpl,
+)
 
 from .gguf import estimate_memory, kv_bytes_per_token, read_metadata
 from .grammar import llama_log

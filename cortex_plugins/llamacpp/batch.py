@@ -29,9 +29,7 @@ from typing import Any
 
 import numpy
 
-from cortex import Done, TextDelta
-from cortex.errors import CortexError, InvalidRequest, Unavailable
-from cortex.stops import StopMatcher
+from cortex import CortexError, Done, InvalidRequest, StopMatcher, TextDelta, Unavailable
 
 from .sampling import Candidates, grammar_sampler, sampler_chain
 

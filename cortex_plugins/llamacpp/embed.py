@@ -13,7 +13,7 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from cortex.errors import ContextLengthExceeded, InvalidRequest, Unavailable
+from cortex import ContextLengthExceeded, InvalidRequest, Unavailable
 
 __all__ = ["MAX_INPUTS", "MAX_INPUT_TOKENS", "MAX_REQUEST_TOKENS", "Embedder"]
 

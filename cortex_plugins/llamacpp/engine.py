@@ -7,9 +7,20 @@ import functools
 from collections.abc import AsyncGenerator, Callable
 from typing import Any, TypeVar
 
-from cortex import Done, Engine, EngineStats, GenerationEvent, TextDelta, ToolCalls
-from cortex.errors import ContextLengthExceeded, InvalidRequest, UnsupportedFeature
-from cortex.types import ChatCompletionRequest, CompletionRequest, TokenizeRequest
+from cortex import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    ContextLengthExceeded,
+    Done,
+    Engine,
+    EngineStats,
+    GenerationEvent,
+    InvalidRequest,
+    TextDelta,
+    TokenizeRequest,
+    ToolCalls,
+    UnsupportedFeature,
+)
 
 from .batch import END, Scheduler, Sequence
 from .embed import Embedder

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from cortex.errors import InvalidRequest
+from cortex import InvalidRequest
 
 __all__ = ["Grammar", "LlamaLog", "llama_log", "make_grammar"]
 

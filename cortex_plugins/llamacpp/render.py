@@ -12,8 +12,7 @@ import ctypes
 import json
 from typing import Any
 
-from cortex.errors import UnsupportedFeature
-from cortex.types import ChatMessage, Tool
+from cortex import ChatMessage, Tool, UnsupportedFeature
 
 __all__ = ["BuiltinRenderer", "JinjaRenderer", "Prompt", "Renderer", "builtin_formats"]
 

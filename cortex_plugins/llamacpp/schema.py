@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from cortex.errors import InvalidRequest
+from cortex import InvalidRequest
 
 __all__ = ["MAX_REPEAT", "MAX_SCHEMA_BYTES", "grammar_text"]
 

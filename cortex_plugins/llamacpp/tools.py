@@ -18,7 +18,7 @@ import re
 import uuid
 from typing import Any
 
-from cortex.types import ToolCall, ToolCallFunction
+from cortex import ToolCall, ToolCallFunction
 
 __all__ = ["ToolCallParser"]
 

@@ -5,6 +5,10 @@
   embeds the router gets the library alone;
 - nothing names a project module in a string for importlib: the neuron is started
   through its package's public `create_app`, plugins through entry points;
+- the default plugins (`cortex_plugins/*`) import only what `cortex/__init__.py`
+  exports (and `cortex.dialect`), never one another: a plugin package's own modules
+  may import each other, nothing else of the project;
+- no module is over 400 lines;
 - no import circle anywhere in cortex, cortex_neuron and cortex_plugins, imports for
   type checking included: each gateway part is handed the parts it uses.
 """
@@ -152,3 +156,88 @@ def test_only_the_package_and_the_asgi_factory_import_the_composition_root() -> 
     importers = {name for name, imported in import_graph().items()
                  if "cortex.gateway.app" in imported}
     assert importers == {"cortex.gateway", "cortex.gateway.asgi"}
+
+
+# --- the default plugins use the public API only ----------------------------------------------
+
+#: The one module past cortex/__init__ a plugin may import: the dialect API and toolkit.
+PLUGIN_API = ("cortex.dialect",)
+
+
+def public_api() -> set[str]:
+    """cortex.__all__, read from the source."""
+    for node in ast.parse((ROOT / "cortex" / "__init__.py").read_text()).body:
+        if isinstance(node, ast.Assign) \
+                and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets):
+            return set(ast.literal_eval(node.value))
+    raise AssertionError("cortex/__init__.py has no __all__")
+
+
+def plugin_of(module: str) -> str:
+    """The plugin a module belongs to: `cortex_plugins.anthropic.types` is part of
+    `cortex_plugins.anthropic`, a package whose modules may import each other."""
+    return ".".join(module.split(".")[:2])
+
+
+def plugin_imports(name: str, path: Path, public: set[str]) -> list[str]:
+    """What the plugin module `name` imports that it may not."""
+    wrong: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = _absolute(node, name, path)
+            if base == "cortex":
+                wrong += [f"cortex.{a.name} (not in cortex.__all__)" for a in node.names
+                          if a.name not in public]
+                continue
+            targets = [base]
+        else:
+            continue
+        for target in targets:
+            if within(target, "cortex_plugins") and plugin_of(target) != plugin_of(name):
+                wrong.append(f"{target} (another plugin)")
+            elif within(target, "cortex", "cortex_neuron") and target != "cortex" \
+                    and not within(target, *PLUGIN_API):
+                wrong.append(f"{target} (past the public API)")
+    return wrong
+
+
+def test_the_default_plugins_use_only_the_public_api() -> None:
+    public = public_api()
+    plugins = {name: path for name, path in modules().items() if within(name, "cortex_plugins")}
+    assert "cortex_plugins.anthropic.stream" in plugins and "Dialect" in public  # the walk works
+    wrong = {name: plugin_imports(name, path, public) for name, path in plugins.items()}
+    assert {name: bad for name, bad in wrong.items() if bad} == {}
+
+
+def test_the_plugin_rule_catches_each_kind_of_import(tmp_path: Path) -> None:
+    module = tmp_path / "probe.py"
+    module.write_text("from cortex import Dialect, StopMatcher\n"
+                      "from cortex import build_options\n"
+                      "from cortex.dialect import SSEReader\n"
+                      "from cortex.errors import NotFound\n"
+                      "import cortex.types\n"
+                      "from cortex_neuron import create_app\n"
+                      "from cortex_plugins.openai import OpenAIDialect\n"
+                      "from . import types\n"
+                      "from .types import MessagesRequest\n")
+    assert plugin_imports("cortex_plugins.anthropic.probe", module, public_api()) == [
+        "cortex.build_options (not in cortex.__all__)",
+        "cortex.errors (past the public API)",
+        "cortex.types (past the public API)",
+        "cortex_neuron (past the public API)",
+        "cortex_plugins.openai (another plugin)",
+    ]
+
+
+# --- small modules ----------------------------------------------------------------------------
+
+MAX_LINES = 400
+
+
+def test_no_module_is_over_400_lines() -> None:
+    """Small modules with one responsibility; tests and bench are not counted."""
+    lines = {str(path.relative_to(ROOT)): len(path.read_text().splitlines())
+             for path in modules().values()}
+    assert {path: n for path, n in lines.items() if n > MAX_LINES} == {}

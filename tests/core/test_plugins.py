@@ -1,13 +1,25 @@
-"""The plugin manager: defaults, entry points, duplicate names, blocking."""
+"""The plugin manager: defaults, entry points, duplicate names, blocking, options."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
+import msgspec
 import pytest
 
-from cortex import Harness, Plugins, build_plugin_manager, hookimpl
+from cortex import (
+    ConfigError,
+    GatewayConfig,
+    Harness,
+    Plugins,
+    build_plugin_manager,
+    hookimpl,
+    load_gateway_config,
+)
 from cortex.errors import PluginError
+from cortex.gateway import create_app
 from cortex.plugins import default_plugins
 
 
@@ -55,3 +67,30 @@ def test_the_defaults_are_this_distributions_entry_points() -> None:
     assert {name for name, _ in pm.list_name_plugin()} >= set(names)
     assert not set(names) & {name for name, _ in
                              build_plugin_manager(defaults=False).list_name_plugin()}
+
+
+def test_dialect_options_come_from_their_tables(tmp_path: Path) -> None:
+    """`[dialects.NAME]` is validated against the dialect's Options like any plugin's;
+    a dialect without a table gets its defaults."""
+    plugins = Plugins(build_plugin_manager(entry_points=False))
+    path = tmp_path / "cortex.toml"
+    path.write_text("[dialects.anthropic]\nmatch_stops = false\n")
+    config, _ = load_gateway_config(path)
+    options = plugins.dialect_options(config.dialects)
+    assert set(options) == {"anthropic", "openai"}
+    assert options["anthropic"].match_stops is False  # type: ignore[attr-defined]
+    assert plugins.dialect_options({})["anthropic"].match_stops is True  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("tables, message", [
+    ({"anthropc": {}}, r"cortex.toml: dialects.anthropc: no dialect is named `anthropc` "
+                       r"\(available: anthropic, openai\)"),
+    ({"anthropic": {"match_stop": False}}, r"cortex.toml: dialects.anthropic: .*match_stop"),
+    ({"anthropic": {"match_stops": "no"}}, r"cortex.toml: dialects.anthropic: Expected `bool`"),
+    ({"openai": {"anything": 1}}, r"cortex.toml: dialects.openai: .*anything"),
+])
+def test_a_bad_dialect_table_stops_the_gateway_at_start_up(tables: dict[str, Any],
+                                                           message: str) -> None:
+    config = msgspec.convert({"dialects": tables}, GatewayConfig)
+    with pytest.raises(ConfigError, match=message):
+        create_app(config, build_plugin_manager(entry_points=False))

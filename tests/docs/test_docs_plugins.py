@@ -140,6 +140,21 @@ def test_an_undocumented_or_unknown_hook_is_caught() -> None:
 
 # --- every example works ----------------------------------------------------------------------
 
+def test_the_examples_import_only_the_public_api() -> None:
+    """What the doc says a plugin may import is what its own examples import."""
+    import cortex
+
+    examples = [code for code in blocks(DOC) if not code.startswith("@hookspec")]
+    assert len(examples) == 9
+    for code in examples:
+        for node in ast.walk(ast.parse(code)):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("cortex"):
+                assert node.module in ("cortex", "cortex.dialect"), ast.unparse(node)
+                if node.module == "cortex":
+                    assert {a.name for a in node.names} <= set(cortex.__all__), \
+                        ast.unparse(node)
+
+
 def test_every_example_registers_against_the_hookspecs() -> None:
     for hook in hookspecs():
         module = example(hook)
@@ -184,8 +199,12 @@ async def test_dialect_example_is_mounted_by_the_gateway() -> None:
                                  base_url="http://localhost") as client:
         tags = await client.get("/api/tags")
         missing = await client.get("/api/nothing")
+        document = (await client.get("/openapi.json")).json()
     assert tags.status_code == 200 and tags.json() == {"models": []}
     assert missing.status_code == 404
+    # Its own operation is in the document, tagged with its name, beside the defaults'.
+    assert document["paths"]["/api/tags"]["get"]["tags"] == ["ollama-tags"]
+    assert document["paths"]["/v1/messages"]["post"]["tags"] == ["anthropic"]
 
 
 @pytest.mark.anyio

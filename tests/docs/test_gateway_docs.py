@@ -10,7 +10,7 @@ import msgspec
 import pytest
 from starlette.routing import Route
 
-from cortex import build_plugin_manager
+from cortex import Plugins, build_plugin_manager
 from cortex.cli import main
 from cortex.config import (
     AuthConfig,
@@ -51,7 +51,21 @@ def test_every_cortex_toml_key_is_in_the_example_and_the_doc(section: str) -> No
             f"{section}.{key} not in example"
         assert f"`{key}`" in DOC or f".{key}]`" in DOC or f"] {key}`" in DOC or f", {key}`" in DOC \
             or f"`{key}," in DOC, f"{section}.{key} not in docs/gateway.md"
-    assert set(fields(GatewayConfig)) == {*SECTIONS, "models"}
+    assert set(fields(GatewayConfig)) == {*SECTIONS, "models", "dialects"}
+
+
+def test_every_dialect_option_is_in_the_example_and_the_doc() -> None:
+    """`[dialects.NAME]` tables hold plugins' Options: each default dialect's keys."""
+    example = CORTEX_EXAMPLE.read_text()
+    dialects = Plugins(build_plugin_manager(entry_points=False)).dialects
+    with_options = {name: cls for name, cls in dialects.items()
+                    if msgspec.structs.fields(cls.Options)}
+    assert "anthropic" in with_options
+    for name, cls in with_options.items():
+        table = example.split(f"\n[dialects.{name}]\n", 1)[1].split("\n[", 1)[0]
+        for key in fields(cls.Options):
+            assert re.search(rf"^#? ?{key} = ", table, re.M), f"dialects.{name}.{key}"
+            assert f"`[dialects.{name}] {key}`" in DOC, f"dialects.{name}.{key} not in the doc"
 
 
 def test_every_profile_key_is_in_the_example_and_the_doc() -> None:

@@ -23,21 +23,23 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
-from cortex.anthropic_types import (
-    ToolUseBlock,
-    decode_count_tokens_request,
-    decode_messages_request,
+from cortex import (
+    ChatCompletion,
+    ChatCompletionRequest,
+    Plugins,
+    TokenizeRequest,
+    build_plugin_manager,
 )
 from cortex.errors import CortexError, InvalidRequest, UpstreamError
 from cortex.gateway.openapi import openapi_document
-from cortex.types import ChatCompletion, ChatCompletionRequest, TokenizeRequest
-from cortex_plugins.anthropic_translate import (
-    StreamTranslator,
-    assemble,
-    decode_chunk,
-    from_openai,
-    to_openai,
-    to_tokenize,
+from cortex_plugins.anthropic.chunks import decode_chunk
+from cortex_plugins.anthropic.reply import assemble, from_openai
+from cortex_plugins.anthropic.request import to_openai, to_tokenize
+from cortex_plugins.anthropic.stream import StreamTranslator
+from cortex_plugins.anthropic.types import (
+    ToolUseBlock,
+    decode_count_tokens_request,
+    decode_messages_request,
 )
 
 from ..plugins.test_anthropic_translate import assert_well_formed, call, chunk
@@ -46,6 +48,8 @@ from ..serve_support import GatewayProcess, served, synthetic_neuron
 FULL = os.environ.get("CORTEX_FUZZ_FULL") == "1"
 EXAMPLES = 2000 if FULL else 250
 MODELS = ["syn", "capped", "missing"]
+#: The document as a gateway with the installed dialect plugins assembles it.
+DOCUMENT = openapi_document([cls() for cls in Plugins(build_plugin_manager()).dialects.values()])
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +76,7 @@ def _pin_models(doc: dict[str, Any]) -> dict[str, Any]:
 
 def test_the_document_comes_from_the_wire_types(gateway: GatewayProcess) -> None:
     doc = httpx.get(f"{gateway.url}/openapi.json", timeout=10).json()
-    assert doc == openapi_document()
+    assert doc == DOCUMENT
     schemas = doc["components"]["schemas"]
     body = doc["paths"]["/v1/messages"]["post"]["requestBody"]
     assert body["content"]["application/json"]["schema"]["$ref"] == \
@@ -116,7 +120,7 @@ def test_schemathesis_finds_no_server_error(gateway: GatewayProcess) -> None:
 
 PROPERTY = settings(max_examples=1000 if FULL else 150, deadline=None, database=None,
                     derandomize=not FULL, suppress_health_check=list(HealthCheck))
-_DOCUMENT = schemathesis.openapi.from_dict(openapi_document())
+_DOCUMENT = schemathesis.openapi.from_dict(DOCUMENT)
 
 
 def _bodies(path: str) -> st.SearchStrategy[bytes]:

@@ -17,8 +17,8 @@ import httpx
 import msgspec
 import pytest
 
-from cortex.anthropic_types import decode_count_tokens_request
-from cortex_plugins.anthropic_translate import to_tokenize
+from cortex_plugins.anthropic.request import to_tokenize
+from cortex_plugins.anthropic.types import decode_count_tokens_request
 
 from ..conftest import NeuronProcess
 from ..gateway_support import RunningGateway, profile, reset, running_gateway, sse_lines

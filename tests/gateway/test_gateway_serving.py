@@ -13,7 +13,7 @@ import httpx
 import msgspec
 import pytest
 
-from cortex_plugins.openai import prefix_hashes
+from cortex import prefix_hashes
 
 from ..conftest import NeuronProcess
 from ..gateway_support import (

@@ -15,8 +15,9 @@ import httpx
 import msgspec
 import pytest
 
+from cortex import Call
 from cortex.config import GatewaySection
-from cortex.gateway.limits import MAX_JSON_DEPTH, json_too_deep
+from cortex.gateway.limits import MAX_JSON_DEPTH, for_profile, json_too_deep
 
 from ..serve_support import PROFILES, GatewayProcess, served, synthetic_neuron
 
@@ -174,6 +175,40 @@ def test_max_tokens_is_clamped_to_the_profiles_cap(client: httpx.Client, fields:
                                                       **fields})
     if "max_tokens" in fields:
         assert completion.json()["usage"]["completion_tokens"] == expected
+
+
+class _Decodes:
+    """msgspec.json.decode, counted: how often the gateway parses a body to rewrite it."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._decode = msgspec.json.decode
+
+    def __call__(self, data: bytes) -> Any:
+        self.count += 1
+        return self._decode(data)
+
+
+def test_alias_and_cap_are_one_rewrite_and_nothing_else_is_parsed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dialect's view read `model` and the budgets, so a body that needs no change is
+    passed on as it came, unparsed, and one that does is parsed once (before, an alias
+    and a cap cost up to three parses here: rename, a budget view, the cap)."""
+    decodes = _Decodes()
+    monkeypatch.setattr(msgspec.json, "decode", decodes)
+    body = b'{"model":"alias","max_tokens":50,"max_completion_tokens":9,"messages":[]}'
+    call = Call(path="/v1/chat/completions", model="alias", body=body, max_tokens=50,
+                max_completion_tokens=9)
+    assert for_profile(call, "alias", None) is body  # no alias, no cap
+    assert for_profile(call, "alias", 50) is body  # at the cap is not over it
+    assert decodes.count == 0
+    assert json.loads(for_profile(call, "profile", 10)) == {
+        "model": "profile", "max_tokens": 10, "max_completion_tokens": 9, "messages": []}
+    assert decodes.count == 1
+    assert json.loads(for_profile(call, "alias", 5))["max_completion_tokens"] == 5
+    # A budget the view could not read as an integer is the neuron's to refuse.
+    odd = Call(path="/v1/completions", model="m", body=b'{"model":"m","max_tokens":"x"}')
+    assert for_profile(odd, "m", 5) is odd.body
 
 
 def test_anthropic_max_tokens_is_clamped_too(client: httpx.Client) -> None:

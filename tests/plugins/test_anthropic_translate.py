@@ -16,7 +16,23 @@ from typing import Any
 import msgspec
 import pytest
 
-from cortex.anthropic_types import (
+from cortex import ChatCompletion, ChatCompletionRequest, Usage
+from cortex.errors import (
+    ContextLengthExceeded,
+    CortexError,
+    InvalidRequest,
+    ModelNotFound,
+    PayloadTooLarge,
+    Timeout,
+    Unavailable,
+    UpstreamError,
+)
+from cortex_plugins.anthropic.chunks import BackendChunk, decode_chunk
+from cortex_plugins.anthropic.errors import anthropic_error, anthropic_error_type, anthropic_status
+from cortex_plugins.anthropic.reply import assemble, from_openai, new_message_id, stop_reason
+from cortex_plugins.anthropic.request import to_openai, to_tokenize
+from cortex_plugins.anthropic.stream import StreamTranslator, encode_sse
+from cortex_plugins.anthropic.types import (
     CountTokensResponse,
     ErrorDetail,
     ErrorEvent,
@@ -28,32 +44,6 @@ from cortex.anthropic_types import (
     UnknownBlock,
     decode_count_tokens_request,
     decode_messages_request,
-)
-from cortex.errors import (
-    ContextLengthExceeded,
-    CortexError,
-    InvalidRequest,
-    ModelNotFound,
-    PayloadTooLarge,
-    Timeout,
-    Unavailable,
-    UpstreamError,
-)
-from cortex.types import ChatCompletion, ChatCompletionRequest, Usage
-from cortex_plugins import anthropic_translate
-from cortex_plugins.anthropic_translate import (
-    StreamTranslator,
-    anthropic_error,
-    anthropic_error_type,
-    anthropic_status,
-    assemble,
-    decode_chunk,
-    encode_sse,
-    from_openai,
-    new_message_id,
-    stop_reason,
-    to_openai,
-    to_tokenize,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -290,7 +280,7 @@ def test_missing_or_bad_required_fields_are_400(body: dict[str, Any], path: str)
 
 
 def test_malformed_json_is_400() -> None:
-    with pytest.raises(InvalidRequest, match="not valid JSON"):
+    with pytest.raises(InvalidRequest, match="malformed JSON"):
         decode_messages_request(b'{"model": ')
 
 
@@ -756,7 +746,7 @@ def test_every_event_names_its_type() -> None:
     translator = StreamTranslator(model="m", thinking=True)
     events = [*translator.ping(),
               *translator.feed(msgspec.json.decode(chunk(reasoning="hm"),
-                                                   type=anthropic_translate.BackendChunk)),
+                                                   type=BackendChunk)),
               *translator.error(Unavailable("busy"))]
     events += stream([chunk("a"), chunk(tool_calls=[call(0, id="c", name="t", args="{}")]),
                       chunk(finish="tool_calls")])
@@ -1256,10 +1246,13 @@ def test_overflow_from_max_tokens_asks_for_fewer() -> None:
 # --- the module's contract -----------------------------------------------------------------
 
 def test_all_is_complete_and_imports_stay_public() -> None:
-    import cortex.anthropic_types as types_module
-    for module in (anthropic_translate, types_module):
+    import importlib
+
+    names = ("chunks", "errors", "reply", "request", "stream", "types")
+    for module in [importlib.import_module(f"cortex_plugins.anthropic.{n}") for n in names]:
         assert all(hasattr(module, name) for name in module.__all__)
-    tree = ast.parse((ROOT / "cortex_plugins" / "anthropic_translate.py").read_text())
-    imported = {node.module.split(".")[0] for node in ast.walk(tree)
-                if isinstance(node, ast.ImportFrom) and node.module}
-    assert imported <= {"__future__", "collections", "typing", "msgspec", "cortex"}
+        path = ROOT / "cortex_plugins" / "anthropic" / f"{module.__name__.rsplit('.', 1)[1]}.py"
+        tree = ast.parse(path.read_text())
+        imported = {node.module.split(".")[0] for node in ast.walk(tree)
+                    if isinstance(node, ast.ImportFrom) and node.module and not node.level}
+        assert imported <= {"__future__", "collections", "typing", "msgspec", "cortex"}, module

@@ -18,14 +18,14 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
 
 import anthropic
+import msgspec
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from cortex import ModelProfile
-from cortex_plugins.anthropic import SSEReader
+from cortex import GatewayConfig, ModelProfile, SSEReader
 
 from ..conftest import NeuronProcess, free_port
 from ..gateway_support import RunningGateway, running_gateway, wait_until
@@ -386,6 +386,55 @@ async def test_a_stop_sequence_for_a_whole_reply(gw: RunningGateway, neuron: Fak
     assert (message.stop_reason, message.stop_sequence) == ("stop_sequence", "STOP")
     assert message.content[0].type == "text" and message.content[0].text == "alpha "
     assert neuron.bodies[-1]["stream"] is True  # streamed upstream, so it could be cut
+
+
+def _whole(text: str) -> Script:
+    """A whole ChatCompletion, as a neuron that stripped a stop string answers."""
+    return Script(body={
+        "id": "chatcmpl-3", "object": "chat.completion", "created": 1, "model": MODEL,
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": text}}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}})
+
+
+async def test_match_stops_false_hands_the_stops_to_the_neuron(neuron: FakeNeuron) -> None:
+    """`[dialects.anthropic] match_stops` reaches the dialect, at start and on reload:
+    false sends the stops to the neuron (which strips a hit: `end_turn`); true, the
+    default, keeps them and streams so the gateway can report `stop_sequence`."""
+    tables: dict[str, Any] = {"anthropic": {"match_stops": False}}
+    profiles = [ModelProfile(id=MODEL, source="fake")]
+
+    def reloader() -> tuple[GatewayConfig, list[ModelProfile]]:
+        config = msgspec.convert({"gateway": {"listen": gw.url.removeprefix("http://")},
+                                  "neurons": [{"name": "fake", "endpoint": neuron.url}],
+                                  "dialects": tables}, GatewayConfig)
+        return config, profiles
+
+    body = {"model": MODEL, "max_tokens": 100, "messages": ASK, "stop_sequences": ["STOP"]}
+    async with running_gateway([("fake", cast(NeuronProcess, neuron))], profiles,
+                               dialects=tables, reloader=reloader) as gw:
+        neuron.scripts.append(_whole("alpha "))
+        reply = (await gw.client.post("/v1/messages", json=body)).json()
+        assert (neuron.bodies[-1]["stop"], neuron.bodies[-1]["stream"]) == (["STOP"], False)
+        assert (reply["stop_reason"], reply["stop_sequence"]) == ("end_turn", None)
+
+        tables = {"anthropic": {}}  # the default again, from the next request on
+        assert (await gw.client.post("/admin/reload")).status_code == 200
+        neuron.scripts.append(Script(frames=[
+            chunk({"role": "assistant", "content": "alpha STOP beta"}), chunk({}, "stop"),
+            b"data: [DONE]\n\n"]))
+        reply = (await gw.client.post("/v1/messages", json=body)).json()
+        assert neuron.bodies[-1].get("stop") is None and neuron.bodies[-1]["stream"] is True
+        assert (reply["stop_reason"], reply["stop_sequence"]) == ("stop_sequence", "STOP")
+
+        tables = {"anthropic": {"match_stop": False}}  # misspelt: refused, nothing changes
+        refused = await gw.client.post("/admin/reload")
+        assert refused.status_code == 400 and "dialects.anthropic" in refused.text
+        neuron.scripts.append(Script(frames=[
+            chunk({"role": "assistant", "content": "STOP"}), chunk({}, "stop"),
+            b"data: [DONE]\n\n"]))
+        reply = (await gw.client.post("/v1/messages", json=body)).json()
+        assert reply["stop_reason"] == "stop_sequence"
 
 
 @pytest.mark.parametrize("frames, kind", [

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, TypeVar, get_args
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from cortex.errors import InvalidRequest
+from cortex import decode_body
 
 __all__ = [
     "ContentBlock",
@@ -337,6 +337,8 @@ StreamEvent = (MessageStartEvent | ContentBlockStartEvent | ContentBlockDeltaEve
 _T = TypeVar("_T", bound=Conversation)
 _messages_decoder = msgspec.json.Decoder(MessagesRequest)
 _count_decoder = msgspec.json.Decoder(CountTokensRequest)
+_any = msgspec.json.Decoder()
+_encode = msgspec.json.Encoder().encode
 
 
 def _mark_unknown(blocks: Any) -> None:
@@ -353,34 +355,27 @@ def _mark_unknown(blocks: Any) -> None:
             _mark_unknown(block.get("content"))
 
 
-def _decode(body: bytes, decoder: msgspec.json.Decoder[_T], cls: type[_T]) -> _T:
+def _decode(body: bytes, decoder: msgspec.json.Decoder[_T]) -> _T:
     try:
         return decoder.decode(body)
-    except msgspec.ValidationError:
-        pass  # (a subclass of DecodeError) maybe a block type we do not know: slow path below
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"the body is not valid JSON: {exc}") from None
-    try:
-        raw = msgspec.json.decode(body)
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"the body is not valid JSON: {exc}") from None
+    except msgspec.DecodeError:
+        pass  # maybe a block type we do not know (or not JSON): the slow path says which
+    raw = decode_body(body, _any)
     if isinstance(raw, dict):
         _mark_unknown(raw.get("system"))
         messages = raw.get("messages")
         for message in messages if isinstance(messages, list) else ():
             if isinstance(message, dict):
                 _mark_unknown(message.get("content"))
-    try:
-        return msgspec.convert(raw, cls)
-    except msgspec.ValidationError as exc:
-        raise InvalidRequest(str(exc)) from None
+    # Encoded again rather than converted, so both paths raise through decode_body.
+    return decode_body(_encode(raw), decoder)
 
 
 def decode_messages_request(body: bytes) -> MessagesRequest:
     """A `/v1/messages` body; raises InvalidRequest (400) with msgspec's JSON path."""
-    return _decode(body, _messages_decoder, MessagesRequest)
+    return _decode(body, _messages_decoder)
 
 
 def decode_count_tokens_request(body: bytes) -> CountTokensRequest:
     """A `/v1/messages/count_tokens` body; raises InvalidRequest (400)."""
-    return _decode(body, _count_decoder, CountTokensRequest)
+    return _decode(body, _count_decoder)
