@@ -53,6 +53,7 @@ from cortex.harness import (
 from cortex.hookspecs import hookimpl
 from cortex.plugins import Plugins, build_plugin_manager
 from cortex.records import MAX_LOGGED, FleetEvent, RequestRecord, log_value
+from cortex.rendezvous import rendezvous, rendezvous_weight
 from cortex.router import Decision, Placement, Replica, Router, RouteRequest, RoutingStrategy
 from cortex.snapshot import FleetSnapshot, ModelView, NodeView
 from cortex.stops import StopMatcher
@@ -148,5 +149,7 @@ __all__ = [
     "log_value",
     "parse_bytes",
     "prefix_hashes",
+    "rendezvous",
+    "rendezvous_weight",
     "sse_frame",
 ]

@@ -31,8 +31,10 @@ class RouteRequest(msgspec.Struct, frozen=True, kw_only=True):
     # Bytes the model would reserve on each node (from the neuron's estimate); a node
     # missing here cannot take a new copy (its estimate failed or is unknown).
     estimates: dict[str, int] = {}
-    # The node that last served this conversation's longest known prefix.
-    prefix_node: str | None = None
+    # The conversation the request continues (its first prefix hash, cortex.dialect's
+    # prefix_hashes), for strategies that keep a conversation on one node: the same key
+    # ranks the nodes the same way on every replica (cortex.rendezvous).
+    conversation: str | None = None
     exclude: frozenset[str] = frozenset()
     load_seconds: float | None = None
     # Router.spill adds no copy once the fleet holds this many (the profile's max_copies).

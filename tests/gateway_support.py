@@ -21,7 +21,6 @@ from cortex.gateway.fairshare import FairShare
 from cortex.gateway.fleet import Fleet
 from cortex.gateway.loader import Loader
 from cortex.gateway.placement import Placer
-from cortex.gateway.prefixes import PrefixTable
 from cortex.gateway.quarantine import Quarantine
 from cortex.gateway.state import LiveConfig
 from cortex.metrics import metrics_app
@@ -68,7 +67,6 @@ class RunningGateway:
         self.fleet: Fleet = state.fleet
         self.loader: Loader = state.loader
         self.fair: FairShare = state.fair
-        self.prefixes: PrefixTable = state.prefixes
         self.quarantine: Quarantine = state.quarantine
 
 

@@ -15,7 +15,7 @@ Each part is handed the parts it uses, never a bag of everything:
     _DialectAPI  (here)           what the dialects' routes may ask (cortex.dialect.GatewayAPI)
 
 `app.state` carries the parts for `cortex serve`, embedding apps and tests: `live`,
-`placer`, `fleet`, `loader`, `fair`, `prefixes`, `quarantine`, `traffic`, `dialects`,
+`placer`, `fleet`, `loader`, `fair`, `quarantine`, `traffic`, `dialects`,
 and `metrics` (None when its plugin is blocked).
 """
 
@@ -59,7 +59,6 @@ from cortex.gateway.metrics import METRICS_PLUGIN, GatewayMetrics
 from cortex.gateway.openapi import openapi_document
 from cortex.gateway.origins import OriginGuard
 from cortex.gateway.placement import Placer
-from cortex.gateway.prefixes import PrefixTable
 from cortex.gateway.proxy import Proxy
 from cortex.gateway.quarantine import Quarantine
 from cortex.gateway.reconciler import Reconciler
@@ -198,10 +197,9 @@ def create_app(config: GatewayConfig, plugin_manager: pluggy.PluginManager, *,
     # Fair turns between clients on a busy model (held here, not in a neuron's FIFO).
     fair = FairShare(fleet.ready_slots)
     placer = Placer(live, fleet, loader, fair)
-    prefixes = PrefixTable()
     quarantine = Quarantine(lambda: live.settings)
-    proxy = Proxy(placer, fleet, live=live, fair=fair, prefixes=prefixes,
-                  quarantine=quarantine, hook=plugins.hook)
+    proxy = Proxy(placer, fleet, live=live, fair=fair, quarantine=quarantine,
+                  hook=plugins.hook)
     reconciler = Reconciler(placer, fleet, loader, live)
     traffic = Traffic()  # recent rates for /admin/fleet
     # The metrics observer holds this app's own MeterProvider, so it is an object
@@ -249,7 +247,7 @@ def create_app(config: GatewayConfig, plugin_manager: pluggy.PluginManager, *,
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers=_error_handlers(dialects))
     app.state.live, app.state.placer, app.state.fleet = live, placer, fleet
-    app.state.loader, app.state.fair, app.state.prefixes = loader, fair, prefixes
+    app.state.loader, app.state.fair = loader, fair
     app.state.quarantine, app.state.traffic, app.state.dialects = quarantine, traffic, dialects
     # Served on [gateway] metrics_listen by cortex.gateway.server (None when blocked).
     app.state.metrics = metrics

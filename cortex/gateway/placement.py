@@ -107,19 +107,19 @@ class Placer:
 
     # --- placement --------------------------------------------------------------------------
 
-    def _route_request(self, profile: ModelProfile, *, prefix_node: str | None,
+    def _route_request(self, profile: ModelProfile, *, conversation: str | None,
                        exclude: frozenset[str], only: str | None) -> RouteRequest:
         affinity = (only,) if only else tuple(profile.neurons)
-        return RouteRequest(model=profile.id, affinity=affinity, prefix_node=prefix_node,
+        return RouteRequest(model=profile.id, affinity=affinity, conversation=conversation,
                             exclude=exclude, load_seconds=self._estimates.load_seconds(profile.id),
                             max_copies=profile.max_copies)
 
     async def decide(self, profile: ModelProfile, *, loadable: bool = True,
-                     prefix_node: str | None = None, exclude: frozenset[str] = frozenset(),
+                     conversation: str | None = None, exclude: frozenset[str] = frozenset(),
                      only: str | None = None) -> Decision:
         """The router's decision; asks the neurons for memory estimates only when the model
         must be placed somewhere new."""
-        request = self._route_request(profile, prefix_node=prefix_node, exclude=exclude,
+        request = self._route_request(profile, conversation=conversation, exclude=exclude,
                                       only=only)
         decision = self._live.router.decide(request, self.snapshot())
         if decision.action in ("serve", "join") or not loadable:
@@ -130,7 +130,7 @@ class Placer:
                                         self.snapshot())
 
     async def place(self, profile: ModelProfile, *, loadable: bool = True,
-                    prefix_node: str | None = None, exclude: frozenset[str] = frozenset(),
+                    conversation: str | None = None, exclude: frozenset[str] = frozenset(),
                     deadline: float, keep: bool = False, only: str | None = None) -> str:
         """A node where the model is ready, loading it first (one load per model) if needed."""
         refusals = 0
@@ -139,7 +139,7 @@ class Placer:
             if time.monotonic() >= deadline:
                 raise Timeout(f"model `{profile.id}` could not be placed before the deadline",
                               retry_after=5)
-            request = self._route_request(profile, prefix_node=prefix_node, exclude=exclude,
+            request = self._route_request(profile, conversation=conversation, exclude=exclude,
                                           only=only)
             quick = self._live.router.decide(request, self.snapshot())
             if quick.action == "serve" and quick.node is not None:
@@ -147,8 +147,9 @@ class Placer:
                 return quick.node
             job = _usable(self._loader.job(profile.id), exclude, only)
             if job is None:
-                decision = await self.decide(profile, loadable=loadable, prefix_node=prefix_node,
-                                             exclude=exclude, only=only)
+                decision = await self.decide(profile, loadable=loadable,
+                                             conversation=conversation, exclude=exclude,
+                                             only=only)
                 job = _usable(self._loader.job(profile.id), exclude, only)
                 if job is None and decision.action == "none" and refusals:
                     # A neuron refused our load because another gateway took the room:
@@ -219,7 +220,7 @@ class Placer:
 
     async def spill_decision(self, profile: ModelProfile) -> Decision | None:
         """Where another copy of `profile` would load now (Router.spill), if anywhere."""
-        request = self._route_request(profile, prefix_node=None, exclude=frozenset(),
+        request = self._route_request(profile, conversation=None, exclude=frozenset(),
                                       only=None)
         names = [n.name for n in self.snapshot().nodes if request.allows(n)]
         try:

@@ -38,7 +38,6 @@ if TYPE_CHECKING:
     from cortex.gateway.fairshare import FairShare
     from cortex.gateway.fleet import Fleet
     from cortex.gateway.placement import Placer
-    from cortex.gateway.prefixes import PrefixTable
     from cortex.gateway.quarantine import Quarantine
     from cortex.gateway.state import LiveConfig
 
@@ -115,12 +114,11 @@ class Proxy:
     finished one (request_finished)."""
 
     def __init__(self, placer: Placer, fleet: Fleet, *, live: LiveConfig, fair: FairShare,
-                 prefixes: PrefixTable, quarantine: Quarantine, hook: Any) -> None:
+                 quarantine: Quarantine, hook: Any) -> None:
         self._placer = placer
         self._fleet = fleet
         self._live = live
         self._fair = fair
-        self._prefixes = prefixes
         self._quarantine = quarantine
         self._hook = hook
 
@@ -282,7 +280,8 @@ class Proxy:
         placer, fleet = self._placer, self._fleet
         settings = self._live.settings
         deadline = tally.started + settings.load_timeout
-        prefix_node = self._prefixes.lookup(model, call.prefixes) if call.prefixes else None
+        # Every replica sends a conversation where the same hash of its start says.
+        conversation = call.prefixes[0] if call.prefixes else None
         exclude: set[str] = set()
         last: CortexError | None = None
         deaths = 0  # neurons that died holding it in this request (with poison_ttl = 0 too)
@@ -292,7 +291,7 @@ class Proxy:
             try:
                 with placer.waiting(model):
                     node = await placer.place(profile, loadable=loadable,
-                                              prefix_node=prefix_node,
+                                              conversation=conversation,
                                               exclude=frozenset(exclude), deadline=deadline)
             except CortexError as exc:
                 if last is None:
@@ -338,8 +337,6 @@ class Proxy:
                 hold.close()
                 raise
             fleet.report_success(node)
-            if call.prefixes:
-                self._prefixes.record(model, call.prefixes, node)
             return opened
         assert last is not None
         raise last

@@ -14,8 +14,8 @@ from cortex import (
     Router,
     RouteRequest,
     build_plugin_manager,
+    rendezvous,
 )
-from cortex.gateway.prefixes import PrefixTable
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 GiB = 2**30
@@ -40,20 +40,37 @@ def test_a_ready_replica_with_a_free_slot_wins() -> None:
     assert (decision.action, decision.node) == ("serve", "gpu-b")  # gpu-a's 4 slots are full
 
 
-def test_the_conversations_node_wins_among_free_replicas_but_not_over_a_free_slot() -> None:
+def conversation_at(home: str, nodes: tuple[str, ...]) -> str:
+    """A conversation key (a prefix hash's shape) whose rendezvous home is `home`."""
+    return next(key for key in (f"{i:032x}" for i in range(1000))
+                if rendezvous(key, nodes)[0] == home)
+
+
+def test_the_conversations_home_wins_among_free_replicas_but_not_over_a_free_slot() -> None:
     fleet = snapshot()
     nodes = tuple(msgspec.structs.replace(n, models=tuple(
         msgspec.structs.replace(m, active=0) for m in n.models)) for n in fleet.nodes)
     idle = FleetSnapshot(nodes=nodes)
+    holders = ("gpu-a", "gpu-b")  # the nodes where llama-3.1-8b is ready
+    on_a, on_b = conversation_at("gpu-a", holders), conversation_at("gpu-b", holders)
     assert router().decide(RouteRequest(model="llama-3.1-8b"), idle).node == "gpu-a"
-    assert router().decide(RouteRequest(model="llama-3.1-8b", prefix_node="gpu-b"),
+    assert router().decide(RouteRequest(model="llama-3.1-8b", conversation=on_b),
                            idle).node == "gpu-b"
-    # gpu-a is saturated in the fixture: a free slot elsewhere beats the prefix.
-    assert router().decide(RouteRequest(model="llama-3.1-8b", prefix_node="gpu-a"),
+    assert router().decide(RouteRequest(model="llama-3.1-8b", conversation=on_a),
+                           idle).node == "gpu-a"
+    # gpu-a is saturated in the fixture: a free slot elsewhere beats the home.
+    assert router().decide(RouteRequest(model="llama-3.1-8b", conversation=on_a),
                            fleet).node == "gpu-b"
-    # The least-loaded strategy ignores the prefix.
+    # Every copy busy: the conversation's home, though its queue is the longer one.
+    busy = FleetSnapshot(nodes=tuple(msgspec.structs.replace(n, models=tuple(
+        msgspec.structs.replace(m, active=7 if n.name == "gpu-b" else 5)
+        for m in n.models)) for n in fleet.nodes))
+    assert router().decide(RouteRequest(model="llama-3.1-8b", conversation=on_b),
+                           busy).node == "gpu-b"
+    assert router().decide(RouteRequest(model="llama-3.1-8b"), busy).node == "gpu-a"
+    # The least-loaded strategy ignores the conversation.
     assert router("least-loaded").decide(
-        RouteRequest(model="llama-3.1-8b", prefix_node="gpu-b"), idle).node == "gpu-a"
+        RouteRequest(model="llama-3.1-8b", conversation=on_b), idle).node == "gpu-a"
 
 
 def test_saturated_replicas_queue_on_the_shortest_backlog() -> None:
@@ -187,15 +204,3 @@ def test_a_draining_node_takes_no_new_work_and_says_so() -> None:
 @pytest.mark.parametrize("strategy", ["affinity", "least-loaded"])
 def test_strategies_are_plugins_chosen_by_name(strategy: str) -> None:
     assert router(strategy).strategy.name == strategy
-
-
-def test_prefix_table_finds_the_longest_known_prefix() -> None:
-    table = PrefixTable(capacity=3)
-    table.record("m", ["p1", "p2"], "gpu-a")
-    table.record("m", ["p1", "p2", "p3"], "gpu-b")
-    assert table.lookup("m", ["p1", "p2", "p3", "p4"]) == "gpu-b"
-    assert table.lookup("other", ["p1"]) is None
-    table.record("m", ["q1", "q2"], "gpu-a")  # capacity 3: the oldest keys go
-    assert table.lookup("m", ["p1"]) is None
-    table.forget_node("gpu-a")
-    assert table.lookup("m", ["q1", "q2"]) is None

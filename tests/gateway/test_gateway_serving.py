@@ -10,10 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import msgspec
 import pytest
-
-from cortex import prefix_hashes
 
 from ..conftest import NeuronProcess
 from ..gateway_support import (
@@ -186,21 +183,6 @@ async def test_client_disconnect_cancels_the_upstream_generation(
             return bool(model["in_flight"] == 0 and model["queued"] == 0)
 
         await wait_until(idle, timeout=5, what="the neuron stops generating")
-
-
-async def test_a_conversation_prefers_the_node_that_served_its_prefix(
-        fleet: dict[str, NeuronProcess]) -> None:
-    async with running_gateway(nodes(fleet), [profile("chat")]) as gw:
-        turn = [{"role": "system", "content": "Be brief."},
-                {"role": "user", "content": "Hi"}]
-        first = await gw.client.post("/v1/chat/completions", content=msgspec.json.encode({
-            "model": "chat", "messages": turn, "max_tokens": 2}))
-        assert first.status_code == 200
-        node = gw.recorder.records[-1].node
-        follow = [*turn, {"role": "assistant", "content": "Hello"},
-                  {"role": "user", "content": "Bye"}]
-        hashes = prefix_hashes([msgspec.Raw(msgspec.json.encode(m)) for m in follow])
-        assert gw.prefixes.lookup("chat", hashes) == node
 
 
 # --- placement and eviction ------------------------------------------------------------------

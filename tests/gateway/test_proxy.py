@@ -24,7 +24,6 @@ from starlette.responses import Response
 from cortex import Call, CatalogueEntry, Dialect, RequestRecord
 from cortex.errors import Unreachable
 from cortex.gateway.client import Severed
-from cortex.gateway.prefixes import PrefixTable
 from cortex.gateway.proxy import Proxy
 from cortex.gateway.quarantine import Quarantine
 from cortex_plugins.openai import OpenAIDialect
@@ -124,8 +123,8 @@ async def served(request: pytest.FixtureRequest) -> AsyncIterator[Served]:
     placer, _, fair = placer_over(fleet, live)
     quarantine = Quarantine(lambda: live.settings)
     finished = Finished()
-    proxy = Proxy(placer, fleet.as_fleet(), live=live, fair=fair, prefixes=PrefixTable(),
-                  quarantine=quarantine, hook=finished)
+    proxy = Proxy(placer, fleet.as_fleet(), live=live, fair=fair, quarantine=quarantine,
+                  hook=finished)
     app = Starlette(routes=list(OpenAIDialect().routes(Forwarding(proxy))))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                  base_url="http://gateway") as client:
