@@ -101,6 +101,31 @@ def _check_secret(secret: str | None) -> None:
                          "key for a neuron without one, or set a secret")
 
 
+def _read_secret(path: str) -> str:
+    """The shared secret held in `path` (surrounding whitespace, such as the newline an
+    editor adds, is not part of it). A file that cannot be read or holds nothing is an
+    error, as the keys file is: a secret that was meant must never silently be none."""
+    try:
+        secret = Path(path).expanduser().read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ValueError(f"secret_file `{path}`: cannot read it ({reason})") from None
+    if not secret:
+        raise ValueError(f"secret_file `{path}` is empty, which would mean no secret at all")
+    return secret
+
+
+def _load_secret(entry: NeuronConfig | NeuronEntry) -> None:
+    """Check `secret`, or read `secret_file` into it: a file is read when the config is
+    decoded (at start and at each reload), and then its content is `secret` and
+    `secret_file` is None, so a copy (msgspec.structs.replace) does not read it again."""
+    if entry.secret is not None and entry.secret_file is not None:
+        raise ValueError("set secret or secret_file, not both")
+    _check_secret(entry.secret)
+    if entry.secret_file is not None:
+        entry.secret, entry.secret_file = _read_secret(entry.secret_file), None
+
+
 class NeuronConfig(Base, kw_only=True):
     """neuron.toml. Every key has a default, so the daemon runs with no file at all."""
 
@@ -113,11 +138,13 @@ class NeuronConfig(Base, kw_only=True):
     memory_headroom: int | str = "512MiB"
     overhead_bytes: int | str = "256MiB"
     secret: str | None = None
+    # A file holding the secret (a Kubernetes Secret's, say), read into `secret` at start.
+    secret_file: str | None = None
     preload: list[ModelProfile] = []
     harness: dict[str, dict[str, Any]] = {}
 
     def __post_init__(self) -> None:
-        _check_secret(self.secret)
+        _load_secret(self)
         split_listen(self.listen)
         for key in ("memory_budget", "memory_headroom", "overhead_bytes"):
             value = getattr(self, key)
@@ -174,9 +201,11 @@ class NeuronEntry(Base, kw_only=True):
     name: Annotated[str, msgspec.Meta(min_length=1)]
     endpoint: Annotated[str, msgspec.Meta(min_length=1)]
     secret: str | None = None
+    # Read into `secret` at start and at each reload.
+    secret_file: str | None = None
 
     def __post_init__(self) -> None:
-        _check_secret(self.secret)
+        _load_secret(self)
 
 
 class ApiKey(Base, kw_only=True):

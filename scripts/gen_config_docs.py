@@ -91,6 +91,8 @@ DESCRIPTIONS: dict[str, str] = {
     "NeuronEntry.endpoint": "`http://host:port` of its `neuron serve`",
     "NeuronEntry.secret": "the neuron's shared secret, sent as `Authorization: Bearer`; "
                           "empty is an error",
+    "NeuronEntry.secret_file": "a file holding `secret` (a Kubernetes Secret, say), read at "
+                               "start and at each reload; empty or unreadable is an error",
     "AuthConfig.api_keys": "client keys, sent as `Authorization: Bearer` or `x-api-key` (also "
                            "`CORTEX_API_KEYS`); with none at all the gateway is open",
     "AuthConfig.api_keys_file": "a file of client keys, one per line, `#` comments; missing, "
@@ -150,6 +152,8 @@ DESCRIPTIONS: dict[str, str] = {
     "NeuronConfig.overhead_bytes": "fixed per-model overhead added to every estimate",
     "NeuronConfig.secret": "when set, every route but `/health` needs `Bearer <secret>`; "
                            "empty is an error",
+    "NeuronConfig.secret_file": "a file holding `secret` (a Kubernetes Secret, say), read at "
+                                "start; empty or unreadable is an error",
     "NeuronConfig.preload": "profiles loaded at start-up (`[[preload]]`, the keys of "
                             "`[[models]]`)",
     "NeuronConfig.harness": "`[harness.NAME]`: each harness plugin's own `Options`",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from cortex.config import load_gateway_config, load_neuron_config, parse_bytes
@@ -105,3 +107,64 @@ def test_a_profile_cannot_ask_more_threads_than_ggml_has(tmp_path: Path) -> None
     assert str(err.value) == f"{path}: preload[0].n_threads: Expected int <= 512"
     path.write_text('[[preload]]\nid = "a"\nsource = "x"\nn_threads = 512\n')
     assert load_neuron_config(path).preload[0].n_threads == 512
+
+
+# --- secret_file ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["neuron", "entry"])
+def test_secret_file_is_read_into_the_secret_and_a_copy_keeps_it(
+        tmp_path: Path, kind: str) -> None:
+    secret = write(tmp_path, "secret", "  s3cret-from-a-file\n")  # an editor's newline
+    if kind == "neuron":
+        config = load_neuron_config(write(tmp_path, "neuron.toml",
+                                          f'secret_file = "{secret}"\n'))
+        assert config.secret == "s3cret-from-a-file"
+        # `neuron serve --listen` copies the config: the file is not needed again.
+        secret.unlink()
+        assert msgspec.structs.replace(config, listen="127.0.0.1:1").secret == \
+            "s3cret-from-a-file"
+        return
+    table = '[[neurons]]\nname = "a"\nendpoint = "http://a:1"\n'
+    gateway, _ = load_gateway_config(write(tmp_path, "cortex.toml",
+                                           f'{table}secret_file = "{secret}"\n'))
+    [found] = gateway.neurons
+    assert found.secret == "s3cret-from-a-file"
+
+
+@pytest.mark.parametrize(("content", "reason"), [
+    ("\n \n", " is empty, which would mean no secret at all"),
+    (None, ": cannot read it (No such file or directory)"),
+    (b"\xff\xfe", ": cannot read it (not UTF-8 text)"),
+])
+@pytest.mark.parametrize("where", ["neurons[0]", "neuron.toml"])
+def test_an_empty_or_unreadable_secret_file_is_an_error_naming_the_key(
+        tmp_path: Path, content: str | bytes | None, reason: str, where: str) -> None:
+    secret = tmp_path / "secret"
+    if isinstance(content, bytes):
+        secret.write_bytes(content)
+    elif content is not None:
+        secret.write_text(content)
+    load: Callable[[Path], object] = load_neuron_config
+    if where == "neuron.toml":
+        path, key = write(tmp_path, where, f'secret_file = "{secret}"\n'), "(top level)"
+    else:
+        table = '[[neurons]]\nname = "a"\nendpoint = "http://a:1"\n'
+        path = write(tmp_path, "cortex.toml", f'{table}secret_file = "{secret}"\n')
+        key, load = where, load_gateway_config
+    with pytest.raises(ConfigError) as err:
+        load(path)
+    assert str(err.value) == f"{path}: {key}: secret_file {secret}{reason}"
+
+
+def test_secret_and_secret_file_together_are_an_error(tmp_path: Path) -> None:
+    secret = write(tmp_path, "secret", "x")
+    with pytest.raises(ConfigError, match=r"neuron.toml: \(top level\): set secret or "
+                                          "secret_file, not both"):
+        load_neuron_config(write(tmp_path, "neuron.toml",
+                                 f'secret = "x"\nsecret_file = "{secret}"\n'))
+    with pytest.raises(ConfigError, match=r"cortex.toml: neurons\[0\]: set secret or "
+                                          "secret_file, not both"):
+        load_gateway_config(write(tmp_path, "cortex.toml", (
+            f'[[neurons]]\nname = "a"\nendpoint = "http://a:1"\nsecret = "x"\n'
+            f'secret_file = "{secret}"\n')))

@@ -135,18 +135,50 @@ def container_port(container: Resource, name: str) -> int:
     return int(port)
 
 
-def mounted_files(workload: Resource, container: Resource) -> set[str]:
-    """The files the container sees from ConfigMaps and Secrets."""
+def _projections(workload: Resource, container: Resource
+                 ) -> Iterator[tuple[str, str, str, str]]:
+    """(mount path, "configMap" or "secret", its name, {key: path}) for every ConfigMap
+    and Secret item the container mounts."""
     volumes = {v["name"]: v for v in workload["spec"]["template"]["spec"]["volumes"]}
-    files: set[str] = set()
     for mount in container.get("volumeMounts", []):
         volume = volumes[mount["name"]]
         sources = volume.get("projected", {}).get("sources", [])
         sources += [{k: volume[k]} for k in ("configMap", "secret") if k in volume]
         for source in sources:
-            for item in next(iter(source.values())).get("items", []):
-                files.add(f"{mount['mountPath']}/{item['path']}")
-    return files
+            [(kind, ref)] = source.items()
+            for item in ref.get("items", []):
+                yield (f"{mount['mountPath']}/{item['path']}", kind,
+                       ref.get("name") or ref.get("secretName"), item["key"])
+
+
+def mounted_files(workload: Resource, container: Resource) -> set[str]:
+    """The files the container sees from ConfigMaps and Secrets."""
+    return {path for path, _, _, _ in _projections(workload, container)}
+
+
+def lay_out(resources: list[Resource], workload: Resource, container: Resource,
+            root: Path) -> Path:
+    """Write the files the container sees from ConfigMaps and Secrets under `root`, each
+    at its mount path, with every absolute path in them moved under `root` too; a Secret
+    an overlay leaves out (overlays/example: people create the real one) is the base's
+    placeholder, which has the same keys (test_the_secrets_keys_are_the_ones_the_pods_use)."""
+    placeholder = yaml.safe_load((KUBERNETES / "base" / "secret.yaml").read_text())
+    data: dict[tuple[str, str], dict[str, str]] = {
+        ("secret", placeholder["metadata"]["name"]): placeholder["stringData"]}
+    for r in resources:
+        if r["kind"] == "ConfigMap":
+            data[("configMap", r["metadata"]["name"])] = r["data"]
+        elif r["kind"] == "Secret":
+            data[("secret", r["metadata"]["name"])] = r.get("stringData", r.get("data"))
+    mounts = sorted((m["mountPath"] for m in container.get("volumeMounts", [])), key=len,
+                    reverse=True)  # one pass, longest first: nested mounts move once
+    moved = re.compile('"(' + "|".join(re.escape(f"{m}/") for m in mounts) + ")")
+    for path, kind, name, key in _projections(workload, container):
+        text = moved.sub(lambda m: f'"{root}{m[1]}', data[(kind, name)][key])
+        target = root / path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+    return root
 
 
 def writable_dirs(workload: Resource, container: Resource) -> list[str]:
@@ -275,17 +307,22 @@ def test_the_configs_load_and_name_files_the_pods_mount(rendered: list[Resource]
                                                         tmp_path: Path) -> None:
     gateway, gateway_container = by_command(rendered, "cortex")
     neuron, neuron_container = by_command(rendered, "neuron")
-    # Laid out as the pods see /etc/cortex, then read by cortex's own loaders.
+    # Laid out as each pod sees /etc/cortex, then read by cortex's own loaders, which
+    # read every file a config names (keys and secrets included).
     config_path = gateway_container["command"][gateway_container["command"].index(
         "--config") + 1]
-    etc = tmp_path / "etc"
-    etc.mkdir()
-    for name in ("cortex.toml", "neuron.toml"):
-        (etc / name).write_text(tomli_w.dumps(loadable(name, config_file(rendered, name))))
-    (etc / "models.toml").write_text(config_file(rendered, "models.toml"))
-    gateway_config, profiles = load_gateway_config(etc / "cortex.toml")
-    neuron_config = load_neuron_config(etc / "neuron.toml")
+    gateway_root = lay_out(rendered, gateway, gateway_container, tmp_path / "gateway")
+    (gateway_root / config_path.lstrip("/")).write_text(tomli_w.dumps(loadable(
+        "cortex.toml", (gateway_root / config_path.lstrip("/")).read_text())))
+    gateway_config, profiles = load_gateway_config(gateway_root / config_path.lstrip("/"))
     assert profiles
+    neuron_path = neuron_container["command"][neuron_container["command"].index(
+        "--config") + 1]
+    neuron_root = lay_out(rendered, neuron, neuron_container, tmp_path / "neuron")
+    neuron_config = load_neuron_config(neuron_root / neuron_path.lstrip("/"))
+    # The secret the neuron reads is the one the gateway sends.
+    placeholder = yaml.safe_load((KUBERNETES / "base" / "secret.yaml").read_text())
+    assert neuron_config.secret == placeholder["stringData"]["neuron-secret"]
 
     gateway_files = mounted_files(gateway, gateway_container)
     assert isinstance(gateway_config.models, str)
@@ -295,9 +332,7 @@ def test_the_configs_load_and_name_files_the_pods_mount(rendered: list[Resource]
              *(d["secret_file"] for d in cortex_toml.get("discovery", []))]
     assert len(named) >= 2 and set(named) <= gateway_files
 
-    neuron_command = neuron_container["command"]
-    assert neuron_command[neuron_command.index("--config") + 1] in mounted_files(
-        neuron, neuron_container)
+    assert neuron_path in mounted_files(neuron, neuron_container)
     neuron_toml = tomllib.loads(config_file(rendered, "neuron.toml"))
     assert neuron_toml["secret_file"] in mounted_files(neuron, neuron_container)
     writable = writable_dirs(neuron, neuron_container)

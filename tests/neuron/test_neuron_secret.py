@@ -101,3 +101,33 @@ def test_a_secret_changed_under_a_live_node_is_a_502_naming_it(tmp_path: Path) -
             assert anthropic.json()["error"]["type"] == "api_error"
         finally:
             second.stop()
+
+
+def test_secret_files_on_both_sides_serve_end_to_end(tmp_path: Path) -> None:
+    """The value lives in one file (a Kubernetes Secret, say) that neuron.toml's
+    `secret_file` and the gateway's `[[neurons]] secret_file` both read at start."""
+    secret_file = tmp_path / "neuron-secret"
+    secret_file.write_text(f"{SECRET}\n")
+    neuron = synthetic_neuron(tmp_path, secret_file=str(secret_file))
+    try:
+        with httpx.Client(base_url=neuron.url, timeout=10) as client:
+            assert client.get("/status").status_code == 401
+            assert client.get("/status", headers={
+                "authorization": f"Bearer {SECRET}"}).status_code == 200
+        entry = {"name": "n1", "endpoint": neuron.url, "secret_file": str(secret_file)}
+        with served(tmp_path, [entry]) as gw, httpx.Client(base_url=gw.url, timeout=30) as c:
+            reply = c.post("/v1/chat/completions", json=CHAT)
+            assert reply.status_code == 200, reply.text
+    finally:
+        neuron.stop()
+
+
+def test_a_neuron_whose_secret_file_is_empty_does_not_start(tmp_path: Path) -> None:
+    empty = tmp_path / "neuron-secret"
+    empty.write_text("\n")
+    neuron = NeuronProcess({"secret_file": str(empty)}, tmp_path)
+    try:
+        assert neuron.proc.wait(60) != 0
+        assert f"secret_file {empty} is empty" in neuron.log()
+    finally:
+        neuron.stop()
