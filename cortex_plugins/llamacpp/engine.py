@@ -206,7 +206,7 @@ class LlamaEngine(Engine):
                     yield TextDelta(text)
                 continue
             if isinstance(event, Done):
-                rest, calls = parser.finish()
+                rest, calls = parser.finish(truncated=event.finish_reason == "length")
                 if rest:
                     yield TextDelta(rest)
                 if calls:
