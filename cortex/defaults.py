@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from cortex.chat_templates import GEMMA_TOOLS
 from cortex.config import ModelProfile
 
 __all__ = ["BUNDLED_GEMMA", "bundled_profiles"]
 
-# Gemma 3 270M is a base model whose GGUF carries no chat template, so the profile
-# names llama.cpp's built-in `gemma` format.
+# Gemma 3 270M is a base model whose GGUF carries no chat template. Ours speaks Gemma's
+# turn markers and describes tools, so agents (Claude Code sends ~24 tools with every
+# request) get answers rather than a 400.
 BUNDLED_GEMMA = ModelProfile(id="gemma3-270m", source="bundled:gemma3-270m",
-                             aliases=["gemma-3-270m"], chat_format="gemma", n_ctx=4096, slots=1)
+                             aliases=["gemma-3-270m"], chat_template=GEMMA_TOOLS,
+                             n_ctx=4096, slots=1)
 
 
 def bundled_profiles() -> list[ModelProfile]:
