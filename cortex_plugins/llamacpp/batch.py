@@ -320,9 +320,10 @@ class Scheduler:
                 self._candidates = Candidates(self._n_vocab)
             picked = self._candidates.sample(seq.sampler.sampler, seq.grammar.sampler, logits)
             if picked is None:
+                where = seq.sampling.grammar.param  # response_format, or a forced tool_choice
                 self._end(seq, None, error=InvalidRequest(
-                    "response_format: the grammar made from the schema allows no token "
-                    "this model has at this point", param="response_format"))
+                    f"{where}: the grammar made from the schema allows no token this model "
+                    "has at this point", param=where))
                 return
             token = picked
         if self._lib.llama_vocab_is_eog(self._vocab, token) and not seq.sampling.ignore_eos:

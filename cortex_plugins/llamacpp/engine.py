@@ -13,6 +13,7 @@ from cortex.types import ChatCompletionRequest, CompletionRequest, TokenizeReque
 
 from .batch import END, Scheduler, Sequence
 from .embed import Embedder
+from .forced import forced_tools, tool_call_grammar
 from .grammar import Grammar, make_grammar
 from .render import Prompt, Renderer
 from .schema import grammar_text
@@ -153,9 +154,16 @@ class LlamaEngine(Engine):
                 raise InvalidRequest(f"prompt token id {token} is not in this model's "
                                      f"vocabulary (0 to {self._n_vocab - 1})", param="prompt")
 
-    def _grammar(self, response_format: Any) -> Grammar | None:
-        """The request's grammar sampler, made and checked now. Blocking."""
-        text = grammar_text(response_format)
+    def _grammar(self, request: ChatCompletionRequest) -> Grammar | None:
+        """The request's grammar sampler, made and checked now: a forced tool call's, or
+        its response_format's. Blocking."""
+        forced = forced_tools(request.tools, request.tool_choice)
+        text = grammar_text(request.response_format)
+        if forced is not None:
+            if text is not None:
+                raise InvalidRequest("a forced tool_choice and a response_format cannot both "
+                                     "shape the reply", param="tool_choice")
+            return make_grammar(self._model.vocab, tool_call_grammar(forced), "tool_choice")
         return make_grammar(self._model.vocab, text) if text is not None else None
 
     def _no_generation(self) -> None:
@@ -190,7 +198,7 @@ class LlamaEngine(Engine):
             prompt = self._render(request)
             tokens = self._tokens(prompt.text, prompt.add_bos)
             self._check_fits(tokens)
-            return tokens, prompt.stop, self._grammar(request.response_format)
+            return tokens, prompt.stop, self._grammar(request)
 
         tokens, template_stops, sampling.grammar = await asyncio.to_thread(prepare)
         sampling.stop = sampling.stop + [s for s in template_stops if s not in sampling.stop]
