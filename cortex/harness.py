@@ -54,6 +54,9 @@ class Done(msgspec.Struct, kw_only=True):
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0  # prompt tokens whose KV cache was reused, not prefilled
+    # Why a "length" finish came: "max_tokens" (the request's, or the profile's cap) or
+    # "context" (the sequence filled its context: no room for another token).
+    stop_cause: str | None = None
 
 
 GenerationEvent = TextDelta | ToolCalls | Done

@@ -186,6 +186,7 @@ class ChatChoice(msgspec.Struct, kw_only=True):
     message: ResponseMessage
     finish_reason: str | None
     logprobs: None = None
+    stop_cause: str | UnsetType = UNSET  # cortex's: with "length", "max_tokens" or "context"
 
 
 class ChatCompletion(msgspec.Struct, kw_only=True):
@@ -216,6 +217,7 @@ class ChunkChoice(msgspec.Struct, kw_only=True):
     delta: Delta
     finish_reason: str | None = None
     logprobs: None = None
+    stop_cause: str | UnsetType = UNSET
 
 
 class ChatCompletionChunk(msgspec.Struct, kw_only=True):
@@ -233,6 +235,7 @@ class CompletionChoice(msgspec.Struct, kw_only=True):
     text: str
     finish_reason: str | None = None
     logprobs: None = None
+    stop_cause: str | UnsetType = UNSET
 
 
 class Completion(msgspec.Struct, kw_only=True):

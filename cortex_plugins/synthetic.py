@@ -109,7 +109,8 @@ class SyntheticEngine(Engine):
         prompt_tokens = _count(prompt)
         if prompt_tokens >= self._profile.n_ctx:
             raise ContextLengthExceeded(prompt_tokens, self._profile.n_ctx)
-        budget = min(max_tokens or self._settings.tokens, self._profile.n_ctx - prompt_tokens)
+        wanted, room = max_tokens or self._settings.tokens, self._profile.n_ctx - prompt_tokens
+        budget = min(wanted, room)
         rng = random.Random(hashlib.sha256(prompt.encode()).digest())
         self._waiting += 1
         try:
@@ -139,7 +140,8 @@ class SyntheticEngine(Engine):
                 delay = start + (n + 1) * interval - time.monotonic()
                 await asyncio.sleep(max(0.0, delay))
             yield Done(finish_reason="length", prompt_tokens=prompt_tokens,
-                       completion_tokens=budget)
+                       completion_tokens=budget,
+                       stop_cause="context" if room < wanted else "max_tokens")
         finally:
             self._active -= 1
             self._slots.release()
