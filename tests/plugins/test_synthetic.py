@@ -42,7 +42,7 @@ def test_synthetic_neuron_streams_reserves_and_unloads(start_neuron: Any) -> Non
             "id": "fake2", "source": "synthetic:bytes=2GiB", "harness": "synthetic"}})
         assert second.status_code == 507  # the claimed bytes count against the budget
         with client.stream("POST", "/v1/chat/completions", json={
-                "model": "fake", "stream": True,
+                "model": "fake", "stream": True, "stream_options": {"include_usage": True},
                 "messages": [{"role": "user", "content": "hello there"}]}) as reply:
             frames = _frames(reply)
         text = "".join(f["choices"][0]["delta"].get("content") or "" for f in frames
