@@ -7,6 +7,7 @@ whose message names the file, the key and the reason.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import socket
@@ -88,6 +89,19 @@ class ModelProfile(Base, kw_only=True):
     def __post_init__(self) -> None:
         if self.chat_format and self.chat_template:
             raise ValueError("set chat_format or chat_template, not both")
+
+    def for_neuron(self) -> ModelProfile:
+        """The profile without gateway-only fields (aliases, pinning, priority, affinity,
+        ttl, spill_after, max_copies): what a neuron loads. Editing those in models.toml
+        must not disturb a loaded model."""
+        return msgspec.structs.replace(self, aliases=[], pinned=False, priority=0, neurons=[],
+                                       ttl=None, spill_after=None, max_copies=None)
+
+    def fingerprint(self) -> str:
+        """A digest of what a neuron runs (`for_neuron()`): a gateway compares it with the
+        one in the neuron's /status to see that a loaded copy's profile has changed."""
+        encoded = msgspec.json.encode(self.for_neuron())
+        return hashlib.blake2b(encoded, digest_size=12).hexdigest()
 
 
 class ModelsFile(Base, kw_only=True):

@@ -96,6 +96,12 @@ class Engine(abc.ABC):
         """Token and KV-cache counters, when the harness keeps them (cheap: read per scrape)."""
         return None
 
+    def reconfigure(self, profile: ModelProfile) -> bool:
+        """Take a changed profile of this model in place (a new chat template, say), for
+        the requests that start from now on; False when the change needs a reload.
+        Blocking."""
+        return False
+
     @abc.abstractmethod
     def chat(self, request: ChatCompletionRequest
              ) -> AsyncGenerator[GenerationEvent, None]:

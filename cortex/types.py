@@ -309,6 +309,9 @@ class ModelStatus(Wire, kw_only=True):
     # Set by a gateway's pin (POST /models/pin), so every gateway replica's evictor
     # leaves this copy alone; it goes with the copy (an unload, a restart).
     pinned: bool = False
+    # ModelProfile.fingerprint() of the profile this copy runs: a gateway whose profile's
+    # differs loads it again (the neuron then changes or reloads the copy).
+    profile_fingerprint: str = ""
 
 
 class NodeStatus(Wire, kw_only=True):

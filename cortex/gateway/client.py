@@ -48,8 +48,7 @@ def neuron_profile(profile: ModelProfile) -> ModelProfile:
     fleet settings (aliases, pinning, priority, affinity, ttl, spill_after, max_copies)
     must not reach it: editing them in models.toml must not disturb a loaded model.
     """
-    return msgspec.structs.replace(profile, aliases=[], pinned=False, priority=0, neurons=[],
-                                   ttl=None, spill_after=None, max_copies=None)
+    return profile.for_neuron()
 
 
 def upstream_error(status: int, body: bytes) -> CortexError:

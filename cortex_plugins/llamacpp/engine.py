@@ -7,7 +7,9 @@ import functools
 from collections.abc import AsyncGenerator, Callable
 from typing import Any, TypeVar
 
-from cortex import Done, Engine, EngineStats, GenerationEvent, TextDelta, ToolCalls
+import msgspec
+
+from cortex import Done, Engine, EngineStats, GenerationEvent, ModelProfile, TextDelta, ToolCalls
 from cortex.errors import ContextLengthExceeded, InvalidRequest, UnsupportedFeature
 from cortex.types import ChatCompletionRequest, CompletionRequest, TokenizeRequest
 
@@ -22,6 +24,8 @@ from .tools import ToolCallParser
 __all__ = ["LlamaEngine", "Sampling"]
 
 T = TypeVar("T")
+#: Profile fields a loaded model takes in place (reconfigure); any other change reloads it.
+IN_PLACE = frozenset({"chat_template", "chat_format", "max_tokens"})
 
 
 def _or(value: float | None, default: float) -> float:
@@ -69,23 +73,25 @@ class LlamaEngine(Engine):
     """A GGUF model and its context. Generation goes through the batching Scheduler; a
     profile loaded for embeddings serves only embeddings, one input at a time."""
 
-    def __init__(self, *, model: Any, ctx: Any, model_id: str, slots: int, n_ctx: int,
-                 n_batch: int, prefill_chunk: int, renderer: Renderer | None,
-                 no_template_reason: str, embeddings: bool, max_tokens_cap: int | None,
+    def __init__(self, *, model: Any, ctx: Any, profile: ModelProfile, slots: int, n_ctx: int,
+                 n_batch: int, prefill_chunk: int,
+                 renderer_for: Callable[[ModelProfile], tuple[Renderer | None, str]],
                  measured_bytes: int | None) -> None:
+        """`renderer_for`: the profile's chat template renderer, or None and why not."""
         self._model = model
         self._ctx = ctx
-        self._model_id = model_id
+        self._profile = profile
+        self._model_id = model_id = profile.id
         self._n_ctx = n_ctx
         self._n_vocab = model.n_vocab()
-        self._renderer = renderer
-        self._no_template_reason = no_template_reason
-        self._cap = max_tokens_cap
+        self._renderer_for = renderer_for
+        self._renderer, self._no_template_reason = renderer_for(profile)
+        self._cap = profile.max_tokens
         self._measured = measured_bytes
         # Text longer than this many bytes cannot fit the context, whatever it says.
         self._max_prompt_bytes = n_ctx * _longest_token(model)
-        self.embeddings = embeddings
-        self.chat_supported = renderer is not None and not embeddings
+        self.embeddings = embeddings = profile.embeddings
+        self.chat_supported = self._renderer is not None and not embeddings
         self._scheduler = Scheduler(model=model, ctx=ctx, slots=slots, n_ctx_slot=n_ctx,
                                     n_batch=n_batch, prefill_chunk=prefill_chunk,
                                     name=f"llama:{model_id}")
@@ -104,6 +110,17 @@ class LlamaEngine(Engine):
     @property
     def measured_bytes(self) -> int | None:
         return self._measured
+
+    def reconfigure(self, profile: ModelProfile) -> bool:
+        old, new = msgspec.structs.asdict(self._profile), msgspec.structs.asdict(profile)
+        if any(old[key] != new[key] for key in old if key not in IN_PLACE):
+            return False
+        renderer, reason = self._renderer_for(profile)  # may refuse: nothing changed yet
+        # Requests already rendered go on as they were; new ones render with this.
+        self._renderer, self._no_template_reason = renderer, reason
+        self.chat_supported = renderer is not None and not self.embeddings
+        self._cap, self._profile = profile.max_tokens, profile
+        return True
 
     def stats(self) -> EngineStats:
         scheduler = self._scheduler
