@@ -9,9 +9,10 @@ __all__ = ["BUNDLED_GEMMA", "bundled_profiles"]
 
 # Gemma 3 270M is a base model whose GGUF carries no chat template. Ours speaks Gemma's
 # turn markers and describes tools, so agents (Claude Code sends ~24 tools with every
-# request) get answers rather than a 400.
+# request) get answers rather than a 400. `claude-*` sends whatever Claude model name
+# a Claude Code release asks for here (cortex.aliases).
 BUNDLED_GEMMA = ModelProfile(id="gemma3-270m", source="bundled:gemma3-270m",
-                             aliases=["gemma-3-270m"], chat_template=GEMMA_TOOLS,
+                             aliases=["gemma-3-270m", "claude-*"], chat_template=GEMMA_TOOLS,
                              n_ctx=4096, slots=1)
 
 
