@@ -21,6 +21,7 @@ from cortex import (
     MemoryEstimate,
     ModelProfile,
     ResolvedModel,
+    UnsupportedFeature,
     hookimpl,
 )
 
@@ -152,17 +153,21 @@ class LlamaCppHarness(Harness):
             llama_model.close()
             raise InvalidRequest(f"llama.cpp could not make a context for {model.path} "
                                  f"(n_ctx {profile.n_ctx} x {slots} slots): {exc}") from None
-        renderer, reason = self._renderer(profile, model, llama_model, meta)
         measured = int(llama_cpp.llama_model_size(llama_model.model)) + \
             ctx.n_ctx() * kv_bytes_per_token(meta)
         progress(1.0)
         from .engine import LlamaEngine
 
-        return LlamaEngine(model=llama_model, ctx=ctx, model_id=profile.id, slots=slots,
-                           n_ctx=ctx.n_ctx() // slots, n_batch=n_batch,
-                           prefill_chunk=self.options.prefill_chunk, renderer=renderer,
-                           no_template_reason=reason, embeddings=profile.embeddings,
-                           max_tokens_cap=profile.max_tokens, measured_bytes=measured)
+        try:
+            return LlamaEngine(
+                model=llama_model, ctx=ctx, profile=profile, slots=slots,
+                n_ctx=ctx.n_ctx() // slots, n_batch=n_batch,
+                prefill_chunk=self.options.prefill_chunk, measured_bytes=measured,
+                renderer_for=lambda p: self._renderer(p, model, llama_model, meta))
+        except UnsupportedFeature:  # a chat_format llama.cpp does not know, a broken template
+            ctx.close()
+            llama_model.close()
+            raise
 
 
 @hookimpl
