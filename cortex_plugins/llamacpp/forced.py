@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cortex.errors import InvalidRequest
-from cortex.types import Tool
+from cortex import InvalidRequest, Tool
 
 from .schema import SchemaRefused, schema_grammar
 
