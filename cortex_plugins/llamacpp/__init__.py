@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from cortex import Harness, MemoryEstimate, ModelProfile, ResolvedModel, hookimpl
 from cortex.errors import InvalidRequest
 
-from .gguf import estimate_memory, kv_bytes_per_token, read_metadata
+from .gguf import MetadataCache, estimate_memory, kv_bytes_per_token
 from .render import BuiltinRenderer, JinjaRenderer, Renderer
 
 if TYPE_CHECKING:
@@ -48,13 +48,17 @@ class LlamaCppHarness(Harness):
 
     options: Options
 
+    def __init__(self, options: Options) -> None:
+        super().__init__(options)
+        self.metadata = MetadataCache()
+
     def estimate(self, profile: ModelProfile, model: ResolvedModel,
                  overhead: int) -> MemoryEstimate:
         try:
-            meta = read_metadata(model.path)
+            meta = self.metadata.get(model.path)
             return estimate_memory(model.files, meta, n_ctx=profile.n_ctx, slots=profile.slots,
                                    overhead=overhead)
-        except (ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError) as exc:
             raise InvalidRequest(f"{model.path} is not a usable GGUF: {exc}") from None
 
     def _renderer(self, profile: ModelProfile, model: ResolvedModel, llama_model: Any,
@@ -103,6 +107,7 @@ class LlamaCppHarness(Harness):
         except ValueError as exc:
             raise InvalidRequest(f"llama.cpp could not load {model.path}: {exc}") from None
         meta = llama_model.metadata()
+        self.metadata.put(model.path, meta)
         slots = 1 if profile.embeddings else profile.slots
         ctx_params = llama_cpp.llama_context_default_params()
         ctx_params.n_ctx = profile.n_ctx * slots
