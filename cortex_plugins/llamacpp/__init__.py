@@ -25,7 +25,7 @@ from cortex import (
     hookimpl,
 )
 
-from .gguf import estimate_memory, kv_bytes_per_token, read_metadata
+from .gguf import MetadataCache, estimate_memory, kv_bytes_per_token
 from .grammar import llama_log
 from .render import BuiltinRenderer, JinjaRenderer, Renderer
 
@@ -71,15 +71,19 @@ class LlamaCppHarness(Harness):
 
     options: Options
 
+    def __init__(self, options: Options) -> None:
+        super().__init__(options)
+        self.metadata = MetadataCache()
+
     def estimate(self, profile: ModelProfile, model: ResolvedModel,
                  overhead: int) -> MemoryEstimate:
         try:
-            meta, n_vocab = read_metadata(model.path)
+            meta, n_vocab = self.metadata.get(model.path)
             slots = _slots(profile)
             return estimate_memory(model.files, meta, n_vocab=n_vocab, n_ctx=profile.n_ctx,
                                    slots=slots, n_batch=_n_batch(profile),
                                    overhead=overhead)
-        except (ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError) as exc:
             raise InvalidRequest(f"{model.path} is not a usable GGUF: {exc}") from None
 
     def _renderer(self, profile: ModelProfile, model: ResolvedModel, llama_model: Any,
@@ -129,6 +133,7 @@ class LlamaCppHarness(Harness):
         except ValueError as exc:
             raise InvalidRequest(f"llama.cpp could not load {model.path}: {exc}") from None
         meta = llama_model.metadata()
+        self.metadata.put(model.path, (meta, int(llama_model.n_vocab())))
         slots = _slots(profile)
         ctx_params = llama_cpp.llama_context_default_params()
         ctx_params.n_ctx = profile.n_ctx * slots

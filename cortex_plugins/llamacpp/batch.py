@@ -145,10 +145,15 @@ class Scheduler:
     # --- the scheduler thread -----------------------------------------------------------
 
     def _warm_up(self) -> None:
-        """Decode one token once, so the first request does not pay for graph set-up."""
+        """Decode one token once, so the first request does not pay for graph set-up.
+
+        Without logits: the output layer (for Gemma 3 270M, its 262k-token vocabulary
+        matrix is most of a decode) warms nothing the first request lacks, and after a
+        swap that request is already waiting behind this decode.
+        """
         batch = self._batch.batch
         batch.token[0] = max(self._model.token_bos(), 0)
-        batch.pos[0], batch.n_seq_id[0], batch.seq_id[0][0], batch.logits[0] = 0, 1, 0, True
+        batch.pos[0], batch.n_seq_id[0], batch.seq_id[0][0], batch.logits[0] = 0, 1, 0, False
         batch.n_tokens = 1
         self._lib.llama_decode(self._ctx.ctx, batch)
         self._lib.llama_memory_seq_rm(self._ctx.memory, 0, -1, -1)
