@@ -7,7 +7,9 @@ from typing import Any
 
 from cortex import MemoryEstimate
 
-__all__ = ["MetadataCache", "compute_bytes", "estimate_memory", "kv_bytes_per_token", "read_metadata"]
+__all__ = [
+    "MetadataCache", "compute_bytes", "estimate_memory", "kv_bytes_per_token", "read_metadata",
+]
 
 KV_DTYPE_BYTES = 2  # f16, llama.cpp's default KV cache type
 F32 = 4
