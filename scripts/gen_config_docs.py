@@ -116,7 +116,9 @@ DESCRIPTIONS: dict[str, str] = {
     "ModelProfile.id": "the name clients put in `model`; may contain `/`",
     "ModelProfile.source": "`bundled:NAME`, a path inside the neuron's `model_dirs`, "
                            "`hf://owner/repo:QUANT` or `hf://owner/repo[@rev]/file.gguf`",
-    "ModelProfile.aliases": "other names for the profile; ids and aliases are unique",
+    "ModelProfile.aliases": "other names for the profile; ids and aliases are unique. "
+                            "One with `*` or `?` is a pattern (`claude-*`): it matches "
+                            "names no id or alias spells out, the most specific first",
     "ModelProfile.harness": "the neuron's harness plugin that runs it",
     "ModelProfile.n_ctx": "context tokens per slot",
     "ModelProfile.slots": "sequences decoded together (the KV cache holds n_ctx x slots)",
@@ -179,6 +181,12 @@ DESCRIPTIONS: dict[str, str] = {
     "SyntheticHarness.Options.die_on": "tests only: a prompt containing this string kills "
                                        "the neuron (SIGKILL) before its first token, as a "
                                        "crash would; unset by default",
+    "SyntheticHarness.Options.script": "tests of agent clients only: scripted replies to "
+                                       "requests that offer tools, the Nth assistant turn "
+                                       "gets step N (the last repeats); empty by default",
+    "ScriptStep.text": "the words of a plain reply",
+    "ScriptStep.tool": "the tool a scripted reply calls (instead of text)",
+    "ScriptStep.arguments": "the arguments of that call",
 }
 
 INTRO = """\
