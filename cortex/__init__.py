@@ -28,6 +28,7 @@ from cortex.dialect import (
     prefix_hashes,
     sse_frame,
 )
+from cortex.discovery import Discovered, DiscoverySource, Found
 from cortex.errors import (
     ConfigError,
     ContextLengthExceeded,
@@ -95,6 +96,8 @@ __all__ = [
     "CortexError",
     "Decision",
     "Dialect",
+    "Discovered",
+    "DiscoverySource",
     "Done",
     "EmbeddingRequest",
     "Engine",
@@ -104,6 +107,7 @@ __all__ = [
     "Exchange",
     "FleetEvent",
     "FleetSnapshot",
+    "Found",
     "GatewayAPI",
     "GatewayConfig",
     "GenerationEvent",

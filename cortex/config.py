@@ -23,6 +23,7 @@ from cortex.stops import MAX_STOP_BYTES, MAX_STOP_STRINGS
 __all__ = [
     "ApiKey",
     "AuthConfig",
+    "DiscoveryConfig",
     "EvictionConfig",
     "GatewayConfig",
     "GatewaySection",
@@ -130,7 +131,7 @@ def _read_secret(path: str) -> str:
     return secret
 
 
-def _load_secret(entry: NeuronConfig | NeuronEntry) -> None:
+def _load_secret(entry: NeuronConfig | NeuronEntry | DiscoveryConfig) -> None:
     """Check `secret`, or read `secret_file` into it: a file is read when the config is
     decoded (at start and at each reload), and then its content is `secret` and
     `secret_file` is None, so a copy (msgspec.structs.replace) does not read it again."""
@@ -223,6 +224,21 @@ class NeuronEntry(Base, kw_only=True):
         _load_secret(self)
 
 
+class DiscoveryConfig(Base, kw_only=True):
+    """`[[discovery]]`: neurons found by a discovery plugin (cortex.DiscoverySource), as
+    well as the `[[neurons]]` list. A node missing from its answers stays `linger` seconds
+    (a flapping record does not flap the fleet), then is drained and dropped."""
+
+    source: Annotated[str, msgspec.Meta(min_length=1)]
+    secret: str | None = None
+    secret_file: str | None = None
+    linger: NonNegative = 30.0
+    options: dict[str, Any] = {}
+
+    def __post_init__(self) -> None:
+        _load_secret(self)
+
+
 class ApiKey(Base, kw_only=True):
     """A client key with its own model allow-list and request limit (`[[auth.keys]]`)."""
 
@@ -253,6 +269,7 @@ class GatewayConfig(Base, kw_only=True):
     eviction: EvictionConfig = msgspec.field(default_factory=EvictionConfig)
     routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
     neurons: list[NeuronEntry] = []
+    discovery: list[DiscoveryConfig] = []
     auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
     models: str | list[ModelProfile] = []
     # `[dialects.NAME]`: each dialect plugin's own Options (cortex.Plugins.dialect_options).

@@ -15,6 +15,7 @@ import pluggy
 if TYPE_CHECKING:
     from cortex.config import NeuronConfig
     from cortex.dialect import Dialect
+    from cortex.discovery import DiscoverySource
     from cortex.evictor import EvictionPolicy
     from cortex.harness import Harness
     from cortex.records import FleetEvent, RequestRecord
@@ -47,6 +48,12 @@ def register_dialects() -> Iterable[type[Dialect]]:
 @hookspec
 def register_harnesses() -> Iterable[type[Harness]]:
     """Return Harness classes; a model profile picks one by `harness = "name"`."""
+    raise NotImplementedError
+
+
+@hookspec
+def register_discovery_sources() -> Iterable[type[DiscoverySource]]:
+    """Return DiscoverySource classes; `[[discovery]] source` picks one by its `name`."""
     raise NotImplementedError
 
 

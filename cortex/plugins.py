@@ -20,7 +20,9 @@ from cortex import hookspecs
 from cortex.errors import ConfigError, PluginError
 
 if TYPE_CHECKING:
+    from cortex.config import DiscoveryConfig
     from cortex.dialect import Dialect
+    from cortex.discovery import DiscoverySource
     from cortex.evictor import EvictionPolicy
     from cortex.harness import Harness
     from cortex.router import RoutingStrategy
@@ -139,12 +141,17 @@ class Plugins:
         return _collect(self.pm.hook.register_dialects(), "dialect")
 
     @cached_property
+    def discovery_sources(self) -> dict[str, type[DiscoverySource]]:
+        return _collect(self.pm.hook.register_discovery_sources(), "discovery source")
+
+    @cached_property
     def harnesses(self) -> dict[str, type[Harness]]:
         return _collect(self.pm.hook.register_harnesses(), "harness")
 
     def validate(self) -> None:
         """Build every registry now, so duplicate names fail at start-up."""
-        for attr in ("routing_strategies", "eviction_policies", "dialects", "harnesses"):
+        for attr in ("routing_strategies", "eviction_policies", "dialects",
+                     "discovery_sources", "harnesses"):
             getattr(self, attr)
 
     def routing_strategy(self, name: str) -> type[RoutingStrategy]:
@@ -155,6 +162,20 @@ class Plugins:
 
     def harness(self, name: str) -> type[Harness]:
         return _pick(self.harnesses, name, "harness")
+
+    def discovery(self, tables: Sequence[DiscoveryConfig], *,
+                  where: str = "cortex.toml") -> list[DiscoverySource]:
+        """A source for each `[[discovery]]` table, its options checked (an unknown
+        source or a bad option is a ConfigError naming the table); none is started."""
+        sources = []
+        for index, table in enumerate(tables):
+            try:
+                cls = _pick(self.discovery_sources, table.source, "discovery source")
+            except PluginError as exc:
+                raise ConfigError(f"{where}: discovery[{index}].source: {exc}") from None
+            sources.append(cls(build_options(cls, dict(table.options),
+                                             where=f"{where}: discovery[{index}].options")))
+        return sources
 
     def dialect_options(self, tables: Mapping[str, Mapping[str, Any]], *,
                         where: str = "cortex.toml") -> dict[str, Dialect.Options]:

@@ -37,6 +37,8 @@ DESCRIPTIONS: dict[str, str] = {
     "GatewayConfig.eviction": "the `[eviction]` table",
     "GatewayConfig.routing": "the `[routing]` table",
     "GatewayConfig.neurons": "one `[[neurons]]` table per neuron",
+    "GatewayConfig.discovery": "one `[[discovery]]` table per source of neurons (DNS, a file, "
+                               "a plugin's), used together with `[[neurons]]`",
     "GatewayConfig.auth": "the `[auth]` table",
     "GatewayConfig.dialects": "`[dialects.NAME]`: each dialect plugin's own `Options`; a "
                               "table naming no dialect is an error",
@@ -93,6 +95,16 @@ DESCRIPTIONS: dict[str, str] = {
                           "empty is an error",
     "NeuronEntry.secret_file": "a file holding `secret` (a Kubernetes Secret, say), read at "
                                "start and at each reload; empty or unreadable is an error",
+    "DiscoveryConfig.source": "the discovery plugin, by `name`: `dns`, `file` or a third "
+                              "party's",
+    "DiscoveryConfig.secret": "the shared secret of the neurons it finds, sent as "
+                              "`Authorization: Bearer`; empty is an error",
+    "DiscoveryConfig.secret_file": "a file holding `secret`, read at start and at each "
+                                   "reload; empty or unreadable is an error",
+    "DiscoveryConfig.linger": "seconds a node missing from the answers stays in the fleet "
+                              "before it is drained and dropped (a flapping record does not "
+                              "flap the fleet); a failed answer never counts",
+    "DiscoveryConfig.options": "the source's own `Options` (`[discovery.options]`, below)",
     "AuthConfig.api_keys": "client keys, sent as `Authorization: Bearer` or `x-api-key` (also "
                            "`CORTEX_API_KEYS`); with none at all the gateway is open",
     "AuthConfig.api_keys_file": "a file of client keys, one per line, `#` comments; missing, "
@@ -164,6 +176,22 @@ DESCRIPTIONS: dict[str, str] = {
                                             "reads `stop_reason: stop_sequence`; `false` "
                                             "sends them to the neuron as `stop`, and a hit "
                                             "reads `end_turn`",
+    # discovery plugins' Options ([discovery.options] in cortex.toml)
+    "DnsSource.Options.interval": "seconds between two lookups; sooner when the records' TTL "
+                                  "is (a TTL under 0.5 s counts as 0.5 s)",
+    "DnsSource.Options.name": "an SRV name (`_neuron._tcp.gpu.internal`: one node per target, "
+                              "on its port), or with `port` an A/AAAA name (one per address)",
+    "DnsSource.Options.port": "the neurons' port, for an A/AAAA `name`; unset: `name` is SRV",
+    "DnsSource.Options.nameservers": "resolvers to ask, `IP` or `IP:PORT`; empty: the "
+                                     "system's (`/etc/resolv.conf`)",
+    "DnsSource.Options.timeout": "seconds one lookup may take before it counts as failed",
+    "DnsSource.Options.scheme": "`http` or `https`, for the endpoints it makes",
+    "FileSource.Options.interval": "seconds between two looks at the file (read again when "
+                                   "its size, time or inode changed)",
+    "FileSource.Options.path": "the file: `[[neurons]]` tables of `name` and `endpoint` "
+                               "(TOML), or a JSON list of them (or `{\"neurons\": [...]}`)",
+    "FileSource.Options.format": "`toml` or `json`; unset: from the suffix (`.json`, else "
+                                 "TOML)",
     # harness plugins' Options ([harness.NAME] in neuron.toml)
     "LlamaCppHarness.Options.n_threads": "CPU threads; unset: physical cores (a profile's "
                                          "`n_threads` wins)",
@@ -244,6 +272,8 @@ def describe_type(t: inspect.Type) -> str:
         return " ".join([name, *(b for b in bounds if b)])
     if isinstance(t, inspect.BoolType):
         return "boolean"
+    if isinstance(t, inspect.LiteralType):
+        return " or ".join(f"`{toml_value(v)}`" for v in t.values)
     if isinstance(t, inspect.ListType):
         if isinstance(t.item_type, inspect.StructType):
             return "array of tables"
@@ -376,6 +406,9 @@ def generate() -> tuple[str, list[str]]:
             sections.insert(1, Section("[[models]]", note="Inline profiles: the keys of "
                                                           "models.toml's `[[models]]`."))
             sections += plugin_sections(plugins.dialects, "dialects", missing)
+            for name, cls in sorted(plugins.discovery_sources.items()):
+                sections += walk(cls.Options, f'[discovery.options] for source = "{name}"',
+                                 missing=missing, seen={})
             for section in sections:
                 if section.heading == "[eviction]":
                     section.note = _policy_note("eviction policies", plugins.eviction_policies)

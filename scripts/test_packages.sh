@@ -5,6 +5,8 @@
 #   package (Playwright's own browser downloads are never used);
 # - iptables for the slow-link fault test on kernels without netem (tests/netns.py queues
 #   the link's packets to tests/netem.py; without iptables it falls back to `tc tbf`);
+# - dnsmasq (dnsmasq-base: the binary, no service) for the DNS discovery tests
+#   (tests/gateway/test_discovery_dns.py starts it on a loopback port);
 # - nodejs and npm, to install the real agent CLIs the client tests run (tests/e2e/
 #   test_claude_code.py): Claude Code and Codex from npm, at the versions pinned below, into
 #   .ci/node (git-ignored), where the tests look for them (.ci/node/node_modules/.bin/).
@@ -15,6 +17,7 @@ CODEX=0.171.0
 need=""
 command -v chromium >/dev/null 2>&1 || need="$need chromium fonts-dejavu-core"
 command -v iptables >/dev/null 2>&1 || need="$need iptables"
+command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || need="$need dnsmasq-base"
 command -v node >/dev/null 2>&1 || need="$need nodejs"
 command -v npm >/dev/null 2>&1 || need="$need npm"
 if [ -n "$need" ]; then
@@ -23,8 +26,8 @@ if [ -n "$need" ]; then
         DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $need
     else
         echo "test_packages.sh: missing$need and this is not root on Debian; install them" \
-             "(apt-get install$need) or tests/gateway/test_ui.py and the agent CLI tests" \
-             "skip and the slow-link test uses tc tbf" >&2
+             "(apt-get install$need) or tests/gateway/test_ui.py, the DNS discovery and the" \
+             "agent CLI tests skip and the slow-link test uses tc tbf" >&2
     fi
 fi
 installed() {  # the version of an npm package in .ci/node, or nothing

@@ -318,9 +318,14 @@ def config_check(path: str) -> None:
         keys = KeyRing(gateway.auth)
     except ConfigError as exc:
         raise click.ClickException(f"{path}: {exc}") from None
+    try:  # each [[discovery]] source is known and its options are right
+        cortex.Plugins(cortex.build_plugin_manager()).discovery(gateway.discovery, where=path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
     access = ("open to anyone (open = true)" if keys.declared_open else
               "OPEN: no keys, and no [auth] open = true") if keys.open else "keys required"
-    click.echo(f"{path}: ok ({len(gateway.neurons)} neurons, {len(profiles)} models, "
+    found = f", {len(gateway.discovery)} discovery sources" if gateway.discovery else ""
+    click.echo(f"{path}: ok ({len(gateway.neurons)} neurons{found}, {len(profiles)} models, "
                f"{access})")
 
 

@@ -57,8 +57,9 @@ def render(fleet: dict[str, Any], *, unicode: bool = True) -> str:
     nodes, gpus, models = [], [], []
     for node in fleet["nodes"]:
         name = node["name"]
-        state = "DOWN" if not node["up"] else "draining" if node.get("draining") else "up"
-        nodes.append([name, state, node["endpoint"],
+        state = "DOWN" if not node["up"] else "leaving" if node.get("leaving") \
+            else "draining" if node.get("draining") else "up"
+        nodes.append([name, state, node["endpoint"], node.get("origin", "config"),
                       len(node["models"]), sum(node["in_flight"].values()),
                       bar(node["reserved_bytes"], node["budget_bytes"], unicode=unicode),
                       f"{gib(node['reserved_bytes'])}/{gib(node['budget_bytes'])} GiB"])
@@ -77,7 +78,8 @@ def render(fleet: dict[str, Any], *, unicode: bool = True) -> str:
                            f"{gib((m.get('estimate') or {}).get('total'))} GiB",
                            m.get("in_flight", 0), m.get("queued", 0),
                            "-" if rate is None else f"{rate:.1f}"])
-    parts = [table(["NODE", "STATE", "ENDPOINT", "MODELS", "IN-FLIGHT", "RESERVED", ""],
+    parts = [table(["NODE", "STATE", "ENDPOINT", "SOURCE", "MODELS", "IN-FLIGHT", "RESERVED",
+                    ""],
                     nodes),
              table(["GPU", "NAME", "MEMORY USED", "", "UTIL"], gpus)]
     if models:

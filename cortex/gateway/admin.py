@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -53,9 +54,11 @@ async def _action(request: Request) -> AdminAction:
 
 
 def admin_routes(placer: Placer, fleet: Fleet, loader: Loader, live: LiveConfig, *,
-                 traffic: Traffic, turns: FairShare) -> list[BaseRoute]:
+                 traffic: Traffic, turns: FairShare,
+                 discovery: Callable[[], list[dict[str, Any]]] = list) -> list[BaseRoute]:
     """The /admin routes over the parts they show and act on: `traffic` for the last
-    minute's rates, `turns` for the requests waiting for their turn on a busy model."""
+    minute's rates, `turns` for the requests waiting for their turn on a busy model,
+    `discovery` for the `[[discovery]]` sources."""
 
     def known_node(name: str | None) -> str | None:
         if name is not None and not fleet.has(name):
@@ -74,6 +77,7 @@ def admin_routes(placer: Placer, fleet: Fleet, loader: Loader, live: LiveConfig,
             "traffic": traffic.describe(),
             # Per busy model: requests let through, and those waiting for their turn.
             "turns": turns.describe(),
+            "discovery": discovery(),
         })
 
     async def route(request: Request) -> Response:

@@ -6,6 +6,7 @@ Each part is handed the parts it uses, never a bag of everything:
 
     LiveConfig   (state.py)       the config, profiles and pins, router, keys; reload
     Fleet        (fleet.py)       the polled view of the neurons, and their clients
+    Membership   (discovery.py)   which neurons: [[neurons]] and [[discovery]] sources
     Loader       (loader.py)      single-flight loads
     FairShare    (fairshare.py)   fair turns between clients on a busy model
     Placer       (placement.py)   where a request goes, and how long it may wait
@@ -51,6 +52,7 @@ from cortex.gateway.admin import admin_routes
 from cortex.gateway.auth import AuthGuard, allowed_models
 from cortex.gateway.catalogue import build_catalogue
 from cortex.gateway.dialects import Dialects
+from cortex.gateway.discovery import Membership
 from cortex.gateway.fairshare import FairShare
 from cortex.gateway.fleet import Fleet
 from cortex.gateway.limits import BodyLimits, HeadLimit
@@ -181,6 +183,7 @@ def create_app(config: GatewayConfig, plugin_manager: pluggy.PluginManager, *,
     plugins.validate()
     live = LiveConfig(config, _profiles_of(config, profiles), plugins, reloader=reloader)
     fleet = Fleet(config.gateway, plugins.hook)
+    membership = Membership(fleet, plugins)  # [[neurons]] and [[discovery]]
     loader = Loader(fleet, load_timeout=config.gateway.load_timeout)
 
     dialects = Dialects(cls(live.dialect_options[name])
@@ -189,7 +192,7 @@ def create_app(config: GatewayConfig, plugin_manager: pluggy.PluginManager, *,
     def follow(fresh: GatewayConfig) -> None:  # a reload reaches the parts before it returns
         fleet.settings = fresh.gateway
         loader.load_timeout = fresh.gateway.load_timeout
-        fleet.configure(fresh.neurons)
+        membership.configure(fresh)
         for dialect in dialects:  # requests that start from now on read them
             dialect.options = live.dialect_options[dialect.name]
 
@@ -215,7 +218,7 @@ def create_app(config: GatewayConfig, plugin_manager: pluggy.PluginManager, *,
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         live.keys.announce(live.settings.listen)
-        fleet.configure(live.config.neurons)
+        membership.configure(live.config)
         reconciler.start()
         try:
             yield
@@ -223,6 +226,7 @@ def create_app(config: GatewayConfig, plugin_manager: pluggy.PluginManager, *,
             placer.close()
             await reconciler.close()
             await loader.close()
+            await membership.close()
             await fleet.close()
             plugin_manager.unregister(traffic)
             if metrics is not None:
@@ -242,7 +246,8 @@ def create_app(config: GatewayConfig, plugin_manager: pluggy.PluginManager, *,
     routes: list[BaseRoute] = [Route("/health", health), Route("/openapi.json", openapi)]
     for dialect in dialects:
         routes.extend(dialect.routes(api))
-    routes.extend(admin_routes(placer, fleet, loader, live, traffic=traffic, turns=fair))
+    routes.extend(admin_routes(placer, fleet, loader, live, traffic=traffic, turns=fair,
+                               discovery=membership.describe))
     routes.extend(ui_routes())
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers=_error_handlers(dialects))

@@ -15,7 +15,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine, Iterable, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from typing import Any, Literal
 
 from cortex.config import GatewaySection, NeuronEntry
@@ -52,21 +52,38 @@ class Fleet:
     def names(self) -> list[str]:
         return list(self._nodes)
 
-    def configure(self, entries: Iterable[NeuronEntry]) -> None:
-        """Add, replace and retire nodes; requests in flight on a retired node finish."""
+    def configure(self, entries: Iterable[NeuronEntry],
+                  origins: Mapping[str, str] | None = None) -> None:
+        """Add, replace and retire nodes; `origins`: where each came from (default: the
+        config). A node that left is drained: it takes no new work, and is dropped once
+        the requests in flight there finish; one that comes back meanwhile is kept."""
         wanted = {e.name: e for e in entries}
+        origins = origins or {}
         for name, node in list(self._nodes.items()):
+            if node.retired and name not in wanted:
+                continue  # still draining
             if wanted.get(name) != node.entry:
-                self._retire(self._nodes.pop(name))
-                log.info("neuron %s removed from the fleet", name)
+                self._retire(node)
+                if name in wanted or node.users == 0:
+                    del self._nodes[name]
+                log.info("neuron %s left the fleet%s", name,
+                         f" (draining {node.users} requests)" if name in self._nodes else "")
         for name, entry in wanted.items():
-            if name not in self._nodes:
-                node = Node(entry, NeuronClient(
+            current = self._nodes.get(name)
+            if current is None:
+                current = self._nodes[name] = Node(entry, NeuronClient(
                     entry, connect_timeout=self.settings.connect_timeout,
                     request_timeout=self.settings.request_timeout))
-                self._nodes[name] = node
-                node.task = asyncio.create_task(self._poll_loop(node), name=f"poll:{name}")
+                self._start(current)
                 log.info("neuron %s (%s) joined the fleet", name, entry.endpoint)
+            elif current.retired:  # back while it drained: it stays
+                current.retired = False
+                self._start(current)
+                log.info("neuron %s is back in the fleet", name)
+            current.origin = origins.get(name, "config")
+
+    def _start(self, node: Node) -> None:
+        node.task = asyncio.create_task(self._poll_loop(node), name=f"poll:{node.entry.name}")
 
     def _retire(self, node: Node) -> None:
         node.retired = True
@@ -74,6 +91,13 @@ class Fleet:
             node.task.cancel()
         if node.users == 0:
             self._later(node.client.close())
+
+    def _released(self, node: Node) -> None:
+        """The last request on a retired node ended: drop it, and close its client."""
+        if self._nodes.get(node.entry.name) is node:
+            del self._nodes[node.entry.name]
+            log.info("neuron %s drained and dropped", node.entry.name)
+        self._later(node.client.close())
 
     async def close(self) -> None:
         self._closing = True
@@ -290,7 +314,7 @@ class Fleet:
             node.users -= 1
             node.idle_since[model] = time.monotonic()
             if node.retired and node.users == 0:
-                self._later(node.client.close())
+                self._released(node)
 
     async def unload(self, name: str, model: str, *, reason: str, force: bool = False,
                      evicted: bool = False) -> ModelStatus | None:

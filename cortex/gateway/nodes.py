@@ -33,6 +33,7 @@ class Node:
     def __init__(self, entry: NeuronEntry, client: NeuronClient) -> None:
         self.entry = entry
         self.client = client
+        self.origin = "config"  # or the discovery source that found it
         self.up = False
         self.polled = False
         self.failures = 0
@@ -79,14 +80,15 @@ class Node:
         return NodeView(name=self.entry.name, endpoint=self.entry.endpoint, up=self.up,
                         budget=status.budget_bytes if status else 0, models=tuple(views),
                         cycles=self.cycles, last_error=self.last_error,
-                        draining=status.draining if status else False)
+                        draining=self.retired or (status.draining if status else False))
 
     def describe(self) -> dict[str, Any]:
         """Everything known about the node, for /admin/fleet and `cortex status`."""
         status = self.status
         return {
             "name": self.entry.name, "endpoint": self.entry.endpoint, "up": self.up,
-            "draining": status.draining if status else False,
+            "origin": self.origin, "leaving": self.retired,
+            "draining": self.retired or (status.draining if status else False),
             "failures": self.failures, "last_error": self.last_error,
             "cycles": self.cycles,
             "cpu_only": status.cpu_only if status else None,

@@ -47,6 +47,7 @@ class LiveConfig:
         self.keys = KeyRing(config.auth)  # a keys file that lost its keys refuses start
         self.profiles = ProfileIndex(self._base_profiles)
         self.router = self._router(config)
+        plugins.discovery(config.discovery)  # bad options refuse start
         self.dialect_options: dict[str, Dialect.Options] = plugins.dialect_options(
             config.dialects)
 
@@ -87,6 +88,7 @@ class LiveConfig:
         # Keys first: a keys file emptied or unreadable refuses the reload, old keys kept.
         keys = await asyncio.to_thread(KeyRing, config.auth)
         router = self._router(config)
+        self._plugins.discovery(config.discovery)  # bad options refuse the reload
         dialect_options = self._plugins.dialect_options(config.dialects)
         if config.gateway.listen != self.config.gateway.listen:
             log.warning("gateway.listen changed: restart the gateway to move it")
@@ -101,6 +103,8 @@ class LiveConfig:
             apply(config)
         self._change()
         summary = f"{len(config.neurons)} neurons, {len(profiles)} models"
+        if config.discovery:
+            summary += f", {len(config.discovery)} discovery sources"
         log.info("configuration reloaded: %s", summary)
         return summary
 

@@ -210,3 +210,17 @@ async def test_status_sends_the_admin_key_from_the_environment(
         assert refused.returncode == 1 and b"401" in out
         monkeypatch.setenv("CORTEX_ADMIN_KEY", "status-admin-key")
         assert json.loads(await cortex(gw, "--json"))["nodes"] == []
+
+
+def test_table_shows_where_each_node_came_from_and_which_one_leaves() -> None:
+    fleet = gpu_fleet()
+    [node] = fleet["nodes"]
+    found = {**node, "name": "gpu-2", "origin": "dns:_neuron._tcp.gpu.internal",
+             "leaving": True, "draining": True}
+    fleet["nodes"] = [{**node, "origin": "config", "leaving": False}, found]
+    lines = render(fleet).splitlines()
+    assert lines[0].split()[:4] == ["NODE", "STATE", "ENDPOINT", "SOURCE"]
+    assert next(line for line in lines if line.startswith("gpu-1 ")).split()[1:4] == [
+        "up", "http://10.0.0.1:13131", "config"]
+    assert next(line for line in lines if line.startswith("gpu-2 ")).split()[1:4] == [
+        "leaving", "http://10.0.0.1:13131", "dns:_neuron._tcp.gpu.internal"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import logging
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -120,7 +121,7 @@ def problems(doc: str) -> list[str]:
 
 
 def test_every_hook_is_documented_with_its_exact_signature() -> None:
-    assert len(hookspecs()) == 7
+    assert len(hookspecs()) == 8
     assert problems(DOC) == []
 
 
@@ -145,7 +146,7 @@ def test_the_examples_import_only_the_public_api() -> None:
     import cortex
 
     examples = [code for code in blocks(DOC) if not code.startswith("@hookspec")]
-    assert len(examples) == 9
+    assert len(examples) == 10
     for code in examples:
         for node in ast.walk(ast.parse(code)):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("cortex"):
@@ -189,6 +190,32 @@ def test_eviction_example_takes_the_largest_first() -> None:
     assert [m.id for m in largest.victims(small(), 2 * GiB) or ()] == ["c"]
     lru = Evictor(plugins.eviction_policy("lru")())
     assert [m.id for m in lru.victims(small(), 2 * GiB) or ()] == ["a", "c"]
+
+
+def test_discovery_example_feeds_the_fleet_beside_the_static_list(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from starlette.testclient import TestClient
+
+    monkeypatch.setenv("FLEET", "gpu-b=http://127.0.0.1:9,gpu-c=http://127.0.0.1:10")
+    config = msgspec.convert({
+        "neurons": [{"name": "gpu-a", "endpoint": "http://127.0.0.1:8"}],
+        "discovery": [{"source": "environment", "options": {"variable": "FLEET"}}]},
+        GatewayConfig)
+    app = create_app(config, build_plugin_manager(
+        entry_points=False, extra=[example("register_discovery_sources")]))
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            nodes = client.get("/admin/fleet").json()["nodes"]
+            origins = {n["name"]: n["origin"] for n in nodes}
+            if len(origins) == 3:
+                break
+            time.sleep(0.02)
+    assert origins == {"gpu-a": "config", "gpu-b": "env:FLEET", "gpu-c": "env:FLEET"}
+    with pytest.raises(ConfigError, match=r"discovery\[0\]\.options"):
+        create_app(msgspec.convert({"discovery": [{"source": "environment", "options": {
+            "varable": "FLEET"}}]}, GatewayConfig), build_plugin_manager(
+            entry_points=False, extra=[example("register_discovery_sources")]))
 
 
 @pytest.mark.anyio

@@ -14,6 +14,7 @@ from cortex import Plugins, build_plugin_manager
 from cortex.cli import main
 from cortex.config import (
     AuthConfig,
+    DiscoveryConfig,
     EvictionConfig,
     GatewayConfig,
     GatewaySection,
@@ -30,7 +31,7 @@ CORTEX_EXAMPLE = ROOT / "examples" / "cortex.example.toml"
 MODELS_EXAMPLE = ROOT / "examples" / "models.example.toml"
 
 SECTIONS = {"gateway": GatewaySection, "eviction": EvictionConfig, "routing": RoutingConfig,
-            "neurons": NeuronEntry, "auth": AuthConfig}
+            "neurons": NeuronEntry, "auth": AuthConfig, "discovery": DiscoveryConfig}
 
 
 def fields(kind: type[msgspec.Struct]) -> list[str]:
@@ -66,6 +67,19 @@ def test_every_dialect_option_is_in_the_example_and_the_doc() -> None:
         for key in fields(cls.Options):
             assert re.search(rf"^#? ?{key} = ", table, re.M), f"dialects.{name}.{key}"
             assert f"`[dialects.{name}] {key}`" in DOC, f"dialects.{name}.{key} not in the doc"
+
+
+def test_every_discovery_option_is_in_the_example_and_the_doc() -> None:
+    """`[discovery.options]` holds the chosen source's Options: each default source's keys."""
+    table = CORTEX_EXAMPLE.read_text().split("\n[discovery.options]", 1)[1].split("\n[", 1)[0]
+    discovery = DOC.split("\n### Discovery\n", 1)[1].split("\n### ", 1)[0]
+    sources = Plugins(build_plugin_manager(entry_points=False)).discovery_sources
+    assert {"dns", "file"} <= set(sources)
+    for name, cls in sources.items():
+        assert f"`{name}`" in discovery, name
+        for key in fields(cls.Options):
+            assert re.search(rf"^#? ?{key} = ", table, re.M), f"{name} option {key}"
+            assert f"`{key}`" in discovery, f"{name} option {key} not in the doc"
 
 
 def test_every_profile_key_is_in_the_example_and_the_doc() -> None:
