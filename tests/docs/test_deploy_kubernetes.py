@@ -19,11 +19,12 @@ import jsonschema
 import kubernetes_validate
 import msgspec
 import pytest
-import tomli_w
 import yaml
+from click.testing import CliRunner
 from starlette.testclient import TestClient
 
 from cortex import NeuronConfig, Plugins, build_plugin_manager, load_neuron_config
+from cortex.cli import main as cortex_cli
 from cortex.config import (
     AuthConfig,
     GatewayConfig,
@@ -43,13 +44,6 @@ KUSTOMIZATIONS = [KUBERNETES, *sorted(p.parent for p in (KUBERNETES / "overlays"
     "*/kustomization.yaml"))]
 # The oldest Kubernetes docs/deploy.md supports, and the newest kubernetes-validate knows.
 VERSIONS = ["1.29.0", kubernetes_validate.latest_version()]
-# Keys the manifests' configs use that cortex.config does not know yet: DNS discovery in
-# cortex.toml and the neurons' secret_file are planned (docs/deploy.md). They are set
-# aside before the configs are loaded until cortex knows them; from then on they count.
-PLANNED = {"cortex.toml": {"discovery"}, "neuron.toml": {"secret_file"}}
-KNOWN = {"cortex.toml": set(GatewayConfig.__struct_fields__),
-         "neuron.toml": set(NeuronConfig.__struct_fields__)}
-
 # The ServiceMonitor CRD is not in Kubernetes' schemas: this is the part of the Prometheus
 # operator's monitoring.coreos.com/v1 schema that the overlay uses, closed to other keys.
 _SECRET_KEY = {"type": "object", "required": ["name", "key"], "additionalProperties": False,
@@ -188,12 +182,6 @@ def writable_dirs(workload: Resource, container: Resource) -> list[str]:
                                           or "emptyDir" in volumes[m["name"]])]
 
 
-def loadable(name: str, text: str) -> dict[str, Any]:
-    """The config as TOML, less the planned keys cortex does not know yet."""
-    table = tomllib.loads(text)
-    return {k: v for k, v in table.items() if k not in PLANNED[name] - KNOWN[name]}
-
-
 # --- schemas -------------------------------------------------------------------------------
 
 
@@ -312,10 +300,13 @@ def test_the_configs_load_and_name_files_the_pods_mount(rendered: list[Resource]
     config_path = gateway_container["command"][gateway_container["command"].index(
         "--config") + 1]
     gateway_root = lay_out(rendered, gateway, gateway_container, tmp_path / "gateway")
-    (gateway_root / config_path.lstrip("/")).write_text(tomli_w.dumps(loadable(
-        "cortex.toml", (gateway_root / config_path.lstrip("/")).read_text())))
     gateway_config, profiles = load_gateway_config(gateway_root / config_path.lstrip("/"))
     assert profiles
+    # What the docs tell people to run before they apply it.
+    checked = CliRunner().invoke(cortex_cli, ["config", "check", str(
+        gateway_root / config_path.lstrip("/"))])
+    assert checked.exit_code == 0, checked.output
+    assert "1 discovery sources" in checked.output, checked.output
     neuron_path = neuron_container["command"][neuron_container["command"].index(
         "--config") + 1]
     neuron_root = lay_out(rendered, neuron, neuron_container, tmp_path / "neuron")
