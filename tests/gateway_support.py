@@ -79,11 +79,14 @@ async def running_gateway(neurons: Iterable[tuple[str, NeuronProcess]],
                           dialects: dict[str, dict[str, Any]] | None = None,
                           reloader: Callable[[], tuple[GatewayConfig, list[ModelProfile]]]
                           | None = None,
+                          discovery: list[dict[str, Any]] | None = None,
                           **settings: Any) -> AsyncIterator[RunningGateway]:
     """Serve a gateway with hypercorn on a free loopback port, in this event loop; with
     `metrics`, its Prometheus endpoint on another (`metrics_listen`), as `cortex serve`
     does. `plugins` are registered beside the Recorder; `auth` is the `[auth]` table,
-    `dialects` the `[dialects.NAME]` tables; `reloader` answers /admin/reload."""
+    `dialects` the `[dialects.NAME]` tables; `reloader` answers /admin/reload. With
+    `discovery` (`[[discovery]]` tables), `neurons` are what it should find, and are not
+    listed in `[[neurons]]`."""
     from hypercorn.asyncio import serve
     from hypercorn.config import Config
 
@@ -96,7 +99,9 @@ async def running_gateway(neurons: Iterable[tuple[str, NeuronProcess]],
         "gateway": {"listen": f"127.0.0.1:{port}", **settings},
         "eviction": {"strategy": eviction, "defrag_after_cycles": defrag_after_cycles},
         "routing": {"strategy": routing},
-        "neurons": [{"name": name, "endpoint": n.url} for name, n in nodes],
+        "neurons": [] if discovery is not None else [
+            {"name": name, "endpoint": n.url} for name, n in nodes],
+        "discovery": discovery or [],
         "auth": auth or {},
         "dialects": dialects or {},
     }, GatewayConfig)
