@@ -54,6 +54,7 @@ class Dnsmasq:
         self.conf = tmp / "dnsmasq.conf"
         self.hosts = tmp / "dnsmasq.hosts"
         self.log_path = tmp / "dnsmasq.log"
+        self.errors = tmp / "dnsmasq.err"  # what it says before its log is open
         self.hosts.write_text("")
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -69,15 +70,25 @@ class Dnsmasq:
             lines.append(f"srv-host={SRV_NAME},{label}.{DOMAIN},{port}")
             lines.append(f"host-record={label}.{DOMAIN},127.0.0.1")
         self.conf.write_text("\n".join(lines) + "\n")
-        self.proc = subprocess.Popen([
-            self.binary, "--keep-in-foreground", f"--conf-file={self.conf}", "--no-resolv",
-            "--no-hosts", f"--addn-hosts={self.hosts}", "--listen-address=127.0.0.1",
-            "--bind-interfaces", f"--port={self.port}", f"--local=/{DOMAIN}/",
-            f"--local-ttl={self.local_ttl}", "--user=root", "--pid-file=",
-            "--log-queries", f"--log-facility={self.log_path}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        wait_for(lambda: "started, version" in self.log(), "dnsmasq started",
+        self._start()
+
+    def _start(self) -> None:
+        starts = self.log().count("started, version")
+        with self.errors.open("ab") as errors:  # the child keeps its own copy
+            self.proc = subprocess.Popen([
+                self.binary, "--keep-in-foreground", f"--conf-file={self.conf}",
+                "--no-resolv", "--no-hosts", f"--addn-hosts={self.hosts}",
+                "--listen-address=127.0.0.1", "--bind-interfaces", f"--port={self.port}",
+                f"--local=/{DOMAIN}/", f"--local-ttl={self.local_ttl}", "--user=root",
+                "--pid-file=", "--log-queries", f"--log-facility={self.log_path}"],
+                stdout=subprocess.DEVNULL, stderr=errors)
+        wait_for(lambda: self.log().count("started, version") > starts, "dnsmasq started",
                  log=self.log)
+
+    def restart(self) -> None:
+        """Start again on the same port with the config file as the test left it."""
+        self.stop()
+        self._start()
 
     def set_hosts(self, addresses: dict[str, list[str]]) -> None:
         """Replace the A records ({name under gpu.internal: [addresses]}) and SIGHUP."""
@@ -94,7 +105,8 @@ class Dnsmasq:
         return self.log().count(f"query[{kind}] {name} from ")
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "".join(p.read_text(errors="replace") for p in (self.errors, self.log_path)
+                       if p.exists())
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
