@@ -9,6 +9,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+import httpx
+import msgspec
+
 from ..discovery_support import discovering_gateway, fleet, nodes, wait_for
 from ..serve_support import synthetic_neuron
 
@@ -95,3 +98,36 @@ def test_config_check_refuses_an_unknown_source_or_a_bad_option(
     config.write_text('[[discovery]]\nsource = "file"\n[discovery.options]\npath = "x"\n')
     fine = runner.invoke(main, ["config", "check", str(config)])
     assert fine.exit_code == 0 and "1 discovery sources" in fine.output, fine.output
+
+
+def test_a_reload_keeps_unchanged_sources_running_and_replaces_changed_ones(
+        tmp_path: Path) -> None:
+    neurons = [synthetic_neuron(tmp_path) for _ in range(2)]
+    n1, n2 = neurons
+    first, second = tmp_path / "first.toml", tmp_path / "second.toml"
+    first.write_text(toml_list(("a", n1.url)))
+    second.write_text(toml_list(("b", n2.url)))
+    kept = {"source": "file", "linger": 3600, "options": {"path": str(first),
+                                                          "interval": 0.2}}
+    gw = discovering_gateway(tmp_path, [kept])
+    [config] = tmp_path.glob("cortex-*.toml")
+    try:
+        wait_for(lambda: set(seen(gw)) == {"a"}, "a joined", log=gw.log)
+        table = msgspec.toml.decode(config.read_bytes())
+        table["discovery"] = [kept, {"source": "file", "linger": 0, "options": {
+            "path": str(second), "interval": 0.2}}]
+        config.write_bytes(msgspec.toml.encode(table))
+        assert httpx.post(f"{gw.url}/admin/reload", timeout=30).status_code == 200
+        wait_for(lambda: set(seen(gw)) == {"a", "b"}, "b joined", log=gw.log)
+        # Unchanged, the first source kept what it had found: `a` never left.
+        assert "neuron a left" not in gw.log() and gw.log().count("neuron a (") == 1
+        # Changed (its path), it starts again from nothing: `a` leaves at once.
+        kept["options"] = {"path": str(second), "interval": 0.2}
+        table["discovery"] = [kept]
+        config.write_bytes(msgspec.toml.encode(table))
+        assert httpx.post(f"{gw.url}/admin/reload", timeout=30).status_code == 200
+        wait_for(lambda: set(seen(gw)) == {"b"}, "a left with its source", log=gw.log)
+    finally:
+        gw.stop()
+        for neuron in neurons:
+            neuron.stop()
