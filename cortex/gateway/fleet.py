@@ -380,7 +380,7 @@ class Fleet:
         for node in self._nodes.values():
             model = node.models.get(model_id)
             if model is not None and model.state == "ready" and node.up \
-                    and model_id not in node.unloading \
+                    and model_id not in node.unloading and not node.retired \
                     and not (node.status is not None and node.status.draining):
                 slots += model.slots
                 copies += 1
