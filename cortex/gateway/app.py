@@ -200,10 +200,10 @@ def create_app(config: GatewayConfig, plugin_manager: pluggy.PluginManager, *,
     placer = Placer(live, fleet, loader, fair)
     prefixes = PrefixTable()
     quarantine = Quarantine(lambda: live.settings)
-    proxy = Proxy(placer, fleet, live=live, fair=fair, prefixes=prefixes,
-                  quarantine=quarantine, hook=plugins.hook)
-    reconciler = Reconciler(placer, fleet, loader, live)
     traffic = Traffic()  # recent rates for /admin/fleet
+    proxy = Proxy(placer, fleet, live=live, fair=fair, prefixes=prefixes,
+                  quarantine=quarantine, hook=plugins.hook, traffic=traffic)
+    reconciler = Reconciler(placer, fleet, loader, live)
     # The metrics observer holds this app's own MeterProvider, so it is an object
     # registered per app rather than as a default entry-point plugin.
     metrics: GatewayMetrics | None = None

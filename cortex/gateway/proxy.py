@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from cortex.gateway.prefixes import PrefixTable
     from cortex.gateway.quarantine import Quarantine
     from cortex.gateway.state import LiveConfig
+    from cortex.gateway.traffic import Traffic
 
 __all__ = ["Proxy"]
 
@@ -112,10 +113,11 @@ class _Tally:
 
 class Proxy:
     """Sends requests where `placer` says, over `fleet`'s clients; `hook` is told of each
-    finished one (request_finished)."""
+    finished one (request_finished), `traffic` of a stream's tokens as they pass."""
 
     def __init__(self, placer: Placer, fleet: Fleet, *, live: LiveConfig, fair: FairShare,
-                 prefixes: PrefixTable, quarantine: Quarantine, hook: Any) -> None:
+                 prefixes: PrefixTable, quarantine: Quarantine, hook: Any,
+                 traffic: Traffic) -> None:
         self._placer = placer
         self._fleet = fleet
         self._live = live
@@ -123,6 +125,7 @@ class Proxy:
         self._prefixes = prefixes
         self._quarantine = quarantine
         self._hook = hook
+        self._traffic = traffic
 
     def _finish(self, tally: _Tally, status: int | None = None) -> None:
         if status is not None:
@@ -239,12 +242,16 @@ class Proxy:
     async def _chunks(self, opened: Opened, tally: _Tally) -> AsyncIterator[bytes]:
         # Peek for usage before yielding: a client that leaves after the last chunk
         # closes this generator at its yield. A frame may begin in the previous chunk.
+        # Each data frame is about one token: counted as it passes (cortex.gateway.traffic).
         previous = opened.first
+        flow = self._traffic.flow(tally.record)
+        flow.add(previous.count(b"data: {"))
         if b'"usage"' in previous:
             tally.usage(_stream_usage(previous))
         yield previous
         try:
             async for chunk in opened.response.content.iter_any():
+                flow.add(chunk.count(b"data: {"))
                 if b'"usage"' in chunk:
                     tally.usage(_stream_usage(previous + chunk))
                 previous = chunk

@@ -2,8 +2,13 @@
 
 Prometheus (cortex.metrics) holds the counters; turning them into rates needs a scraper
 and PromQL. The CLI and the dashboard want "requests and tokens per second, now" from
-one call to /admin/fleet, so this observer keeps the last minute of finished requests.
+one call to /admin/fleet, so this observer keeps the last minute in one-second buckets.
 It is a cache like the others: a restarted gateway starts again from zero.
+
+A stream counts while it runs: the proxy opens a `Flow` at its first byte, which counts
+the request there and each token frame as it passes; the finished record then adds only
+what the frames missed (the prompt, and the difference to the neuron's usage). So a
+five-minute stream shows its tokens/s during those five minutes, not in one lump after.
 """
 
 from __future__ import annotations
@@ -16,44 +21,79 @@ from typing import Any
 from cortex.hookspecs import hookimpl
 from cortex.records import RequestRecord
 
-__all__ = ["TRAFFIC_PLUGIN", "WINDOW_SECONDS", "Traffic"]
+__all__ = ["TRAFFIC_PLUGIN", "WINDOW_SECONDS", "Flow", "Traffic"]
 
 #: The name the gateway registers this observer under.
 TRAFFIC_PLUGIN = "cortex.gateway.traffic"
 #: Rates are averaged over this many seconds (or the gateway's age, if younger).
 WINDOW_SECONDS = 60.0
 
+# Per second: per model ("" for requests no node served), [requests, prompt, completion].
+_Bucket = dict[str, list[int]]
+
+
+class Flow:
+    """One stream's tokens as they pass, counted into its Traffic at once."""
+
+    __slots__ = ("_traffic", "model", "tokens")
+
+    def __init__(self, traffic: Traffic, model: str) -> None:
+        self._traffic, self.model, self.tokens = traffic, model, 0
+
+    def add(self, tokens: int) -> None:
+        if tokens:
+            self.tokens += tokens
+            self._traffic.count(self.model, 0, 0, tokens)
+
 
 class Traffic:
-    """Finished requests of the last WINDOW_SECONDS, and totals since start.
-
-    Tokens count when a request finishes, so a long stream shows up at its end.
-    """
+    """Requests and tokens of the last WINDOW_SECONDS, and totals since start."""
 
     def __init__(self, *, window: float = WINDOW_SECONDS,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.window = window
         self._clock = clock
         self._started = clock()
-        # (finished at, model, prompt tokens, completion tokens)
-        self._recent: collections.deque[tuple[float, str, int, int]] = collections.deque()
+        self._buckets: collections.deque[tuple[int, _Bucket]] = collections.deque()
+        # Streams under way, by the identity of their request's record.
+        self._flows: dict[int, Flow] = {}
         self.requests_total = 0
         self.input_tokens_total = 0
         self.output_tokens_total = 0
 
+    def count(self, model: str, requests: int, prompt: int, completion: int) -> None:
+        """Add to this second's bucket."""
+        second = int(self._clock())
+        if not self._buckets or self._buckets[-1][0] != second:
+            self._buckets.append((second, {}))
+            self._prune(second)
+        counts = self._buckets[-1][1].setdefault(model, [0, 0, 0])
+        counts[0] += requests
+        counts[1] += prompt
+        counts[2] += completion
+
+    def flow(self, record: RequestRecord) -> Flow:
+        """A served stream's first byte: the request counts from now, and so does each
+        token the returned Flow is told of."""
+        flow = self._flows[id(record)] = Flow(self, record.model)
+        self.count(record.model, 1, 0, 0)
+        return flow
+
     @hookimpl
     def request_finished(self, record: RequestRecord) -> None:
-        now = self._clock()
+        flow = self._flows.pop(id(record), None)
         self.requests_total += 1
         self.input_tokens_total += record.prompt_tokens
         self.output_tokens_total += record.completion_tokens
-        self._recent.append((now, record.model if record.node else "",
-                             record.prompt_tokens, record.completion_tokens))
-        self._prune(now)
+        model = record.model if record.node else ""
+        if flow is None:
+            self.count(model, 1, record.prompt_tokens, record.completion_tokens)
+        else:  # the frames counted so far were an estimate: make up the difference
+            self.count(model, 0, record.prompt_tokens, record.completion_tokens - flow.tokens)
 
     def _prune(self, now: float) -> None:
-        while self._recent and self._recent[0][0] <= now - self.window:
-            self._recent.popleft()
+        while self._buckets and self._buckets[0][0] <= now - self.window:
+            self._buckets.popleft()
 
     def describe(self) -> dict[str, Any]:
         """Rates over the window, totals, and per-model rates (served requests only)."""
@@ -61,23 +101,26 @@ class Traffic:
         self._prune(now)
         span = max(1e-9, min(self.window, now - self._started))
         per_model: dict[str, list[int]] = {}
-        inputs = outputs = 0
-        for _, model, prompt, completion in self._recent:
-            inputs += prompt
-            outputs += completion
-            if model:
-                counts = per_model.setdefault(model, [0, 0])
-                counts[0] += 1
-                counts[1] += completion
+        for _, bucket in self._buckets:
+            for model, (requests, prompt, completion) in bucket.items():
+                counts = per_model.setdefault(model, [0, 0, 0])
+                counts[0] += requests
+                counts[1] += prompt
+                counts[2] += completion
+        requests, inputs, outputs = (sum(c[i] for c in per_model.values()) for i in range(3))
+
+        def per_second(n: int) -> float:
+            return round(max(0, n) / span, 3)  # a correction may briefly outweigh its frames
+
         return {
             "window_seconds": round(span, 3),
-            "requests_per_second": round(len(self._recent) / span, 3),
-            "input_tokens_per_second": round(inputs / span, 3),
-            "output_tokens_per_second": round(outputs / span, 3),
+            "requests_per_second": per_second(requests),
+            "input_tokens_per_second": per_second(inputs),
+            "output_tokens_per_second": per_second(outputs),
             "requests_total": self.requests_total,
             "input_tokens_total": self.input_tokens_total,
             "output_tokens_total": self.output_tokens_total,
-            "models": {model: {"requests_per_second": round(n / span, 3),
-                               "output_tokens_per_second": round(tokens / span, 3)}
-                       for model, (n, tokens) in sorted(per_model.items())},
+            "models": {model: {"requests_per_second": per_second(n),
+                               "output_tokens_per_second": per_second(tokens)}
+                       for model, (n, _, tokens) in sorted(per_model.items()) if model},
         }
