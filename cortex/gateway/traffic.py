@@ -6,14 +6,14 @@ one call to /admin/fleet, so this observer keeps the last minute in one-second b
 It is a cache like the others: a restarted gateway starts again from zero.
 
 A stream counts while it runs: the proxy opens a `Flow` at its first byte, which counts
-the request there and each token frame as it passes; the finished record then adds only
-what the frames missed (the prompt, and the difference to the neuron's usage). So a
-five-minute stream shows its tokens/s during those five minutes, not in one lump after.
+the request there and each token frame as it passes (spread over the seconds they came
+in whenever rates are asked for); the finished record then adds only what the frames
+missed (the prompt, and the difference to the neuron's usage). So a five-minute stream
+shows its tokens/s during those five minutes, not in one lump after.
 """
 
 from __future__ import annotations
 
-import collections
 import time
 from collections.abc import Callable
 from typing import Any
@@ -29,21 +29,20 @@ TRAFFIC_PLUGIN = "cortex.gateway.traffic"
 WINDOW_SECONDS = 60.0
 
 # Per second: per model ("" for requests no node served), [requests, prompt, completion].
-_Bucket = dict[str, list[int]]
+_Bucket = dict[str, list[float]]
 
 
 class Flow:
-    """One stream's tokens as they pass, counted into its Traffic at once."""
+    """One stream's tokens as they pass. Adding is one increment (it runs per chunk); the
+    Traffic spreads what was added over the seconds since it last looked, when asked."""
 
-    __slots__ = ("_traffic", "model", "tokens")
+    __slots__ = ("model", "settled", "settled_at", "tokens")
 
-    def __init__(self, traffic: Traffic, model: str) -> None:
-        self._traffic, self.model, self.tokens = traffic, model, 0
+    def __init__(self, model: str, now: float) -> None:
+        self.model, self.tokens, self.settled, self.settled_at = model, 0, 0, now
 
     def add(self, tokens: int) -> None:
-        if tokens:
-            self.tokens += tokens
-            self._traffic.count(self.model, 0, 0, tokens)
+        self.tokens += tokens
 
 
 class Traffic:
@@ -54,20 +53,16 @@ class Traffic:
         self.window = window
         self._clock = clock
         self._started = clock()
-        self._buckets: collections.deque[tuple[int, _Bucket]] = collections.deque()
+        self._buckets: dict[int, _Bucket] = {}
         # Streams under way, by the identity of their request's record.
         self._flows: dict[int, Flow] = {}
         self.requests_total = 0
         self.input_tokens_total = 0
         self.output_tokens_total = 0
 
-    def count(self, model: str, requests: int, prompt: int, completion: int) -> None:
-        """Add to this second's bucket."""
-        second = int(self._clock())
-        if not self._buckets or self._buckets[-1][0] != second:
-            self._buckets.append((second, {}))
-            self._prune(second)
-        counts = self._buckets[-1][1].setdefault(model, [0, 0, 0])
+    def _count(self, second: int, model: str, requests: float, prompt: float,
+               completion: float) -> None:
+        counts = self._buckets.setdefault(second, {}).setdefault(model, [0, 0, 0])
         counts[0] += requests
         counts[1] += prompt
         counts[2] += completion
@@ -75,33 +70,52 @@ class Traffic:
     def flow(self, record: RequestRecord) -> Flow:
         """A served stream's first byte: the request counts from now, and so does each
         token the returned Flow is told of."""
-        flow = self._flows[id(record)] = Flow(self, record.model)
-        self.count(record.model, 1, 0, 0)
+        now = self._clock()
+        flow = self._flows[id(record)] = Flow(record.model, now)
+        self._count(int(now), record.model, 1, 0, 0)
         return flow
+
+    def _settle(self, flow: Flow, now: float) -> None:
+        """Spread the tokens a flow took since it was last settled evenly over the seconds
+        in between (those still in the window)."""
+        fresh = flow.tokens - flow.settled
+        if fresh:
+            first, last = int(flow.settled_at), int(now)
+            share = fresh / (last - first + 1)
+            for second in range(max(first, last - int(self.window)), last + 1):
+                self._count(second, flow.model, 0, 0, share)
+        flow.settled, flow.settled_at = flow.tokens, now
 
     @hookimpl
     def request_finished(self, record: RequestRecord) -> None:
+        now = self._clock()
         flow = self._flows.pop(id(record), None)
         self.requests_total += 1
         self.input_tokens_total += record.prompt_tokens
         self.output_tokens_total += record.completion_tokens
         model = record.model if record.node else ""
         if flow is None:
-            self.count(model, 1, record.prompt_tokens, record.completion_tokens)
-        else:  # the frames counted so far were an estimate: make up the difference
-            self.count(model, 0, record.prompt_tokens, record.completion_tokens - flow.tokens)
+            self._count(int(now), model, 1, record.prompt_tokens, record.completion_tokens)
+        else:  # the frames counted were an estimate: the usage makes up the difference
+            self._settle(flow, now)
+            self._count(int(now), model, 0, record.prompt_tokens,
+                        record.completion_tokens - flow.tokens)
+        if len(self._buckets) > self.window + 1:  # else describe() prunes
+            self._prune(now)
 
     def _prune(self, now: float) -> None:
-        while self._buckets and self._buckets[0][0] <= now - self.window:
-            self._buckets.popleft()
+        for second in [s for s in self._buckets if s <= now - self.window]:
+            del self._buckets[second]
 
     def describe(self) -> dict[str, Any]:
         """Rates over the window, totals, and per-model rates (served requests only)."""
         now = self._clock()
+        for flow in self._flows.values():
+            self._settle(flow, now)
         self._prune(now)
         span = max(1e-9, min(self.window, now - self._started))
-        per_model: dict[str, list[int]] = {}
-        for _, bucket in self._buckets:
+        per_model: dict[str, list[float]] = {}
+        for bucket in self._buckets.values():
             for model, (requests, prompt, completion) in bucket.items():
                 counts = per_model.setdefault(model, [0, 0, 0])
                 counts[0] += requests
@@ -109,8 +123,8 @@ class Traffic:
                 counts[2] += completion
         requests, inputs, outputs = (sum(c[i] for c in per_model.values()) for i in range(3))
 
-        def per_second(n: int) -> float:
-            return round(max(0, n) / span, 3)  # a correction may briefly outweigh its frames
+        def per_second(n: float) -> float:
+            return round(max(0.0, n) / span, 3)  # a correction may outweigh its frames
 
         return {
             "window_seconds": round(span, 3),

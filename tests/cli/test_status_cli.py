@@ -255,6 +255,16 @@ def test_a_stream_counts_while_it_runs_and_its_usage_corrects_the_count() -> Non
     assert stats["requests_per_second"] == 0.25 and stats["output_tokens_per_second"] == 2.0
 
 
+def test_tokens_nobody_looked_at_for_a_while_spread_over_the_time_they_took() -> None:
+    now = [0.0]
+    traffic = Traffic(window=10.0, clock=lambda: now[0])
+    flow = traffic.flow(record("m", 0))
+    now[0] = 99.5
+    flow.add(1000)  # ten tokens a second for 100 seconds, first looked at now
+    rate = traffic.describe()["models"]["m"]["output_tokens_per_second"]
+    assert rate == pytest.approx(10.0, rel=0.15)  # not 1000 tokens in the last 10 s
+
+
 def test_traffic_averages_over_the_window_and_keeps_totals() -> None:
     now = [100.0]
     traffic = Traffic(window=10.0, clock=lambda: now[0])
