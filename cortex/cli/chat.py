@@ -9,6 +9,7 @@ returns each line of a chunked body as it arrives, and the CLI needs no other cl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -184,6 +185,8 @@ def chat(url: str, dialect: Dialect, system: str | None, max_tokens: int, verbos
                    max_tokens=max_tokens)
     tty = sys.stdin.isatty()
     if tty:
+        with contextlib.suppress(ImportError):  # line editing and history for input()
+            import readline  # noqa: F401
         click.echo(f"chatting with {model} at {url} ({dialect}); {HELP}")
     while True:
         try:

@@ -29,6 +29,8 @@ __all__ = ["ACTIVITY_PLUGIN", "ACTIVITY_SIZE", "Activity", "activity_routes"]
 ACTIVITY_PLUGIN = "cortex.gateway.activity"
 #: Records kept; the oldest goes when one more arrives.
 ACTIVITY_SIZE = 200
+#: Characters of a model name kept: an unknown one is whatever the client sent.
+MAX_MODEL = 256
 
 
 class Activity:
@@ -40,6 +42,8 @@ class Activity:
 
     @hookimpl
     def request_finished(self, record: RequestRecord) -> None:
+        if len(record.model) > MAX_MODEL:  # a client's made-up name is not kept whole
+            record = msgspec.structs.replace(record, model=record.model[:MAX_MODEL] + "...")
         self._records.append((time.time(), record))
 
     def describe(self, limit: int = ACTIVITY_SIZE) -> list[dict[str, Any]]:

@@ -7,14 +7,15 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from cortex import ModelProfile
 
 from ..conftest import NeuronProcess
-from ..gateway_support import RunningGateway, reset, running_gateway
+from ..gateway_support import RunningGateway, reset, running_gateway, wait_until
 from ..serve_support import synthetic_neuron
 
 pytestmark = pytest.mark.anyio
@@ -97,3 +98,59 @@ async def test_chat_sends_the_api_key_from_the_environment(
         code, out, err = await chat(gw, ["Hi"], "syn",
                                     env={"CORTEX_API_KEY": "chat-client-key"})
         assert code == 0 and out.strip(), err
+
+
+SLOW = ModelProfile(id="slow", source="synthetic:rate=20,tokens=2000", harness="synthetic",
+                    n_ctx=4096)
+
+
+async def test_in_a_terminal_it_prompts_and_ctrl_c_stops_only_the_answer(
+        synthetic: NeuronProcess) -> None:
+    """On a terminal (a pty here): the banner and `>>> ` prompts; Ctrl-C (SIGINT) during a
+    long answer stops that answer and the chat goes on; `/bye` ends it."""
+    import pty
+    import signal
+
+    async with running_gateway([("a", synthetic)], [SYN, SLOW]) as gw:
+        leader, follower = pty.openpty()
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "cortex.cli", "chat", "--url", gw.url, "slow",
+            stdin=follower, stdout=follower, stderr=follower)
+        os.close(follower)
+        os.set_blocking(leader, False)
+        seen = b""
+
+        async def until(done: Callable[[bytes], bool]) -> None:
+            """Read the terminal until `done(all read so far)`, for up to 60 seconds."""
+            nonlocal seen
+            deadline = time.monotonic() + 60
+            while not done(seen):
+                assert time.monotonic() < deadline, seen
+                try:
+                    seen += os.read(leader, 4096)
+                except BlockingIOError:
+                    await asyncio.sleep(0.05)
+
+        try:
+            await until(lambda text: b">>> " in text)
+            assert b"chatting with slow" in seen and b"/bye" in seen
+            os.write(leader, b"Tell me a long story\n")
+            await until(lambda text: b"Tell me a long story\r\n" in text)
+            mark = len(seen)
+            await until(lambda text: len(text[mark:].split()) >= 5)  # words of the answer
+            process.send_signal(signal.SIGINT)
+            await until(lambda text: b"(answer stopped)\r\n>>> " in text)
+            os.write(leader, b"/bye\n")
+            assert await asyncio.wait_for(process.wait(), 60) == 0
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+            os.close(leader)
+
+        async def cut() -> bool:
+            return len(gw.recorder.records) == 1
+
+        await wait_until(cut, timeout=30, what="the stopped answer's request ends")
+        (record,) = gw.recorder.records
+        assert record.completion_tokens < 2000
