@@ -197,13 +197,13 @@ def create_app(config: GatewayConfig, plugin_manager: pluggy.PluginManager, *,
     live.on_reload(follow)
     # Fair turns between clients on a busy model (held here, not in a neuron's FIFO).
     fair = FairShare(fleet.ready_slots)
-    placer = Placer(live, fleet, loader, fair)
+    traffic = Traffic()  # recent rates for /admin/fleet and the `cost` eviction policy
+    placer = Placer(live, fleet, loader, fair, rates=traffic.rates)
     prefixes = PrefixTable()
     quarantine = Quarantine(lambda: live.settings)
     proxy = Proxy(placer, fleet, live=live, fair=fair, prefixes=prefixes,
                   quarantine=quarantine, hook=plugins.hook)
     reconciler = Reconciler(placer, fleet, loader, live)
-    traffic = Traffic()  # recent rates for /admin/fleet
     # The metrics observer holds this app's own MeterProvider, so it is an object
     # registered per app rather than as a default entry-point plugin.
     metrics: GatewayMetrics | None = None

@@ -15,7 +15,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine, Iterable, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from typing import Any, Literal
 
 from cortex.config import GatewaySection, NeuronEntry
@@ -323,9 +323,14 @@ class Fleet:
         except Exception:
             log.exception("a fleet_event observer failed")
 
-    def snapshot(self, profiles: ProfileIndex) -> FleetSnapshot:
+    def snapshot(self, profiles: ProfileIndex,
+                 rates: Mapping[str, float] | None = None) -> FleetSnapshot:
+        """The view under `profiles`; `rates` (requests per second per model) feed the
+        eviction policies that weigh demand."""
         now = time.monotonic()
-        return FleetSnapshot(nodes=tuple(node.view(profiles, now)
+        load_seconds = self.estimates.load_seconds
+        return FleetSnapshot(nodes=tuple(node.view(profiles, now, rates=rates,
+                                                   load_seconds=load_seconds)
                                          for node in self._nodes.values()))
 
     def backlog(self, model_id: str) -> int:

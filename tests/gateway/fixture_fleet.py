@@ -10,7 +10,7 @@ against real neurons (tests/gateway/test_gateway_*.py)."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -85,7 +85,8 @@ class FixtureFleet:
     def has(self, name: str) -> bool:
         return name in self.names
 
-    def snapshot(self, profiles: ProfileIndex) -> FleetSnapshot:
+    def snapshot(self, profiles: ProfileIndex,
+                 rates: Mapping[str, float] | None = None) -> FleetSnapshot:
         return self.view
 
     def backlog(self, model_id: str) -> int:
