@@ -195,6 +195,7 @@ def create_app(config: GatewayConfig, plugin_manager: pluggy.PluginManager, *,
             dialect.options = live.dialect_options[dialect.name]
 
     live.on_reload(follow)
+    fleet.on_pin(live.adopt_pin)  # the neurons' pin flags are the fleet's one truth
     # Fair turns between clients on a busy model (held here, not in a neuron's FIFO).
     fair = FairShare(fleet.ready_slots)
     traffic = Traffic()  # recent rates for /admin/fleet and the `cost` eviction policy
