@@ -1,8 +1,11 @@
 """Reconciler: the background loop that keeps the fleet as the configuration asks.
 
 Each pass loads pinned models that are resident nowhere, unloads models idle past
-their `ttl`, and defragments nodes after `defrag_after_cycles` load/unload cycles.
-What to do is decided by the pure Evictor functions over a snapshot.
+their `ttl`, and defragments nodes after `defrag_after_cycles` load/unload cycles: one
+node at a time (turning defrag on by a reload must not empty every node's idle models
+at once), and only once every model it would reload has sat idle for a few polls (a
+model loaded moments ago is not unloaded and loaded again). What to do is decided by
+the pure Evictor functions over a snapshot.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ __all__ = ["Reconciler"]
 
 log = logging.getLogger("cortex.gateway.reconciler")
 _PIN_BACKOFF = 10.0
+#: Polls a node's idle models must sit idle before a defragmentation reloads them.
+_DEFRAG_SETTLE_POLLS = 5
 
 
 class Reconciler:
@@ -88,11 +93,14 @@ class Reconciler:
             if not resident and loader.job(profile.id) is None:
                 self._pinning.add(profile.id)
                 self._spawn(self._pin(profile.id), f"pin:{profile.id}")
+        settle = _DEFRAG_SETTLE_POLLS * live.settings.poll_interval
         for node in snapshot.nodes:
+            if self._defragging:  # one node at a time; the others keep their models
+                break
             if node.draining:  # it would refuse the reloads
                 continue
-            plan = live.router.evictor.defrag(node)
-            if plan is not None and node.name not in self._defragging:
+            plan = live.router.evictor.defrag(node, settle=settle)
+            if plan is not None:
                 self._defragging.add(node.name)
                 self._spawn(self._defrag(plan), f"defrag:{node.name}")
 

@@ -40,10 +40,13 @@ def profile(model_id: str, **fields: Any) -> ModelProfile:
 
 
 def live_config(snapshot: FleetSnapshot, profiles: Iterable[ModelProfile], *,
-                reloader: Reloader | None = None, **settings: Any) -> LiveConfig:
-    """A LiveConfig naming the fixture's nodes, with the default plugins' router."""
+                reloader: Reloader | None = None, eviction: dict[str, Any] | None = None,
+                **settings: Any) -> LiveConfig:
+    """A LiveConfig naming the fixture's nodes, with the default plugins' router;
+    `eviction` is the `[eviction]` table."""
     config = msgspec.convert({
         "gateway": settings,
+        "eviction": eviction or {},
         "neurons": [{"name": n.name, "endpoint": n.endpoint} for n in snapshot.nodes],
         "auth": {"open": True},
     }, GatewayConfig)
