@@ -110,6 +110,23 @@ async def test_no_replica_unloads_a_pinned_model_and_any_replica_unpins_it(
         assert unloaded.json() == {"model": "big1", "unloaded_from": ["n"]}, unloaded.text
 
 
+async def test_a_replica_a_poll_behind_the_pin_does_not_evict_the_pinned_copy(
+        node: NeuronProcess) -> None:
+    """The second replica polls once an hour, so its view never shows the pin and its
+    router picks big1 as the victim: the neuron refuses that unload, the replica looks
+    again (seeing the pin now) and answers 503 rather than evict it."""
+    async with running_gateway([("n", node)], BIG) as one, \
+            running_gateway([("n", node)], BIG, poll_interval=3600.0) as two:
+        assert (await two.client.post("/admin/models/big1/load")).status_code == 200
+        assert (await one.client.post("/admin/models/big1/pin")).status_code == 200
+        stale = (await two.client.get("/admin/route", params={"model": "big2"})).json()
+        assert (stale["action"], stale["victims"]) == ("load", ["big1"]), stale
+        refused = await two.client.post("/v1/chat/completions", json={**CHAT, "model": "big2"})
+        assert refused.status_code == 503, refused.text
+        assert set(await neuron_models(node)) == {"big1"}
+        assert two.recorder.kinds("evicted") == []
+
+
 async def test_the_neuron_pins_only_what_it_holds(node: NeuronProcess) -> None:
     async with httpx.AsyncClient(base_url=node.url) as neuron:
         missing = await neuron.post("/models/pin", json={"model": "big1"})
