@@ -110,6 +110,15 @@ async def test_no_replica_unloads_a_pinned_model_and_any_replica_unpins_it(
         assert unloaded.json() == {"model": "big1", "unloaded_from": ["n"]}, unloaded.text
 
 
+async def test_a_replica_started_after_a_pin_takes_it_as_its_own(
+        node: NeuronProcess) -> None:
+    async with running_gateway([("n", node)], BIG) as one:
+        assert (await one.client.post("/admin/models/big1/pin")).status_code == 200
+        async with running_gateway([("n", node)], BIG) as two:
+            await _follows(two, True)  # so it, too, loads big1 again if it is lost
+        assert (await one.client.post("/admin/models/big1/unpin")).status_code == 200
+
+
 async def test_a_replica_a_poll_behind_the_pin_does_not_evict_the_pinned_copy(
         node: NeuronProcess) -> None:
     """The second replica polls once an hour, so its view never shows the pin and its
