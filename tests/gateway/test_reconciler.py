@@ -66,6 +66,22 @@ async def test_a_pass_unloads_expired_models_and_loads_a_pinned_one_resident_now
     assert fleet.made("pin") == [("small", "embed", True)]  # for the other replicas
 
 
+async def test_a_pass_records_on_its_neuron_the_pin_of_a_model_a_request_loaded() -> None:
+    """`b` is pinned by its profile but was loaded before the reconciler came to it (by a
+    request): its neuron is told, so replicas whose profiles do not pin it keep it too.
+    `pinned` is pinned on its neuron already."""
+    fleet = FixtureFleet(fixture("node_full.json"))
+    worker, placer, _ = reconciler(fleet, [profile("b", pinned=True),
+                                           profile("pinned", pinned=True)])
+    await worker.tick()
+    deadline = time.monotonic() + 10
+    while not fleet.made("pin") and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    await worker.close()
+    assert fleet.made("pin") == [("small", "b", True)]
+    assert placer.placed == []
+
+
 async def test_a_runtime_pin_brings_the_next_pass_at_once() -> None:
     """The reconciler waits on the live configuration's change, not only poll_interval
     (an hour here): a pin made through the admin API is loaded now."""
