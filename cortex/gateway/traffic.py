@@ -14,6 +14,7 @@ shows its tokens/s during those five minutes, not in one lump after.
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import Callable
 from typing import Any
@@ -54,16 +55,25 @@ class Traffic:
         self._clock = clock
         self._started = clock()
         self._buckets: dict[int, _Bucket] = {}
+        self._oldest = 0  # no bucket is older than this second
+        # Requests per model in the buckets: rates() reads it per placement.
+        self._requests: collections.Counter[str] = collections.Counter()
         # Streams under way, by the identity of their request's record.
         self._flows: dict[int, Flow] = {}
         self.requests_total = 0
         self.input_tokens_total = 0
         self.output_tokens_total = 0
 
-    def _count(self, second: int, model: str, requests: float, prompt: float,
+    def _count(self, second: int, model: str, requests: int, prompt: float,
                completion: float) -> None:
-        counts = self._buckets.setdefault(second, {}).setdefault(model, [0, 0, 0])
-        counts[0] += requests
+        bucket = self._buckets.get(second)
+        if bucket is None:
+            bucket = self._buckets[second] = {}
+            self._oldest = min(self._oldest, second) if len(self._buckets) > 1 else second
+        counts = bucket.setdefault(model, [0, 0, 0])
+        if requests:
+            counts[0] += requests
+            self._requests[model] += requests
         counts[1] += prompt
         counts[2] += completion
 
@@ -100,12 +110,30 @@ class Traffic:
             self._settle(flow, now)
             self._count(int(now), model, 0, record.prompt_tokens,
                         record.completion_tokens - flow.tokens)
-        if len(self._buckets) > self.window + 1:  # else describe() prunes
-            self._prune(now)
+        self._prune(now)
 
     def _prune(self, now: float) -> None:
+        if self._oldest > now - self.window:
+            return
         for second in [s for s in self._buckets if s <= now - self.window]:
-            del self._buckets[second]
+            for model, counts in self._buckets.pop(second).items():
+                if counts[0]:
+                    self._requests[model] -= int(counts[0])
+                    if not self._requests[model]:
+                        del self._requests[model]
+        self._oldest = min(self._buckets, default=int(now))
+
+    def _span(self, now: float) -> float:
+        return max(1e-9, min(self.window, now - self._started))
+
+    def rates(self) -> dict[str, float]:
+        """Requests per second per model over the window, served requests only: the
+        demand the `cost` eviction policy weighs (it reads one per placement, so this
+        costs one entry per model, not per request or bucket)."""
+        now = self._clock()
+        self._prune(now)
+        span = self._span(now)
+        return {model: n / span for model, n in self._requests.items() if model}
 
     def describe(self) -> dict[str, Any]:
         """Rates over the window, totals, and per-model rates (served requests only)."""
@@ -113,7 +141,7 @@ class Traffic:
         for flow in self._flows.values():
             self._settle(flow, now)
         self._prune(now)
-        span = max(1e-9, min(self.window, now - self._started))
+        span = self._span(now)
         per_model: dict[str, list[float]] = {}
         for bucket in self._buckets.values():
             for model, (requests, prompt, completion) in bucket.items():

@@ -248,11 +248,13 @@ def test_a_stream_counts_while_it_runs_and_its_usage_corrects_the_count() -> Non
     assert stats["requests_total"] == 0  # not finished
     assert stats["requests_per_second"] == 0.25 and stats["output_tokens_per_second"] == 1.5
     assert stats["models"]["m"]["output_tokens_per_second"] == 1.5
+    assert traffic.rates() == {"m": 0.25}  # the cost policy sees the stream's demand now
     running.completion_tokens = 8  # the neuron's usage: 8, where 6 frames were seen
     traffic.request_finished(running)
     stats = traffic.describe()
     assert stats["requests_total"] == 1 and stats["output_tokens_total"] == 8
     assert stats["requests_per_second"] == 0.25 and stats["output_tokens_per_second"] == 2.0
+    assert traffic.rates() == {"m": 0.25}  # counted once
 
 
 def test_tokens_nobody_looked_at_for_a_while_spread_over_the_time_they_took() -> None:
