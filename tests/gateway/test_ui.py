@@ -188,6 +188,9 @@ async def test_gpu_nodes_get_a_memory_bar_per_gpu(browser: Any) -> None:
         await expect(page.locator("#tps-out")).to_have_text("42.5")
         row = page.locator('#loaded tr[data-model="llama-70b"]')
         await expect(row).to_contain_text("42.5")
+        # Busy: not idle, and the TTL's whole span ahead (as `cortex status` shows it).
+        await expect(row.locator('[data-testid="idle"]')).to_have_text("\u2013")
+        await expect(row.locator('[data-testid="until"]')).to_have_text("10m00s")
         ARTIFACTS.mkdir(exist_ok=True)
         await page.screenshot(path=str(ARTIFACTS / "ui-gpus.png"), full_page=True)
 

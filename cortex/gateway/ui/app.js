@@ -62,6 +62,16 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+// `42s`, `4m10s`, `2h05m`, as `cortex status` writes them.
+function duration(seconds) {
+  if (seconds === undefined || seconds === null) return "–";
+  const whole = Math.floor(seconds);
+  const pad = (n) => String(n).padStart(2, "0");
+  if (whole < 60) return `${whole}s`;
+  if (whole < 3600) return `${Math.floor(whole / 60)}m${pad(whole % 60)}s`;
+  return `${Math.floor(whole / 3600)}h${pad(Math.floor((whole % 3600) / 60))}m`;
+}
+
 const gib = (bytes) => `${((bytes || 0) / 2 ** 30).toFixed(2)} GiB`;
 const rate = (value) => (value === undefined || value === null ? "–" : value.toFixed(1));
 
@@ -178,6 +188,10 @@ function renderLoaded(fleet, catalogue) {
         el("td", { text: String(m.in_flight ?? 0) }),
         el("td", { text: String(m.queued ?? 0) }),
         el("td", { text: rate(rates[m.id] && rates[m.id].output_tokens_per_second) }),
+        el("td", { "data-testid": "idle", text: m.in_flight || m.queued || m.state !== "ready"
+          ? "–" : duration(m.idle_seconds) }),
+        el("td", { "data-testid": "until", text: m.pinned ? "pinned"
+          : duration(m.expires_in) }),
         actions));
     }
   }
