@@ -8,6 +8,8 @@ after another on a pipe, one JSON document a line with `--json`).
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -117,8 +119,7 @@ def render(fleet: dict[str, Any], *, unicode: bool = True, width: int | None = N
     `width` columns when given (narrower bars, then fewer columns, then cut names)."""
     traffic = fleet.get("traffic") or {}
     rates = traffic.get("models") or {}
-    wide = width is None or width >= 120
-    cells = 20 if wide else 10
+    cells = 20 if width is None or width >= 120 else 10  # bar width
     nodes, gpus, models, down = [], [], [], []
     for node in fleet["nodes"]:
         name = node["name"]
@@ -178,9 +179,6 @@ def render(fleet: dict[str, Any], *, unicode: bool = True, width: int | None = N
 def terminal_width() -> int | None:
     """Columns to fit: $COLUMNS, else the terminal's; never under 80. None through a pipe
     without $COLUMNS (nothing wraps there)."""
-    import os
-    import shutil
-
     if "COLUMNS" not in os.environ and not sys.stdout.isatty():
         return None
     return max(80, shutil.get_terminal_size().columns)
