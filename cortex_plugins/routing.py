@@ -23,7 +23,9 @@ class AffinityStrategy(RoutingStrategy):
     """A ready node with a free slot, in the conversation's rendezvous order (for KV
     reuse: each turn lands where the last one left its cache), else the conversation's
     home if every copy is busy, then the least-queued ready node; places new copies
-    where nothing must be evicted, then where the most memory stays free."""
+    where nothing must be evicted, else where the victims are those the eviction policy
+    ranks lowest fleet-wide, then where the fewest bytes are evicted and the most memory
+    stays free."""
 
     name = "affinity"
 
@@ -42,11 +44,13 @@ class AffinityStrategy(RoutingStrategy):
     def rank_placements(self, request: RouteRequest,
                         placements: Sequence[Placement]) -> list[Placement]:
         return sorted(placements, key=lambda p: (
-            len(p.victims), sum(v.bytes for v in p.victims), -p.free_after, p.node.name))
+            p.rank, sum(v.bytes for v in p.victims), -p.free_after, p.node.name))
 
 
 class LeastLoadedStrategy(RoutingStrategy):
-    """The replica and the node with the least work in flight; ignores conversation affinity."""
+    """The replica and the node with the least work in flight; ignores conversation affinity.
+    New copies go where the eviction policy's fleet-wide ranking loses least, then to the
+    node with the least work in flight."""
 
     name = "least-loaded"
 
@@ -57,7 +61,7 @@ class LeastLoadedStrategy(RoutingStrategy):
     def rank_placements(self, request: RouteRequest,
                         placements: Sequence[Placement]) -> list[Placement]:
         return sorted(placements, key=lambda p: (
-            len(p.victims), p.node.active, -p.free_after, p.node.name))
+            p.rank, p.node.active, -p.free_after, p.node.name))
 
 
 @hookimpl

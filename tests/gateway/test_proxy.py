@@ -26,6 +26,7 @@ from cortex.errors import Unreachable
 from cortex.gateway.client import Severed
 from cortex.gateway.proxy import Proxy
 from cortex.gateway.quarantine import Quarantine
+from cortex.gateway.traffic import Traffic
 from cortex_plugins.openai import OpenAIDialect
 
 from .fixture_fleet import FixtureFleet, fixture, live_config, placer_over, profile
@@ -124,7 +125,7 @@ async def served(request: pytest.FixtureRequest) -> AsyncIterator[Served]:
     quarantine = Quarantine(lambda: live.settings)
     finished = Finished()
     proxy = Proxy(placer, fleet.as_fleet(), live=live, fair=fair, quarantine=quarantine,
-                  hook=finished)
+                  hook=finished, traffic=Traffic())
     app = Starlette(routes=list(OpenAIDialect().routes(Forwarding(proxy))))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                  base_url="http://gateway") as client:
