@@ -55,36 +55,26 @@ class Fleet:
 
     def configure(self, entries: Iterable[NeuronEntry],
                   origins: Mapping[str, str] | None = None) -> None:
-        """Add, replace and retire nodes; `origins`: where each came from (default: the
-        config). A node that left is drained: it takes no new work, and is dropped once
-        the requests in flight there finish; one that comes back meanwhile is kept."""
+        """Add, replace and retire nodes (`origins`: where each came from, else config). One
+        that left drains (no new work; dropped when its requests end); one back stays."""
         wanted = {e.name: e for e in entries}
-        origins = origins or {}
-        for name, node in list(self._nodes.items()):
-            if node.retired and name not in wanted:
-                continue  # still draining
-            if wanted.get(name) != node.entry:
+        for name, node in list(self._nodes.items()):  # (a draining one that stays gone: as is)
+            if wanted.get(name, node.entry if node.retired else None) != node.entry:
                 self._retire(node)
                 if name in wanted or node.users == 0:
                     del self._nodes[name]
-                log.info("neuron %s left the fleet%s", name,
-                         f" (draining {node.users} requests)" if name in self._nodes else "")
+                log.info("neuron %s left the fleet (%d requests to drain)", name, node.users)
         for name, entry in wanted.items():
-            current = self._nodes.get(name)
-            if current is None:
-                current = self._nodes[name] = Node(entry, NeuronClient(
-                    entry, connect_timeout=self.settings.connect_timeout,
-                    request_timeout=self.settings.request_timeout))
-                self._start(current)
+            found = self._nodes.get(name)
+            if found is None or found.retired:  # new, or back while it drained
+                if found is None:
+                    found = self._nodes[name] = Node(entry, NeuronClient(
+                        entry, connect_timeout=self.settings.connect_timeout,
+                        request_timeout=self.settings.request_timeout))
+                found.retired = False
+                found.task = asyncio.create_task(self._poll_loop(found), name=f"poll:{name}")
                 log.info("neuron %s (%s) joined the fleet", name, entry.endpoint)
-            elif current.retired:  # back while it drained: it stays
-                current.retired = False
-                self._start(current)
-                log.info("neuron %s is back in the fleet", name)
-            current.origin = origins.get(name, "config")
-
-    def _start(self, node: Node) -> None:
-        node.task = asyncio.create_task(self._poll_loop(node), name=f"poll:{node.entry.name}")
+            found.origin = (origins or {}).get(name, "config")
 
     def _retire(self, node: Node) -> None:
         node.retired = True
