@@ -26,7 +26,7 @@ from cortex import (
 
 from .gguf import estimate_memory, kv_bytes_per_token, read_metadata
 from .grammar import llama_log
-from .render import BuiltinRenderer, JinjaRenderer, Renderer
+from .render import BuiltinRenderer, JinjaRenderer, Renderer, unknown_format
 
 if TYPE_CHECKING:
     from .engine import LlamaEngine
@@ -69,6 +69,11 @@ class LlamaCppHarness(Harness):
         prefill_chunk: int = 128
 
     options: Options
+
+    @classmethod
+    def check_profile(cls, profile: ModelProfile) -> list[tuple[str, str]]:
+        wrong = unknown_format(profile.chat_format) if profile.chat_format else None
+        return [("chat_format", wrong)] if wrong else []
 
     def estimate(self, profile: ModelProfile, model: ResolvedModel,
                  overhead: int) -> MemoryEstimate:
