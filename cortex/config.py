@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import difflib
+import hashlib
 import os
 import re
 import socket
@@ -19,6 +20,7 @@ from typing import Annotated, Any, TypeVar
 
 import msgspec
 
+from cortex.aliases import ambiguous_patterns, is_pattern
 from cortex.errors import ConfigError
 from cortex.stops import MAX_STOP_BYTES, MAX_STOP_STRINGS
 
@@ -93,6 +95,19 @@ class ModelProfile(Base, kw_only=True):
     def __post_init__(self) -> None:
         if self.chat_format and self.chat_template:
             raise ValueError("set chat_format or chat_template, not both")
+
+    def for_neuron(self) -> ModelProfile:
+        """The profile without gateway-only fields (aliases, pinning, priority, affinity,
+        ttl, spill_after, max_copies): what a neuron loads. Editing those in models.toml
+        must not disturb a loaded model."""
+        return msgspec.structs.replace(self, aliases=[], pinned=False, priority=0, neurons=[],
+                                       ttl=None, spill_after=None, max_copies=None)
+
+    def fingerprint(self) -> str:
+        """A digest of what a neuron runs (`for_neuron()`): a gateway compares it with the
+        one in the neuron's /status to see that a loaded copy's profile has changed."""
+        encoded = msgspec.json.encode(self.for_neuron())
+        return hashlib.blake2b(encoded, digest_size=12).hexdigest()
 
 
 class ModelsFile(Base, kw_only=True):
@@ -307,11 +322,28 @@ def load_gateway_config(path: str | os.PathLike[str]) -> tuple[GatewayConfig, li
                 raise ConfigError(f"{where}: models[{entry}].{key}: `{name}` is already used "
                                   f"by `{seen[name]}`")
             seen[name] = profile.id
+    _check_patterns(profiles, where)
     names = [n.name for n in config.neurons]
     for index, name in enumerate(names):
         if names.index(name) != index:
             raise ConfigError(f"{path}: neurons[{index}].name: duplicate neuron name `{name}`")
     return config, profiles
+
+
+def _check_patterns(profiles: list[ModelProfile], where: str) -> None:
+    """Alias patterns (cortex.aliases): wildcards * and ? only, and no name that two
+    profiles' equally specific patterns would both claim."""
+    owners = [(name, p.id) for p in profiles for name in p.aliases if is_pattern(name)]
+    try:
+        clash = ambiguous_patterns(owners)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    if clash is not None:
+        first, first_owner, second, second_owner = clash
+        raise ConfigError(
+            f"{where}: alias patterns `{first}` (of `{first_owner}`) and `{second}` (of "
+            f"`{second_owner}`) are equally specific and can match the same name; make one "
+            "of them more specific")
 
 
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3,

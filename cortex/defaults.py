@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from cortex.chat_templates import GEMMA_TOOLS
 from cortex.config import ModelProfile
 
 __all__ = ["BUNDLED_GEMMA", "bundled_profiles"]
 
-# Gemma 3 270M is a base model whose GGUF carries no chat template, so the profile
-# names llama.cpp's built-in `gemma` format.
+# Gemma 3 270M is a base model whose GGUF carries no chat template. Ours speaks Gemma's
+# turn markers and describes tools, so agents (Claude Code sends ~24 tools with every
+# request) get answers rather than a 400. `claude-*` sends whatever Claude model name
+# a Claude Code release asks for here (cortex.aliases). 32k tokens a slot hold an
+# agent's first prompt (Claude Code's is ~20,000 tokens with its tools) and 4 slots
+# batch concurrent requests; the KV cache is n_ctx x slots cells (2.25 GiB here, about
+# 2.6 GiB resident in all): docs/neuron.md has the measured memory of other shapes.
 BUNDLED_GEMMA = ModelProfile(id="gemma3-270m", source="bundled:gemma3-270m",
-                             aliases=["gemma-3-270m"], chat_format="gemma", n_ctx=4096, slots=1)
+                             aliases=["gemma-3-270m", "claude-*"], chat_template=GEMMA_TOOLS,
+                             n_ctx=32768, slots=4)
 
 
 def bundled_profiles() -> list[ModelProfile]:

@@ -54,6 +54,9 @@ class Done(msgspec.Struct, kw_only=True):
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0  # prompt tokens whose KV cache was reused, not prefilled
+    # Why a "length" finish came: "max_tokens" (the request's, or the profile's cap) or
+    # "context" (the sequence filled its context: no room for another token).
+    stop_cause: str | None = None
 
 
 GenerationEvent = TextDelta | ToolCalls | Done
@@ -92,6 +95,12 @@ class Engine(abc.ABC):
     def stats(self) -> EngineStats | None:
         """Token and KV-cache counters, when the harness keeps them (cheap: read per scrape)."""
         return None
+
+    def reconfigure(self, profile: ModelProfile) -> bool:
+        """Take a changed profile of this model in place (a new chat template, say), for
+        the requests that start from now on; False when the change needs a reload.
+        Blocking."""
+        return False
 
     @abc.abstractmethod
     def chat(self, request: ChatCompletionRequest

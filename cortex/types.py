@@ -186,6 +186,7 @@ class ChatChoice(msgspec.Struct, kw_only=True):
     message: ResponseMessage
     finish_reason: str | None
     logprobs: None = None
+    stop_cause: str | UnsetType = UNSET  # cortex's: with "length", "max_tokens" or "context"
 
 
 class ChatCompletion(msgspec.Struct, kw_only=True):
@@ -216,6 +217,7 @@ class ChunkChoice(msgspec.Struct, kw_only=True):
     delta: Delta
     finish_reason: str | None = None
     logprobs: None = None
+    stop_cause: str | UnsetType = UNSET
 
 
 class ChatCompletionChunk(msgspec.Struct, kw_only=True):
@@ -233,6 +235,7 @@ class CompletionChoice(msgspec.Struct, kw_only=True):
     text: str
     finish_reason: str | None = None
     logprobs: None = None
+    stop_cause: str | UnsetType = UNSET
 
 
 class Completion(msgspec.Struct, kw_only=True):
@@ -306,6 +309,9 @@ class ModelStatus(Wire, kw_only=True):
     # Set by a gateway's pin (POST /models/pin), so every gateway replica's evictor
     # leaves this copy alone; it goes with the copy (an unload, a restart).
     pinned: bool = False
+    # ModelProfile.fingerprint() of the profile this copy runs: a gateway whose profile's
+    # differs loads it again (the neuron then changes or reloads the copy).
+    profile_fingerprint: str = ""
 
 
 class NodeStatus(Wire, kw_only=True):

@@ -195,10 +195,13 @@ class _Neuron:
         if not stream:  # pragma: no cover - returned above
             raise AssertionError
         include_usage = bool(stream_options and stream_options.include_usage)
+        # Transitional, for gateways that read usage off the finish chunk (responses.py).
+        finish_usage = request.headers.get("x-cortex-usage") == "finish"
 
         async def body() -> AsyncIterator[bytes]:
             try:
-                async for frame in streamed(model, first, events, include_usage=include_usage):
+                async for frame in streamed(model, first, events, include_usage=include_usage,
+                                            finish_usage=finish_usage):
                     yield frame
             finally:
                 await events.aclose()

@@ -72,7 +72,8 @@ class Slot:
             queued=max(0, self.active - (engine.in_flight if engine else 0)),
             last_used=self.last_used, load_seconds=self.load_seconds,
             load_progress=self.progress, chat=engine.chat_supported if engine else True,
-            embeddings=self.profile.embeddings, error=self.error, pinned=self.pinned)
+            embeddings=self.profile.embeddings, error=self.error, pinned=self.pinned,
+            profile_fingerprint=self.profile.fingerprint())
 
 
 class ModelRegistry:
@@ -85,13 +86,15 @@ class ModelRegistry:
         self._harness_options = harness_options
         self._harnesses: dict[str, Harness] = {}
         self._slots: dict[str, Slot] = {}
+        self._retiring: list[Slot] = []  # replaced by a reload, still holding memory
         self._reserve_lock = asyncio.Lock()
 
     # --- views ----------------------------------------------------------------------------
 
     @property
     def reserved_bytes(self) -> int:
-        return sum(s.estimate.total for s in self._slots.values() if s.estimate is not None)
+        return sum(s.estimate.total for s in [*self._slots.values(), *self._retiring]
+                   if s.estimate is not None)
 
     def statuses(self) -> list[ModelStatus]:
         return [slot.status() for slot in self._slots.values()]
@@ -146,12 +149,16 @@ class ModelRegistry:
     # --- load -----------------------------------------------------------------------------
 
     async def load(self, profile: ModelProfile, *, wait: bool = True) -> ModelStatus:
-        """Load a model, or join the load already under way. Idempotent for one profile."""
+        """Load a model, or join the load already under way. Idempotent for one profile;
+        a ready model asked for with a changed profile takes it (_change)."""
+        profile = profile.for_neuron()
         slot = self._slots.get(profile.id)
-        if slot is not None and slot.state in ("loading", "ready"):
+        if slot is not None and slot.state == "ready" and slot.profile != profile:
+            slot = await self._change(slot, profile)
+        elif slot is not None and slot.state in ("loading", "ready"):
             if slot.profile != profile:
-                raise Conflict(f"model `{profile.id}` is {slot.state} with a different profile; "
-                               "unload it first")
+                raise Conflict(f"model `{profile.id}` is loading with a different profile; "
+                               "load it again once it is ready", retry_after=1)
         elif slot is not None and slot.state == "unloading":
             raise Conflict(f"model `{profile.id}` is unloading; load it again when it is gone")
         else:
@@ -161,6 +168,38 @@ class ModelRegistry:
         if wait:
             await asyncio.shield(slot.loaded)
         return slot.status()
+
+    async def _change(self, slot: Slot, profile: ModelProfile) -> Slot:
+        """A changed profile for a ready model (docs/gateway.md: changed profiles apply to
+        the next request). The engine takes it in place where it can (a chat template:
+        no weights reloaded); else the model loads again under it once the requests in
+        flight are done, and requests arriving meanwhile wait for that load."""
+        engine = slot.engine
+        assert engine is not None
+        if slot.profile.harness == profile.harness and \
+                await asyncio.to_thread(engine.reconfigure, profile):
+            log.info("%s: changed profile taken in place", profile.id)
+            slot.profile = profile
+            return slot
+        fresh = self._slots[profile.id] = Slot(profile)
+        fresh.pinned, slot.state = slot.pinned, "unloading"
+        self._retiring.append(slot)
+        task = asyncio.create_task(self._reload(slot, fresh), name=f"reload:{profile.id}")
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return fresh
+
+    async def _reload(self, old: Slot, fresh: Slot) -> None:
+        try:
+            await old.idle.wait()
+            assert old.engine is not None
+            await old.engine.close()
+        except Exception:
+            log.exception("unloading %s for its changed profile failed", fresh.profile.id)
+        finally:
+            old.engine = None
+            self._retiring.remove(old)
+        log.info("%s: loading again under its changed profile", fresh.profile.id)
+        await self._load(fresh)
 
     async def _load(self, slot: Slot) -> None:
         profile = slot.profile

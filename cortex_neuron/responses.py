@@ -1,4 +1,15 @@
-"""GenerationEvents to OpenAI responses: whole objects, or SSE chunks as they come."""
+"""GenerationEvents to OpenAI responses: whole objects, or SSE chunks as they come.
+
+Streams carry usage as OpenAI's spec says: only when the client asks with
+`stream_options.include_usage`, then as `usage: null` on every chunk and the counts on
+one extra last chunk whose `choices` is empty. `finish_usage` (asked by a gateway with
+`x-cortex-usage: finish`, see app.py) also puts the counts on the finish chunk, as
+every stream did before, for gateways that read them there.
+
+A `length` finish says why in `stop_cause` on the choice, a cortex extension: OpenAI
+clients ignore it, and the gateway's Anthropic dialect tells a full context from a
+reached max_tokens by it.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +18,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
 from cortex import Done, GenerationEvent, TextDelta, ToolCalls
 from cortex.errors import CortexError, Unavailable
@@ -49,6 +61,11 @@ def _finish(done: Done) -> str:
     return "length" if done.finish_reason == "length" else "stop"
 
 
+def _cause(done: Done, finish: str) -> str | UnsetType:
+    """`stop_cause` for a choice that finished with `finish`."""
+    return done.stop_cause if finish == "length" and done.stop_cause else UNSET
+
+
 async def chat_completion(model: str, events: AsyncIterator[GenerationEvent]) -> ChatCompletion:
     text: list[str] = []
     tool_calls = None
@@ -65,24 +82,26 @@ async def chat_completion(model: str, events: AsyncIterator[GenerationEvent]) ->
                 finish = "tool_calls"
             return ChatCompletion(
                 id=f"chatcmpl-{uuid.uuid4().hex}", created=int(time.time()), model=model,
-                choices=[ChatChoice(message=message, finish_reason=finish)],
+                choices=[ChatChoice(message=message, finish_reason=finish,
+                                    stop_cause=_cause(event, finish))],
                 usage=_usage(event))
     raise Unavailable("generation ended without a result")
 
 
 async def chat_stream(model: str, first: GenerationEvent, events: AsyncIterator[GenerationEvent],
-                      *, include_usage: bool) -> AsyncIterator[bytes]:
-    """SSE frames. Usage rides on the finish chunk always, and in OpenAI's separate
-    empty-choices chunk when the client asked with stream_options.include_usage."""
+                      *, include_usage: bool, finish_usage: bool = False
+                      ) -> AsyncIterator[bytes]:
+    """SSE frames; usage as the module's docstring says."""
     chunk_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
 
     def chunk(delta: Delta, finish: str | None = None, usage: Usage | None = None,
-              choices: bool = True) -> bytes:
+              choices: bool = True, cause: str | UnsetType = UNSET) -> bytes:
         out = ChatCompletionChunk(
             id=chunk_id, created=created, model=model,
-            choices=[ChunkChoice(delta=delta, finish_reason=finish)] if choices else [])
-        if usage is not None:
+            choices=[ChunkChoice(delta=delta, finish_reason=finish, stop_cause=cause)]
+            if choices else [])
+        if usage is not None or include_usage:
             out.usage = usage
         return _frame(out)
 
@@ -102,7 +121,9 @@ async def chat_stream(model: str, first: GenerationEvent, events: AsyncIterator[
                     for i, c in enumerate(event.calls)]))
             elif isinstance(event, Done):
                 usage = _usage(event)
-                yield chunk(Delta(), "tool_calls" if tools_sent else _finish(event), usage)
+                finish = "tool_calls" if tools_sent else _finish(event)
+                yield chunk(Delta(), finish, usage if finish_usage else None,
+                            cause=_cause(event, finish))
                 if include_usage:
                     yield chunk(Delta(), usage=usage, choices=False)
                 break
@@ -119,25 +140,29 @@ async def completion(model: str, events: AsyncIterator[GenerationEvent]) -> Comp
         if isinstance(event, TextDelta):
             text.append(event.text)
         elif isinstance(event, Done):
+            finish = _finish(event)
             return Completion(
                 id=f"cmpl-{uuid.uuid4().hex}", created=int(time.time()), model=model,
-                choices=[CompletionChoice(text="".join(text), finish_reason=_finish(event))],
+                choices=[CompletionChoice(text="".join(text), finish_reason=finish,
+                                          stop_cause=_cause(event, finish))],
                 usage=_usage(event))
     raise Unavailable("generation ended without a result")
 
 
 async def completion_stream(model: str, first: GenerationEvent,
                             events: AsyncIterator[GenerationEvent], *,
-                            include_usage: bool) -> AsyncIterator[bytes]:
+                            include_usage: bool, finish_usage: bool = False
+                            ) -> AsyncIterator[bytes]:
     chunk_id = f"cmpl-{uuid.uuid4().hex}"
     created = int(time.time())
 
     def chunk(text: str, finish: str | None = None, usage: Usage | None = None,
-              choices: bool = True) -> bytes:
+              choices: bool = True, cause: str | UnsetType = UNSET) -> bytes:
         out = Completion(id=chunk_id, created=created, model=model,
-                         choices=[CompletionChoice(text=text, finish_reason=finish)]
+                         choices=[CompletionChoice(text=text, finish_reason=finish,
+                                                   stop_cause=cause)]
                          if choices else [])
-        if usage is not None:
+        if usage is not None or include_usage:
             out.usage = usage
         return _frame(out)
 
@@ -148,7 +173,9 @@ async def completion_stream(model: str, first: GenerationEvent,
                 yield chunk(event.text)
             elif isinstance(event, Done):
                 usage = _usage(event)
-                yield chunk("", _finish(event), usage)
+                finish = _finish(event)
+                yield chunk("", finish, usage if finish_usage else None,
+                            cause=_cause(event, finish))
                 if include_usage:
                     yield chunk("", usage=usage, choices=False)
                 break

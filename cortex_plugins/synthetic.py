@@ -19,19 +19,28 @@ For tests of crash containment only, neuron.toml's `[harness.synthetic] die_on =
 (unset by default, and not settable from a profile's source) makes a request whose
 prompt contains that string kill the neuron process (SIGKILL) before its first token,
 as a crash in llama.cpp would.
+
+For tests of agent clients only, `[harness.synthetic] script` (also neuron.toml only)
+scripts the replies to requests that offer tools: the reply to a conversation with N
+assistant turns so far is step N (the last step once past the end), either a tool call
+(`tool`, `arguments`) when the request offers that tool, or the words of `text`. A real
+client then runs a real round trip (tool call, its result, a final answer) on cue,
+which no model that small does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import math
 import os
 import random
 import signal
 import time
+import uuid
 from collections.abc import AsyncGenerator, Callable, Iterable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import msgspec
 
@@ -50,16 +59,27 @@ from cortex import (
     ResolvedModel,
     TextDelta,
     TokenizeRequest,
+    ToolCall,
+    ToolCallFunction,
+    ToolCalls,
     Unavailable,
     hookimpl,
     parse_bytes,
 )
 
-__all__ = ["SyntheticEngine", "SyntheticHarness", "SyntheticSettings"]
+__all__ = ["ScriptStep", "SyntheticEngine", "SyntheticHarness", "SyntheticSettings"]
 
 _WORDS = ("the", "a", "fleet", "of", "neurons", "serves", "tokens", "quickly", "and", "model",
           "gateway", "stream", "cortex", "routes", "each", "request", "to", "node", "with",
           "memory", "load", "evict", "cache", "prefix", "batch", "slot", "time", "first")
+
+
+class ScriptStep(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """One scripted reply: a call of tool `tool` with `arguments`, or the words of `text`."""
+
+    text: str = ""
+    tool: str | None = None
+    arguments: dict[str, Any] = {}
 
 
 class SyntheticSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -91,10 +111,11 @@ def _count(text: str) -> int:
 
 class SyntheticEngine(Engine):
     def __init__(self, profile: ModelProfile, settings: SyntheticSettings, *,
-                 die_on: str | None = None) -> None:
+                 die_on: str | None = None, script: list[ScriptStep] | None = None) -> None:
         self._profile = profile
         self._settings = settings
         self._die_on = die_on
+        self._script = script or []
         self._slots = asyncio.Semaphore(profile.slots)
         self._active = 0
         self._waiting = 0
@@ -109,12 +130,13 @@ class SyntheticEngine(Engine):
     def queued(self) -> int:
         return self._waiting
 
-    async def _stream(self, prompt: str, max_tokens: int | None, stop: list[str]
-                      ) -> AsyncGenerator[GenerationEvent, None]:
+    async def _stream(self, prompt: str, max_tokens: int | None, stop: list[str],
+                      step: ScriptStep | None = None) -> AsyncGenerator[GenerationEvent, None]:
         prompt_tokens = _count(prompt)
         if prompt_tokens >= self._profile.n_ctx:
             raise ContextLengthExceeded(prompt_tokens, self._profile.n_ctx)
-        budget = min(max_tokens or self._settings.tokens, self._profile.n_ctx - prompt_tokens)
+        wanted, room = max_tokens or self._settings.tokens, self._profile.n_ctx - prompt_tokens
+        budget = min(wanted, room)
         rng = random.Random(hashlib.sha256(prompt.encode()).digest())
         self._waiting += 1
         try:
@@ -127,13 +149,27 @@ class SyntheticEngine(Engine):
                 os.kill(os.getpid(), signal.SIGKILL)  # die_on: a crash, for tests
             if self._settings.ttft_ms:
                 await asyncio.sleep(self._settings.ttft_ms / 1000)
+            if step is not None and step.tool is not None:
+                arguments = json.dumps(step.arguments, ensure_ascii=False)
+                call = ToolCall(id=f"call_{uuid.uuid4().hex[:24]}",
+                                function=ToolCallFunction(name=step.tool, arguments=arguments))
+                yield ToolCalls([call])
+                yield Done(finish_reason="stop", prompt_tokens=prompt_tokens,
+                           completion_tokens=1)
+                return
+            words = step.text.split() if step is not None else None
             interval = 1 / self._settings.rate if self._settings.rate > 0 else 0.0
             start = time.monotonic()
             text = ""
             for n in range(budget):
                 if self._aborted is not None:
                     raise Unavailable(self._aborted)
-                piece = ("" if n == 0 else " ") + rng.choice(_WORDS)
+                if words is not None and n == len(words):
+                    yield Done(finish_reason="stop", prompt_tokens=prompt_tokens,
+                               completion_tokens=n)
+                    return
+                piece = ("" if n == 0 else " ") + (rng.choice(_WORDS) if words is None
+                                                   else words[n])
                 text += piece
                 if any(s in text for s in stop):
                     yield Done(finish_reason="stop", prompt_tokens=prompt_tokens,
@@ -144,15 +180,26 @@ class SyntheticEngine(Engine):
                 delay = start + (n + 1) * interval - time.monotonic()
                 await asyncio.sleep(max(0.0, delay))
             yield Done(finish_reason="length", prompt_tokens=prompt_tokens,
-                       completion_tokens=budget)
+                       completion_tokens=budget,
+                       stop_cause="context" if room < wanted else "max_tokens")
         finally:
             self._active -= 1
             self._slots.release()
 
+    def _step(self, request: ChatCompletionRequest) -> ScriptStep | None:
+        """The scripted reply to `request` (see the module's doc), if any."""
+        if not self._script or not request.tools or request.tool_choice == "none":
+            return None
+        turns = sum(1 for m in request.messages if m.role == "assistant")
+        step = self._script[min(turns, len(self._script) - 1)]
+        offered = {t.function.name for t in request.tools}
+        return None if step.tool is not None and step.tool not in offered else step
+
     async def chat(self, request: ChatCompletionRequest
                    ) -> AsyncGenerator[GenerationEvent, None]:
         prompt = "\n".join(f"{m.role}: {m.text()}" for m in request.messages)
-        async for event in self._stream(prompt, request.token_limit(), request.stop_list()):
+        async for event in self._stream(prompt, request.token_limit(), request.stop_list(),
+                                        self._step(request)):
             yield event
 
     async def complete(self, request: CompletionRequest
@@ -197,6 +244,8 @@ class SyntheticHarness(Harness):
         load_ms: float = 0.0
         # Tests only: a prompt containing this kills the neuron (see the module's doc).
         die_on: str | None = None
+        # Tests only: scripted replies to requests that offer tools (the module's doc).
+        script: list[ScriptStep] = []
 
     options: Options
 
@@ -212,6 +261,7 @@ class SyntheticHarness(Harness):
     def _settings(self, source: str) -> SyntheticSettings:
         defaults = msgspec.structs.asdict(self.options)
         defaults.pop("die_on")
+        defaults.pop("script")
         return parse_source(source, SyntheticSettings(**defaults))
 
     def estimate(self, profile: ModelProfile, model: ResolvedModel,
@@ -228,7 +278,8 @@ class SyntheticHarness(Harness):
         if settings.load_ms:
             time.sleep(settings.load_ms / 1000)  # load() runs on a worker thread
         progress(1.0)
-        return SyntheticEngine(profile, settings, die_on=self.options.die_on)
+        return SyntheticEngine(profile, settings, die_on=self.options.die_on,
+                               script=self.options.script)
 
 
 @hookimpl

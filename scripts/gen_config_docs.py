@@ -114,7 +114,9 @@ DESCRIPTIONS: dict[str, str] = {
     "ModelProfile.id": "the name clients put in `model`; may contain `/`",
     "ModelProfile.source": "`bundled:NAME`, a path inside the neuron's `model_dirs`, "
                            "`hf://owner/repo:QUANT` or `hf://owner/repo[@rev]/file.gguf`",
-    "ModelProfile.aliases": "other names for the profile; ids and aliases are unique",
+    "ModelProfile.aliases": "other names for the profile; ids and aliases are unique. "
+                            "One with `*` or `?` is a pattern (`claude-*`): it matches "
+                            "names no id or alias spells out, the most specific first",
     "ModelProfile.harness": "the neuron's harness plugin that runs it",
     "ModelProfile.n_ctx": "context tokens per slot",
     "ModelProfile.slots": "sequences decoded together (the KV cache holds n_ctx x slots)",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from cortex.aliases import is_pattern
 from cortex.config import ModelProfile
 from cortex.dialect import CatalogueEntry
 from cortex.gateway.profiles import ProfileIndex
@@ -31,7 +32,9 @@ def build_catalogue(profiles: ProfileIndex, snapshot: FleetSnapshot) -> list[Cat
         loading = [n.name for n in live if (m := n.model(profile.id)) and m.state == "loading"]
         entries.append(CatalogueEntry(
             id=profile.id, state=_state(loaded, loading), loaded_on=loaded, loading_on=loading,
-            aliases=list(profile.aliases), n_ctx=profile.n_ctx, slots=profile.slots,
+            # Patterns (`claude-*`) name no model: listing them would offer them as ids.
+            aliases=[a for a in profile.aliases if not is_pattern(a)], n_ctx=profile.n_ctx,
+            slots=profile.slots,
             # A copy may be pinned on its neuron by another replica (`cortex pin`).
             pinned=profile.pinned or any(m.pinned for n in live
                                          if (m := n.model(profile.id)) is not None),

@@ -48,8 +48,7 @@ def neuron_profile(profile: ModelProfile) -> ModelProfile:
     fleet settings (aliases, pinning, priority, affinity, ttl, spill_after, max_copies)
     must not reach it: editing them in models.toml must not disturb a loaded model.
     """
-    return msgspec.structs.replace(profile, aliases=[], pinned=False, priority=0, neurons=[],
-                                   ttl=None, spill_after=None, max_copies=None)
+    return profile.for_neuron()
 
 
 def upstream_error(status: int, body: bytes) -> CortexError:
@@ -78,6 +77,7 @@ class NeuronClient:
         self._headers = {"content-type": "application/json"}
         if entry.secret:
             self._headers["authorization"] = f"Bearer {entry.secret}"
+        self._inference = {**self._headers, "x-cortex-usage": "finish"}
         self._connect_timeout = connect_timeout
         self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout,
                                               sock_read=request_timeout or None)
@@ -143,8 +143,11 @@ class NeuronClient:
     async def open(self, path: str, body: bytes, *,
                    request_id: str = "") -> aiohttp.ClientResponse:
         """Send an inference request; the caller reads the answer and must release it.
-        `request_id` goes along as `x-request-id`, so the neuron's logs can name it."""
-        headers = {**self._headers, "x-request-id": request_id} if request_id else self._headers
+        `request_id` goes along as `x-request-id`, so the neuron's logs can name it.
+        `x-cortex-usage: finish` keeps usage on a stream's finish chunk, where the proxy
+        reads it, whether or not the client asked for usage (transitional: docs/neuron.md)."""
+        headers = {**self._inference, "x-request-id": request_id} if request_id \
+            else self._inference
         try:
             return await self.session.post(self.endpoint + path, data=body, headers=headers)
         except _NOT_SENT as exc:

@@ -115,13 +115,14 @@ class Fleet:
                 await asyncio.wait_for(node.wake.wait(), interval)
 
     async def _poll(self, node: Node) -> None:
+        asked = Counter(node.active)
         try:
             status = await node.client.status(timeout=self.settings.poll_timeout)
         except CortexError as exc:
             self._failed(node, exc)
         else:
             if not node.retired:
-                self._apply_status(node, status)
+                self._apply_status(node, status, asked)
         node.polled = True
 
     def poke(self, name: str) -> None:
@@ -162,12 +163,17 @@ class Fleet:
         while time.monotonic() < deadline and not all(n.polled for n in self._nodes.values()):
             await asyncio.sleep(0.02)
 
-    def _apply_status(self, node: Node, status: NodeStatus) -> None:
+    def _apply_status(self, node: Node, status: NodeStatus,
+                      asked: Counter[str] | None = None) -> None:
+        """Take a neuron's answer; `asked`: this gateway's requests when it asked. One of
+        them that ended while the answer travelled was counted by the neuron, and must
+        not pass for another gateway's: its model would look busy (not evictable) until
+        the next poll, and a request for a model that needs its room would be refused."""
         now = time.monotonic()
         previous = node.models
         node.status = status
         node.models = {m.id: m for m in status.models}
-        node.active_at_poll = Counter(node.active)
+        node.active_at_poll = Counter(node.active) | (asked or Counter())
         for model in status.models:
             before = previous.get(model.id)
             busy = model.in_flight + model.queued > 0 or node.active[model.id] > 0

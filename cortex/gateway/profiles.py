@@ -1,7 +1,12 @@
-"""The gateway's model profiles, looked up by id or alias.
+"""The gateway's model profiles, looked up by id, alias or alias pattern.
 
 An index is immutable: a config reload builds a new one and swaps it in, so a request
 that resolved its profile keeps a consistent view until it finishes.
+
+A name is looked up exactly first (ids and aliases), then against the alias patterns
+(cortex.aliases: `claude-*`), most specific first; among equally specific patterns the
+configuration's order decides (load_gateway_config refuses two of different profiles
+that could both match one name).
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping
 
 import msgspec
 
+from cortex.aliases import AliasPattern, is_pattern
 from cortex.config import ModelProfile
 from cortex.errors import ModelNotFound
 
@@ -23,12 +29,18 @@ class ProfileIndex:
         pins = pins or {}
         self._by_id: dict[str, ModelProfile] = {}
         self._names: dict[str, str] = {}
+        self._patterns: list[tuple[AliasPattern, str]] = []
         for profile in profiles:
             if profile.id in pins:
                 profile = msgspec.structs.replace(profile, pinned=pins[profile.id])
             self._by_id[profile.id] = profile
-            for name in (profile.id, *profile.aliases):
-                self._names.setdefault(name, profile.id)
+            self._names.setdefault(profile.id, profile.id)
+            for name in profile.aliases:
+                if is_pattern(name):
+                    self._patterns.append((AliasPattern(name), profile.id))
+                else:
+                    self._names.setdefault(name, profile.id)
+        self._patterns.sort(key=lambda entry: -entry[0].specificity)  # stable: config order
 
     def __iter__(self) -> Iterator[ModelProfile]:
         return iter(self._by_id.values())
@@ -40,8 +52,12 @@ class ProfileIndex:
         return self._by_id.get(model_id)
 
     def resolve(self, name: str) -> ModelProfile:
-        """The profile a client's `model` names (id or alias); ModelNotFound otherwise."""
+        """The profile a client's `model` names (id, alias, then the most specific alias
+        pattern); ModelNotFound otherwise."""
         model_id = self._names.get(name)
         if model_id is None:
-            raise ModelNotFound(name)
+            model_id = next((owner for pattern, owner in self._patterns
+                             if pattern.matches(name)), None)
+            if model_id is None:
+                raise ModelNotFound(name)
         return self._by_id[model_id]

@@ -21,10 +21,11 @@ from cortex import (
     MemoryEstimate,
     ModelProfile,
     ResolvedModel,
+    UnsupportedFeature,
     hookimpl,
 )
 
-from .gguf import estimate_memory, kv_bytes_per_token, read_metadata
+from .gguf import MetadataCache, estimate_memory, kv_bytes_per_token
 from .grammar import llama_log
 from .render import BuiltinRenderer, JinjaRenderer, Renderer, unknown_format
 
@@ -70,6 +71,10 @@ class LlamaCppHarness(Harness):
 
     options: Options
 
+    def __init__(self, options: Options) -> None:
+        super().__init__(options)
+        self.metadata = MetadataCache()
+
     @classmethod
     def check_profile(cls, profile: ModelProfile) -> list[tuple[str, str]]:
         wrong = unknown_format(profile.chat_format) if profile.chat_format else None
@@ -78,12 +83,12 @@ class LlamaCppHarness(Harness):
     def estimate(self, profile: ModelProfile, model: ResolvedModel,
                  overhead: int) -> MemoryEstimate:
         try:
-            meta, n_vocab = read_metadata(model.path)
+            meta, n_vocab = self.metadata.get(model.path)
             slots = _slots(profile)
             return estimate_memory(model.files, meta, n_vocab=n_vocab, n_ctx=profile.n_ctx,
                                    slots=slots, n_batch=_n_batch(profile),
                                    overhead=overhead)
-        except (ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError) as exc:
             raise InvalidRequest(f"{model.path} is not a usable GGUF: {exc}") from None
 
     def _renderer(self, profile: ModelProfile, model: ResolvedModel, llama_model: Any,
@@ -133,6 +138,7 @@ class LlamaCppHarness(Harness):
         except ValueError as exc:
             raise InvalidRequest(f"llama.cpp could not load {model.path}: {exc}") from None
         meta = llama_model.metadata()
+        self.metadata.put(model.path, (meta, int(llama_model.n_vocab())))
         slots = _slots(profile)
         ctx_params = llama_cpp.llama_context_default_params()
         ctx_params.n_ctx = profile.n_ctx * slots
@@ -157,17 +163,21 @@ class LlamaCppHarness(Harness):
             llama_model.close()
             raise InvalidRequest(f"llama.cpp could not make a context for {model.path} "
                                  f"(n_ctx {profile.n_ctx} x {slots} slots): {exc}") from None
-        renderer, reason = self._renderer(profile, model, llama_model, meta)
         measured = int(llama_cpp.llama_model_size(llama_model.model)) + \
             ctx.n_ctx() * kv_bytes_per_token(meta)
         progress(1.0)
         from .engine import LlamaEngine
 
-        return LlamaEngine(model=llama_model, ctx=ctx, model_id=profile.id, slots=slots,
-                           n_ctx=ctx.n_ctx() // slots, n_batch=n_batch,
-                           prefill_chunk=self.options.prefill_chunk, renderer=renderer,
-                           no_template_reason=reason, embeddings=profile.embeddings,
-                           max_tokens_cap=profile.max_tokens, measured_bytes=measured)
+        try:
+            return LlamaEngine(
+                model=llama_model, ctx=ctx, profile=profile, slots=slots,
+                n_ctx=ctx.n_ctx() // slots, n_batch=n_batch,
+                prefill_chunk=self.options.prefill_chunk, measured_bytes=measured,
+                renderer_for=lambda p: self._renderer(p, model, llama_model, meta))
+        except UnsupportedFeature:  # a chat_format llama.cpp does not know, a broken template
+            ctx.close()
+            llama_model.close()
+            raise
 
 
 @hookimpl

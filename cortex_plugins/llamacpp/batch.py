@@ -55,14 +55,12 @@ class Sequence:
         self.pos = 0
         self.pending: list[int] = []
         self.generated: list[int] = []
-        self.last = -1
-        self.row = -1
+        self.last = self.row = -1
         self.sampler: Any = None
         self.grammar: Any = None  # its grammar's sampler, beside `sampler`
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.stops = StopMatcher(sampling.stop)
-        self.budget = 0
-        self.cached = 0
+        self.budget = self.cached = 0  # budget: min(room left in the slot, max_tokens)
 
 
 class _Part:
@@ -147,10 +145,15 @@ class Scheduler:
     # --- the scheduler thread -----------------------------------------------------------
 
     def _warm_up(self) -> None:
-        """Decode one token once, so the first request does not pay for graph set-up."""
+        """Decode one token once, so the first request does not pay for graph set-up.
+
+        Without logits: the output layer (for Gemma 3 270M, its 262k-token vocabulary
+        matrix is most of a decode) warms nothing the first request lacks, and after a
+        swap that request is already waiting behind this decode.
+        """
         batch = self._batch.batch
         batch.token[0] = max(self._model.token_bos(), 0)
-        batch.pos[0], batch.n_seq_id[0], batch.seq_id[0][0], batch.logits[0] = 0, 1, 0, True
+        batch.pos[0], batch.n_seq_id[0], batch.seq_id[0][0], batch.logits[0] = 0, 1, 0, False
         batch.n_tokens = 1
         self._lib.llama_decode(self._ctx.ctx, batch)
         self._lib.llama_memory_seq_rm(self._ctx.memory, 0, -1, -1)
@@ -318,9 +321,10 @@ class Scheduler:
                 self._candidates = Candidates(self._n_vocab)
             picked = self._candidates.sample(seq.sampler.sampler, seq.grammar.sampler, logits)
             if picked is None:
+                where = seq.sampling.grammar.param  # response_format, or a forced tool_choice
                 self._end(seq, None, error=InvalidRequest(
-                    "response_format: the grammar made from the schema allows no token "
-                    "this model has at this point", param="response_format"))
+                    f"{where}: the grammar made from the schema allows no token this model "
+                    "has at this point", param=where))
                 return
             token = picked
         if self._lib.llama_vocab_is_eog(self._vocab, token) and not seq.sampling.ignore_eos:
@@ -374,7 +378,9 @@ class Scheduler:
                 if tail:
                     self._send(seq, TextDelta(tail))
             self._send(seq, Done(finish_reason=finish, prompt_tokens=len(seq.prompt),
-                          completion_tokens=len(seq.generated), cached_tokens=seq.cached))
+                          completion_tokens=len(seq.generated), cached_tokens=seq.cached,
+                          stop_cause=None if finish != "length" else "max_tokens"
+                          if seq.budget == seq.sampling.max_tokens else "context"))
         self._send(seq, END)
         with self._lock:
             self._all.discard(seq)

@@ -7,6 +7,8 @@ import functools
 from collections.abc import AsyncGenerator, Callable
 from typing import Any, TypeVar
 
+import msgspec
+
 from cortex import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -16,6 +18,7 @@ from cortex import (
     EngineStats,
     GenerationEvent,
     InvalidRequest,
+    ModelProfile,
     TextDelta,
     TokenizeRequest,
     ToolCalls,
@@ -24,6 +27,7 @@ from cortex import (
 
 from .batch import END, Scheduler, Sequence
 from .embed import Embedder
+from .forced import forced_tools, tool_call_grammar
 from .grammar import Grammar, make_grammar
 from .render import Prompt, Renderer
 from .schema import grammar_text
@@ -32,6 +36,8 @@ from .tools import ToolCallParser
 __all__ = ["LlamaEngine", "Sampling"]
 
 T = TypeVar("T")
+#: Profile fields a loaded model takes in place (reconfigure); any other change reloads it.
+IN_PLACE = frozenset({"chat_template", "chat_format", "max_tokens"})
 
 
 def _or(value: float | None, default: float) -> float:
@@ -79,23 +85,25 @@ class LlamaEngine(Engine):
     """A GGUF model and its context. Generation goes through the batching Scheduler; a
     profile loaded for embeddings serves only embeddings, one input at a time."""
 
-    def __init__(self, *, model: Any, ctx: Any, model_id: str, slots: int, n_ctx: int,
-                 n_batch: int, prefill_chunk: int, renderer: Renderer | None,
-                 no_template_reason: str, embeddings: bool, max_tokens_cap: int | None,
+    def __init__(self, *, model: Any, ctx: Any, profile: ModelProfile, slots: int, n_ctx: int,
+                 n_batch: int, prefill_chunk: int,
+                 renderer_for: Callable[[ModelProfile], tuple[Renderer | None, str]],
                  measured_bytes: int | None) -> None:
+        """`renderer_for`: the profile's chat template renderer, or None and why not."""
         self._model = model
         self._ctx = ctx
-        self._model_id = model_id
+        self._profile = profile
+        self._model_id = model_id = profile.id
         self._n_ctx = n_ctx
         self._n_vocab = model.n_vocab()
-        self._renderer = renderer
-        self._no_template_reason = no_template_reason
-        self._cap = max_tokens_cap
+        self._renderer_for = renderer_for
+        self._renderer, self._no_template_reason = renderer_for(profile)
+        self._cap = profile.max_tokens
         self._measured = measured_bytes
         # Text longer than this many bytes cannot fit the context, whatever it says.
         self._max_prompt_bytes = n_ctx * _longest_token(model)
-        self.embeddings = embeddings
-        self.chat_supported = renderer is not None and not embeddings
+        self.embeddings = embeddings = profile.embeddings
+        self.chat_supported = self._renderer is not None and not embeddings
         self._scheduler = Scheduler(model=model, ctx=ctx, slots=slots, n_ctx_slot=n_ctx,
                                     n_batch=n_batch, prefill_chunk=prefill_chunk,
                                     name=f"llama:{model_id}")
@@ -114,6 +122,17 @@ class LlamaEngine(Engine):
     @property
     def measured_bytes(self) -> int | None:
         return self._measured
+
+    def reconfigure(self, profile: ModelProfile) -> bool:
+        old, new = msgspec.structs.asdict(self._profile), msgspec.structs.asdict(profile)
+        if any(old[key] != new[key] for key in old if key not in IN_PLACE):
+            return False
+        renderer, reason = self._renderer_for(profile)  # may refuse: nothing changed yet
+        # Requests already rendered go on as they were; new ones render with this.
+        self._renderer, self._no_template_reason = renderer, reason
+        self.chat_supported = renderer is not None and not self.embeddings
+        self._cap, self._profile = profile.max_tokens, profile
+        return True
 
     def stats(self) -> EngineStats:
         scheduler = self._scheduler
@@ -164,9 +183,16 @@ class LlamaEngine(Engine):
                 raise InvalidRequest(f"prompt token id {token} is not in this model's "
                                      f"vocabulary (0 to {self._n_vocab - 1})", param="prompt")
 
-    def _grammar(self, response_format: Any) -> Grammar | None:
-        """The request's grammar sampler, made and checked now. Blocking."""
-        text = grammar_text(response_format)
+    def _grammar(self, request: ChatCompletionRequest) -> Grammar | None:
+        """The request's grammar sampler, made and checked now: a forced tool call's, or
+        its response_format's. Blocking."""
+        forced = forced_tools(request.tools, request.tool_choice)
+        text = grammar_text(request.response_format)
+        if forced is not None:
+            if text is not None:
+                raise InvalidRequest("a forced tool_choice and a response_format cannot both "
+                                     "shape the reply", param="tool_choice")
+            return make_grammar(self._model.vocab, tool_call_grammar(forced), "tool_choice")
         return make_grammar(self._model.vocab, text) if text is not None else None
 
     def _no_generation(self) -> None:
@@ -201,7 +227,7 @@ class LlamaEngine(Engine):
             prompt = self._render(request)
             tokens = self._tokens(prompt.text, prompt.add_bos)
             self._check_fits(tokens)
-            return tokens, prompt.stop, self._grammar(request.response_format)
+            return tokens, prompt.stop, self._grammar(request)
 
         tokens, template_stops, sampling.grammar = await asyncio.to_thread(prepare)
         sampling.stop = sampling.stop + [s for s in template_stops if s not in sampling.stop]
@@ -217,7 +243,7 @@ class LlamaEngine(Engine):
                     yield TextDelta(text)
                 continue
             if isinstance(event, Done):
-                rest, calls = parser.finish()
+                rest, calls = parser.finish(truncated=event.finish_reason == "length")
                 if rest:
                     yield TextDelta(rest)
                 if calls:

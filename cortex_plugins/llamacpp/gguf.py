@@ -7,7 +7,9 @@ from typing import Any
 
 from cortex import MemoryEstimate
 
-__all__ = ["compute_bytes", "estimate_memory", "kv_bytes_per_token", "read_metadata"]
+__all__ = [
+    "MetadataCache", "compute_bytes", "estimate_memory", "kv_bytes_per_token", "read_metadata",
+]
 
 KV_DTYPE_BYTES = 2  # f16, llama.cpp's default KV cache type
 F32 = 4
@@ -28,6 +30,45 @@ def read_metadata(path: str) -> tuple[dict[str, str], int]:
         return metadata, int(model.n_vocab())
     finally:
         model.close()
+
+
+class MetadataCache:
+    """GGUF metadata by file (its real path, size and mtime), most recent last.
+
+    llama.cpp's vocabulary-only read takes about as long as loading the model itself
+    (most of a load is building the vocabulary), so estimating before every load would
+    double each swap back to a model this neuron has read before.
+    """
+
+    def __init__(self, limit: int = 64) -> None:
+        self._limit = limit
+        self._entries: dict[tuple[str, int, int], tuple[dict[str, str], int]] = {}
+        self.reads = 0  # files really read: what the cache saves is visible to tests
+
+    @staticmethod
+    def _key(path: str) -> tuple[str, int, int]:
+        stat = os.stat(path)
+        return os.path.realpath(path), stat.st_size, stat.st_mtime_ns
+
+    def get(self, path: str) -> tuple[dict[str, str], int]:
+        """The file's key/values and vocabulary size."""
+        key = self._key(path)
+        meta = self._entries.get(key)
+        if meta is None:
+            meta = read_metadata(path)
+            self.reads += 1
+        self._store(key, meta)
+        return meta
+
+    def put(self, path: str, meta: tuple[dict[str, str], int]) -> None:
+        """Remember what a full load read, so the next estimate of the file is free."""
+        self._store(self._key(path), meta)
+
+    def _store(self, key: tuple[str, int, int], meta: tuple[dict[str, str], int]) -> None:
+        self._entries.pop(key, None)
+        self._entries[key] = meta
+        while len(self._entries) > self._limit:
+            del self._entries[next(iter(self._entries))]
 
 
 def _int(meta: dict[str, Any], key: str, default: int | None = None) -> int:

@@ -63,10 +63,12 @@ def llama_log() -> LlamaLog:
 
 
 class Grammar:
-    """A llama.cpp grammar sampler, freed here unless a sampler chain takes it."""
+    """A llama.cpp grammar sampler, freed here unless a sampler chain takes it; `param`
+    is the request field it came from."""
 
-    def __init__(self, pointer: Any) -> None:
+    def __init__(self, pointer: Any, param: str = "response_format") -> None:
         self._pointer = pointer
+        self.param = param
         self._lock = threading.Lock()
 
     def take(self) -> Any:
@@ -87,20 +89,21 @@ class Grammar:
         self.close()
 
 
-def make_grammar(vocab: Any, text: str) -> Grammar:
-    """A grammar sampler for GBNF `text` (rule `root`); InvalidRequest, with llama.cpp's
-    reason, where it refuses. Blocking: call it off the event loop."""
+def make_grammar(vocab: Any, text: str, param: str = "response_format") -> Grammar:
+    """A grammar sampler for GBNF `text` (rule `root`); InvalidRequest naming `param`
+    (the field the grammar came from), with llama.cpp's reason, where it refuses.
+    Blocking: call it off the event loop."""
     import llama_cpp
 
     try:
         encoded = text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise InvalidRequest(f"response_format: the schema is not valid UTF-8: {exc}",
-                             param="response_format") from None
+        raise InvalidRequest(f"{param}: the schema is not valid UTF-8: {exc}",
+                             param=param) from None
     with llama_log().capture() as lines:
         pointer = llama_cpp.llama_sampler_init_grammar(vocab, encoded, b"root")
     if not pointer:
         reason = "; ".join(line.strip() for line in lines if line.strip()) or "no reason given"
-        raise InvalidRequest(f"response_format: llama.cpp cannot use the grammar made from "
-                             f"the schema: {reason}", param="response_format")
-    return Grammar(pointer)
+        raise InvalidRequest(f"{param}: llama.cpp cannot use the grammar made from "
+                             f"the schema: {reason}", param=param)
+    return Grammar(pointer, param)

@@ -88,10 +88,14 @@ class JinjaRenderer(Renderer):
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         self.description = origin
-        self._formatters = {
-            flag: Jinja2ChatFormatter(template=template, bos_token=bos_token,
-                                      eos_token=eos_token, add_generation_prompt=flag)
-            for flag in (True, False)}
+        try:
+            self._formatters = {
+                flag: Jinja2ChatFormatter(template=template, bos_token=bos_token,
+                                          eos_token=eos_token, add_generation_prompt=flag)
+                for flag in (True, False)}
+        except Exception as exc:  # jinja2's TemplateSyntaxError and the like
+            raise UnsupportedFeature(f"the chat template ({origin}) does not parse: "
+                                     f"{exc}") from None
 
     def render(self, messages: list[ChatMessage], tools: list[Tool] | None,
                add_generation_prompt: bool = True) -> Prompt:

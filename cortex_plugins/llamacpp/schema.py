@@ -8,7 +8,8 @@ refuses. So the schema is walked first (size, depth, repetition counts, local `$
 only, nothing empty that can never match), the converter's literal escaping is fixed (it
 leaves backslashes raw, so `{"const": "\\""}` made GBNF that does not parse), and the GBNF
 is bounded again (size, group nesting, NUL) before llama.cpp gets it. Every refusal is
-an InvalidRequest naming `response_format` and, where it can, the schema path.
+an InvalidRequest naming the field (`response_format`, or `tools` for a forced tool
+call's schema: forced.py) and, where it can, the schema path.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 from cortex import InvalidRequest
 
-__all__ = ["MAX_REPEAT", "MAX_SCHEMA_BYTES", "grammar_text"]
+__all__ = ["MAX_REPEAT", "MAX_SCHEMA_BYTES", "SchemaRefused", "grammar_text", "schema_grammar"]
 
 MAX_SCHEMA_BYTES = 64 * 1024  # the schema as JSON
 MAX_DEPTH = 64  # nested JSON objects and arrays in the schema
@@ -35,8 +36,13 @@ _COUNTS = (("minItems", "maxItems"), ("minLength", "maxLength"))
 _UNIONS = ("anyOf", "oneOf", "allOf")
 
 
-def _refuse(message: str) -> InvalidRequest:
-    return InvalidRequest(f"response_format: {message}", param="response_format")
+class SchemaRefused(ValueError):
+    """A schema that will not be turned into a grammar, and why; the caller names the
+    field it came from."""
+
+
+def _refuse(message: str) -> SchemaRefused:
+    return SchemaRefused(message)
 
 
 def _schema_of(response_format: Any) -> dict[str, Any] | None:
@@ -218,7 +224,7 @@ def _gbnf_nesting(text: str) -> int:
     return deepest
 
 
-def _convert(schema: dict[str, Any]) -> str:
+def _convert(schema: dict[str, Any], rule: str) -> str:
     from llama_cpp.llama_grammar import SchemaConverter
 
     class Converter(SchemaConverter):
@@ -229,22 +235,14 @@ def _convert(schema: dict[str, Any]) -> str:
 
     converter = Converter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
     resolved = converter.resolve_refs(schema, "stdin")
-    converter.visit(resolved, "")
+    converter.visit(resolved, "" if rule == "root" else rule)
     text: str = converter.format_grammar()
     return text
 
 
-def grammar_text(response_format: Any) -> str | None:
-    """GBNF for a response_format (None for plain text), or an InvalidRequest saying why
-    it cannot be served. Pure Python, bounded work; run it off the event loop anyway."""
-    if response_format is None or (isinstance(response_format, dict)
-                                   and response_format.get("type") in (None, "text")):
-        return None
-    schema = _schema_of(response_format)
-    if schema is None:
-        from llama_cpp.llama_grammar import JSON_GBNF
-
-        return str(JSON_GBNF)
+def schema_grammar(schema: dict[str, Any], rule: str = "root") -> str:
+    """GBNF for a JSON schema, its top rule named `rule`, or SchemaRefused saying why
+    not. Pure Python, bounded work; run it off the event loop anyway."""
     try:
         encoded = json.dumps(schema, ensure_ascii=False)
     except ValueError as exc:  # NaN, Infinity
@@ -253,7 +251,7 @@ def grammar_text(response_format: Any) -> str | None:
         raise _refuse(f"the schema is larger than {MAX_SCHEMA_BYTES // 1024} KiB")
     _check_schema(schema)
     try:
-        text = _convert(json.loads(encoded))  # a copy: resolving $refs rewrites them
+        text = _convert(json.loads(encoded), rule)  # a copy: resolving $refs rewrites them
     except Exception as exc:  # the converter's asserts and lookups, on schemas it cannot read
         reason = str(exc) or type(exc).__name__
         raise _refuse(f"the schema cannot be turned into a grammar: {reason[:300]}") from None
@@ -264,3 +262,20 @@ def grammar_text(response_format: Any) -> str | None:
     if _gbnf_nesting(text) > MAX_GRAMMAR_NESTING:
         raise _refuse(f"the schema makes a grammar nested deeper than {MAX_GRAMMAR_NESTING}")
     return text
+
+
+def grammar_text(response_format: Any) -> str | None:
+    """GBNF for a response_format (None for plain text), or an InvalidRequest saying why
+    it cannot be served."""
+    if response_format is None or (isinstance(response_format, dict)
+                                   and response_format.get("type") in (None, "text")):
+        return None
+    try:
+        schema = _schema_of(response_format)
+        if schema is None:
+            from llama_cpp.llama_grammar import JSON_GBNF
+
+            return str(JSON_GBNF)
+        return schema_grammar(schema)
+    except SchemaRefused as exc:
+        raise InvalidRequest(f"response_format: {exc}", param="response_format") from None

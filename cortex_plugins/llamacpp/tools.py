@@ -8,7 +8,9 @@ and turn them into OpenAI `tool_calls`:
 - Llama 3.x and others: the whole reply is `{"name": ..., "parameters"|"arguments": ...}`
 
 While streaming, text is passed through until a marker appears; from then on the rest
-is held and parsed when generation ends. Text that does not parse is returned as text.
+is held and parsed when generation ends. Text that does not parse is returned as text,
+except a reply cut off by its token budget (max_tokens or a full context): there the
+calls that came complete stand and the last, unfinished one is dropped.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from cortex import ToolCall, ToolCallFunction
 __all__ = ["ToolCallParser"]
 
 _MARKERS = ("<tool_call>", "[TOOL_CALLS]")
-_HERMES = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.S)
+_HERMES = re.compile(r"<tool_call>\s*(.*?)\s*(</tool_call>|$)", re.S)
+_json = json.JSONDecoder()
 
 
 def _call(obj: Any) -> ToolCall | None:
@@ -40,30 +43,51 @@ def _calls(objs: list[Any]) -> list[ToolCall] | None:
     return None if not calls or any(c is None for c in calls) else [c for c in calls if c]
 
 
-def parse_tool_calls(text: str) -> tuple[str, list[ToolCall]]:
-    """Split a finished reply into leading text and tool calls (none if nothing parses)."""
+def _hermes(tail: str, truncated: bool) -> list[Any] | None:
+    """The objects of `<tool_call>` blocks; a cut-off last block is left out."""
+    objs = []
+    for body, closed in _HERMES.findall(tail):
+        try:
+            objs.append(json.loads(body))
+        except ValueError:
+            if closed or not truncated:
+                return None
+    return objs
+
+
+def _values(text: str, truncated: bool) -> list[Any] | None:
+    """A JSON value (an array's elements); of a cut-off array, the complete elements."""
+    text = text.strip()
+    try:
+        loaded = json.loads(text)
+        return loaded if isinstance(loaded, list) else [loaded]
+    except ValueError:
+        if not (truncated and text.startswith("[")):
+            return None
+    objs: list[Any] = []
+    at = 1
+    while True:
+        try:
+            value, at = _json.raw_decode(text, len(text) - len(text[at:].lstrip(" \n\r\t,")))
+        except ValueError:
+            return objs
+        objs.append(value)
+
+
+def parse_tool_calls(text: str, *, truncated: bool = False) -> tuple[str, list[ToolCall]]:
+    """Split a finished reply into leading text and tool calls (none if nothing parses).
+    `truncated`: generation was cut off, so a last call may be unfinished."""
     for marker in _MARKERS:
         at = text.find(marker)
         if at < 0:
             continue
         head, tail = text[:at], text[at:]
-        try:
-            if marker == "<tool_call>":
-                objs = [json.loads(m) for m in _HERMES.findall(tail)]
-            else:
-                loaded = json.loads(tail[len(marker):].strip())
-                objs = loaded if isinstance(loaded, list) else [loaded]
-        except ValueError:
-            return text, []
-        calls = _calls(objs)
+        objs = _hermes(tail, truncated) if marker == "<tool_call>" else \
+            _values(tail[len(marker):], truncated)
+        calls = _calls(objs or [])
         return (head.rstrip(), calls) if calls else (text, [])
-    stripped = text.strip()
-    if stripped.startswith(("{", "[")):
-        try:
-            loaded = json.loads(stripped)
-        except ValueError:
-            return text, []
-        calls = _calls(loaded if isinstance(loaded, list) else [loaded])
+    if text.strip().startswith(("{", "[")):
+        calls = _calls(_values(text, truncated) or [])
         if calls:
             return "", calls
     return text, []
@@ -102,9 +126,10 @@ class ToolCallParser:
             self._seen_text = True
         return text
 
-    def finish(self) -> tuple[str, list[ToolCall]]:
-        """Text still held, and the tool calls found in it."""
+    def finish(self, *, truncated: bool = False) -> tuple[str, list[ToolCall]]:
+        """Text still held, and the tool calls found in it (`truncated`: generation was
+        cut off by its token budget)."""
         held, self._held = self._held, ""
         if not self._holding:
             return held, []
-        return parse_tool_calls(held)
+        return parse_tool_calls(held, truncated=truncated)

@@ -108,14 +108,15 @@ def test_stream_chat_completion_with_openai_sdk(neuron: NeuronProcess) -> None:
 def test_stream_frames_end_with_usage_and_done(client: httpx.Client) -> None:
     with client.stream("POST", "/v1/chat/completions", json={
             "model": "gemma", "messages": [{"role": "user", "content": "Hi"}],
-            "max_tokens": 5, "temperature": 0, "stream": True}) as reply:
+            "max_tokens": 5, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True}}) as reply:
         assert reply.headers["content-type"].startswith("text/event-stream")
         frames = list(_sse(reply))
     assert frames[-1] == "[DONE]"
-    last = frames[-2]
-    assert isinstance(last, dict)
-    assert last["choices"][0]["finish_reason"] == "length"
-    assert last["usage"]["completion_tokens"] == 5
+    finish, last = frames[-3], frames[-2]
+    assert isinstance(finish, dict) and isinstance(last, dict)
+    assert finish["choices"][0]["finish_reason"] == "length"
+    assert last["choices"] == [] and last["usage"]["completion_tokens"] == 5
     first = frames[0]
     assert isinstance(first, dict) and first["choices"][0]["delta"]["role"] == "assistant"
 
@@ -217,7 +218,8 @@ def test_unload_waits_for_the_running_request(client: httpx.Client) -> None:
     def stream() -> None:
         with client.stream("POST", "/v1/completions", json={
                 "model": "gemma-unload", "prompt": "Count:", "max_tokens": 60,
-                "temperature": 0, "stream": True}) as reply:
+                "temperature": 0, "stream": True,
+                "stream_options": {"include_usage": True}}) as reply:
             for frame in _sse(reply):
                 frames.append(frame)
                 started.set()

@@ -42,7 +42,7 @@ def test_synthetic_neuron_streams_reserves_and_unloads(start_neuron: Any) -> Non
             "id": "fake2", "source": "synthetic:bytes=2GiB", "harness": "synthetic"}})
         assert second.status_code == 507  # the claimed bytes count against the budget
         with client.stream("POST", "/v1/chat/completions", json={
-                "model": "fake", "stream": True,
+                "model": "fake", "stream": True, "stream_options": {"include_usage": True},
                 "messages": [{"role": "user", "content": "hello there"}]}) as reply:
             frames = _frames(reply)
         text = "".join(f["choices"][0]["delta"].get("content") or "" for f in frames
@@ -88,3 +88,37 @@ def test_rate_is_held_and_forced_unload_ends_streams(start_neuron: Any) -> None:
         reader.join(10)
         assert not reader.is_alive()
         assert "unloaded" in frames[-1]["error"]["message"]
+
+
+def test_a_script_answers_requests_with_tools_turn_by_turn(start_neuron: Any) -> None:
+    """[harness.synthetic] script (neuron.toml only): step N answers a conversation
+    with N assistant turns; a tool step needs the request to offer that tool."""
+    script = [{"tool": "lookup", "arguments": {"q": "cortex"}}, {"text": "It is a fleet."}]
+    neuron = start_neuron({"harness": {"synthetic": {"rate": 0, "script": script}}})
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {}}}]
+    ask = [{"role": "user", "content": "What is cortex?"}]
+    with httpx.Client(base_url=neuron.url, timeout=30) as client:
+        assert client.post("/models/load", json={"profile": {
+            "id": "s", "source": "synthetic:", "harness": "synthetic"}}).status_code == 200
+
+        def chat(messages: list[Any], **extra: Any) -> dict[str, Any]:
+            reply = client.post("/v1/chat/completions",
+                                json={"model": "s", "messages": messages, **extra})
+            assert reply.status_code == 200, reply.text
+            return dict(reply.json()["choices"][0])
+
+        first = chat(ask, tools=tools)
+        assert first["finish_reason"] == "tool_calls"
+        call = first["message"]["tool_calls"][0]
+        assert (call["function"]["name"], json.loads(call["function"]["arguments"])) == (
+            "lookup", {"q": "cortex"})
+        then = [*ask, {"role": "assistant", "content": None, "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": call["id"], "content": "a fleet"}]
+        second = chat(then, tools=tools)
+        assert (second["finish_reason"], second["message"]["content"]) == (
+            "stop", "It is a fleet.")
+        assert chat(then * 3, tools=tools)["message"]["content"] == "It is a fleet."
+        # No tools, or not the scripted one: the usual words, no call.
+        for extra in ({}, {"tools": [{"type": "function", "function": {"name": "other"}}]}):
+            plain = chat(ask, max_tokens=5, **extra)
+            assert plain["finish_reason"] == "length" and "tool_calls" not in plain["message"]

@@ -54,3 +54,43 @@ def test_call_ids_are_unique_and_arguments_are_json_strings() -> None:
                                 '<tool_call>{"name": "f", "arguments": "{}"}</tool_call>')
     assert calls[0].id != calls[1].id and calls[0].id.startswith("call_")
     assert calls[0].function.arguments == '{"x": "é"}' and calls[1].function.arguments == "{}"
+
+
+CUT = '<tool_call>{"name": "read", "arguments": {"path": "a.txt"}}</tool_call>\n' \
+      '<tool_call>{"name": "read", "arguments": {"pa'
+
+
+def test_a_cut_off_reply_keeps_its_complete_calls() -> None:
+    """max_tokens (or a full context) cut the second call short: the first stands."""
+    parser = ToolCallParser()
+    shown = parser.feed(CUT[:30]) + parser.feed(CUT[30:])
+    rest, calls = parser.finish(truncated=True)
+    assert shown + rest == ""
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in calls] == [
+        ("read", {"path": "a.txt"})]
+
+
+def test_an_unfinished_call_without_a_cut_is_text() -> None:
+    """A reply that ended on its own (EOS, a stop string) with a broken call is text."""
+    assert parse_tool_calls(CUT) == (CUT, [])
+
+
+@pytest.mark.parametrize("text", [
+    '[TOOL_CALLS][{"name": "add", "arguments": {"a": 1}}, {"name": "add", "argu',
+    '[{"name": "add", "arguments": {"a": 1}}, {"name": "ad',
+])
+def test_a_cut_off_list_keeps_its_complete_calls(text: str) -> None:
+    _, calls = parse_tool_calls(text, truncated=True)
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in calls] == [
+        ("add", {"a": 1})]
+    assert parse_tool_calls(text) == (text, [])
+
+
+def test_a_broken_complete_call_before_a_cut_is_still_text() -> None:
+    text = '<tool_call>{not json}</tool_call><tool_call>{"name": "f", "argu'
+    assert parse_tool_calls(text, truncated=True) == (text, [])
+
+
+def test_a_cut_off_lone_call_is_text() -> None:
+    text = '<tool_call>{"name": "f", "argu'
+    assert parse_tool_calls(text, truncated=True) == (text, [])

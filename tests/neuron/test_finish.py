@@ -1,0 +1,164 @@
+"""How a neuron's answers end: usage in streams as OpenAI's spec says, and a `length`
+finish that says whether max_tokens or a full context cut it (the real model, through
+the OpenAI SDK where a client would see it)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from ..conftest import NeuronProcess
+
+pytestmark = pytest.mark.model
+
+N_CTX = 256  # llama.cpp pads a context to 256 cells: a smaller one would not be it
+PROFILE = {"id": "tiny", "source": "bundled:gemma3-270m", "chat_format": "gemma",
+           "n_ctx": N_CTX, "slots": 2}
+PROMPT = "one two three four five six seven eight nine ten eleven twelve thirteen"
+MESSAGES: Any = [{"role": "user", "content": PROMPT}]
+
+
+@pytest.fixture(scope="module")
+def neuron(tmp_path_factory: pytest.TempPathFactory, gemma_path: Path,
+           cache_dir: Path) -> Iterator[NeuronProcess]:
+    process = NeuronProcess({"cache_dir": str(cache_dir), "preload": [PROFILE]},
+                            tmp_path_factory.mktemp("neuron-finish"))
+    try:
+        process.wait_ready()
+        deadline = time.monotonic() + 120
+        while not any(m["state"] == "ready"
+                      for m in httpx.get(f"{process.url}/models").json()["models"]):
+            assert time.monotonic() < deadline, process.log()
+            time.sleep(0.2)
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="module")
+def full(neuron: NeuronProcess) -> str:
+    """A prompt that leaves a few cells of the context free (as chat, and as text)."""
+    def count(text: str) -> int:
+        counts = [httpx.post(f"{neuron.url}/tokenize", json={"model": "tiny", **body}).json()
+                  ["count"] for body in ({"messages": [{"role": "user", "content": text}]},
+                                         {"text": text})]
+        return max(counts)
+
+    text = "one" + " one" * (N_CTX - count("one") - 8)
+    assert N_CTX - 12 <= count(text) <= N_CTX - 4
+    return text
+
+
+@pytest.fixture
+def client(neuron: NeuronProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{neuron.url}/v1", api_key="unused", max_retries=0,
+                         timeout=120)
+
+
+def _frames(neuron: NeuronProcess, path: str, body: dict[str, Any],
+            headers: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    with httpx.stream("POST", f"{neuron.url}{path}", json={**body, "stream": True},
+                      headers=headers, timeout=120) as reply:
+        assert reply.status_code == 200, reply.read()
+        lines = [line[6:] for line in reply.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    return [json.loads(line) for line in lines[:-1]]
+
+
+# --- usage ---------------------------------------------------------------------------------
+
+def test_a_stream_carries_no_usage_unless_asked(client: openai.OpenAI) -> None:
+    chunks = list(client.chat.completions.create(model="tiny", messages=MESSAGES,
+                                                 max_tokens=3, stream=True))
+    assert all(chunk.usage is None for chunk in chunks)
+    assert all(chunk.choices for chunk in chunks)  # no extra empty-choices chunk
+    assert chunks[-1].choices[0].finish_reason is not None
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+def test_usage_asked_for_comes_once_on_an_extra_last_chunk(neuron: NeuronProcess,
+                                                           path: str) -> None:
+    body = {"model": "tiny", "max_tokens": 3, "stream_options": {"include_usage": True},
+            **({"messages": MESSAGES} if "chat" in path else {"prompt": PROMPT})}
+    frames = _frames(neuron, path, body)
+    *rest, last = frames
+    assert last["choices"] == [] and last["usage"]["completion_tokens"] == 3
+    assert last["usage"]["total_tokens"] == last["usage"]["prompt_tokens"] + 3
+    assert all("usage" in frame and frame["usage"] is None for frame in rest)
+    assert rest[-1]["choices"][0]["finish_reason"] == "length"
+
+
+def test_the_sdk_reads_the_usage_chunk(client: openai.OpenAI) -> None:
+    chunks = list(client.chat.completions.create(
+        model="tiny", messages=MESSAGES, max_tokens=3, stream=True,
+        stream_options={"include_usage": True}))
+    assert [chunk.usage is not None for chunk in chunks].count(True) == 1
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 3
+    assert chunks[-1].choices == []
+
+
+@pytest.mark.parametrize("asked", [False, True])
+def test_a_gateway_that_asks_gets_usage_on_the_finish_chunk(neuron: NeuronProcess,
+                                                            asked: bool) -> None:
+    """`x-cortex-usage: finish`: the gateway reads the counts off the finish chunk
+    whatever its client asked (transitional; docs/neuron.md)."""
+    body: dict[str, Any] = {"model": "tiny", "messages": MESSAGES, "max_tokens": 3}
+    if asked:
+        body["stream_options"] = {"include_usage": True}
+    frames = _frames(neuron, "/v1/chat/completions", body, {"x-cortex-usage": "finish"})
+    finish = next(f for f in frames if f["choices"] and f["choices"][0]["finish_reason"])
+    assert finish["usage"]["completion_tokens"] == 3
+    assert [f["choices"] == [] for f in frames].count(True) == int(asked)
+
+
+# --- why `length` ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("max_tokens", "cause"), [(2, "max_tokens"), (400, "context"),
+                                                   (None, "context")])
+def test_a_length_finish_says_what_cut_it(client: openai.OpenAI, full: str,
+                                          max_tokens: int | None, cause: str) -> None:
+    extra: Any = {"ignore_eos": True}
+    messages: Any = [{"role": "user", "content": full}]
+    reply = client.chat.completions.create(model="tiny", messages=messages,
+                                           max_tokens=max_tokens, extra_body=extra)
+    choice = reply.choices[0]
+    assert choice.finish_reason == "length"
+    assert reply.model_extra is not None
+    assert (choice.model_extra or {})["stop_cause"] == cause
+    assert reply.usage is not None
+    if cause == "context":  # the slot's every cell is used
+        assert reply.usage.total_tokens == N_CTX
+    else:
+        assert reply.usage.completion_tokens == max_tokens
+    chunks = list(client.chat.completions.create(model="tiny", messages=messages,
+                                                 max_tokens=max_tokens, stream=True,
+                                                 extra_body=extra))
+    last = chunks[-1].choices[0]
+    assert last.finish_reason == "length" and (last.model_extra or {})["stop_cause"] == cause
+    assert not any((c.choices[0].model_extra or {}).get("stop_cause") for c in chunks[:-1])
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_text_completion_cut_by_the_context_says_so(neuron: NeuronProcess, full: str,
+                                                      stream: bool) -> None:
+    body = {"model": "tiny", "prompt": full, "max_tokens": 400, "ignore_eos": True}
+    if stream:
+        choice = _frames(neuron, "/v1/completions", body)[-1]["choices"][0]
+    else:
+        reply = httpx.post(f"{neuron.url}/v1/completions", json=body, timeout=120)
+        choice = reply.json()["choices"][0]
+    assert choice["finish_reason"] == "length" and choice["stop_cause"] == "context"
+
+
+def test_a_natural_stop_has_no_cause(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=30,
+                                           stop=["\n", " "])
+    assert reply.choices[0].finish_reason == "stop"
+    assert "stop_cause" not in (reply.choices[0].model_extra or {})
