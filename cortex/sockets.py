@@ -10,10 +10,17 @@ from __future__ import annotations
 
 import errno
 import socket
+from typing import TYPE_CHECKING
 
 from cortex.config import split_listen
 
-__all__ = ["bind", "cannot_listen", "check_listen"]
+if TYPE_CHECKING:
+    from hypercorn.config import Config
+
+__all__ = ["BACKLOG", "bind", "cannot_listen", "check_listen", "hypercorn_config"]
+
+#: Connections the kernel queues before the server accepts them (hypercorn's default).
+BACKLOG = 100
 
 
 def check_listen(listen: str) -> tuple[str, int]:
@@ -35,8 +42,9 @@ def check_listen(listen: str) -> tuple[str, int]:
 
 
 def bind(listen: str) -> socket.socket:
-    """A TCP socket bound to `listen` (not yet listening), as hypercorn would bind it;
-    OSError when the address is taken or not this machine's."""
+    """A TCP socket bound to `listen` and listening (connections wait in the backlog
+    until the server accepts them), as hypercorn would make it; OSError when the
+    address is taken or not this machine's, ValueError when it is no address."""
     host, port = check_listen(listen)
     family, kind, proto, _, address = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
@@ -45,6 +53,7 @@ def bind(listen: str) -> socket.socket:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
+        sock.listen(BACKLOG)
     except OSError:
         sock.close()
         raise
@@ -58,3 +67,17 @@ def cannot_listen(name: str, listen: str, exc: BaseException) -> str:
     hint = " (another process listens there: stop it, or choose another port)" \
         if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE else ""
     return f"{name} cannot listen on {listen}: {reason.lower()}{hint}"
+
+
+def hypercorn_config(sock: socket.socket, listen: str) -> Config:
+    """hypercorn settings that serve on `sock` (from `bind`) rather than binding anew."""
+    from hypercorn.config import Config, Sockets
+
+    class Bound(Config):
+        def create_sockets(self) -> Sockets:
+            return Sockets([], [sock], [])
+
+    config = Bound()
+    config.bind = [listen]
+    config.backlog = BACKLOG
+    return config

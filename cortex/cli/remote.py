@@ -70,13 +70,13 @@ def why(exc: HttpFailure, url: str) -> str:
                 "--url or CORTEX_URL name another)")
     if exc.status == 401:
         if admin_key():
-            return (f"the gateway at {url} refused the admin key given (--admin-key or "
-                    "CORTEX_ADMIN_KEY): it is not one of its admin keys")
-        return (f"the gateway at {url} needs an admin key: pass --admin-key KEY or set "
-                "CORTEX_ADMIN_KEY")
+            return (f"the gateway at {url} answered 401: it refused the admin key given "
+                    "(--admin-key or CORTEX_ADMIN_KEY), which is not one of its admin keys")
+        return (f"the gateway at {url} answered 401: it needs an admin key: set "
+                "CORTEX_ADMIN_KEY (or pass --admin-key KEY)")
     if exc.status == 403 and admin_key() and "admin key" in exc.message:
-        return (f"the key given (--admin-key or CORTEX_ADMIN_KEY) is a client key; "
-                f"{url}/admin needs one of its admin keys")
+        return (f"the gateway at {url} answered 403: the key given (--admin-key or "
+                "CORTEX_ADMIN_KEY) is a client key, and /admin needs one of its admin keys")
     return exc.message
 
 

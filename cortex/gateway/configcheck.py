@@ -35,7 +35,7 @@ from cortex.router import Router
 from cortex.sockets import check_listen
 from cortex.sources import source_problem
 
-__all__ = ["Checked", "ConfigProblems", "Files", "Prepared", "check", "check_file",
+__all__ = ["NAMES", "Checked", "ConfigProblems", "Files", "Prepared", "check", "check_file",
            "prepare", "problems_of"]
 
 
@@ -62,6 +62,10 @@ class Files(NamedTuple):
     metrics_listen: str | None = None
 
 
+#: The names used when the caller has no file to name.
+NAMES = Files()
+
+
 class Prepared(NamedTuple):
     """What the gateway runs a configuration with."""
 
@@ -77,6 +81,7 @@ class Checked(NamedTuple):
     profiles: list[ModelProfile]
     prepared: Prepared
     warnings: list[str]
+    files: Files = NAMES
 
 
 def _plugin(problems: list[str], where: str, pick: Any, name: str, kind: str,
@@ -97,7 +102,7 @@ def _options(problems: list[str], cls: Any, raw: dict[str, Any], where: str) -> 
         return None
 
 
-def prepare(config: GatewayConfig, plugins: Plugins, *, files: Files = Files()) -> Prepared:
+def prepare(config: GatewayConfig, plugins: Plugins, *, files: Files = NAMES) -> Prepared:
     """The router (routing strategy and eviction policy with their Options), each
     dialect's Options and the keys of `config`; ConfigProblems lists what is wrong."""
     problems: list[str] = []
@@ -141,7 +146,7 @@ def prepare(config: GatewayConfig, plugins: Plugins, *, files: Files = Files()) 
 def _endpoint_problem(endpoint: str) -> str | None:
     try:
         url = urllib.parse.urlsplit(endpoint)
-        port = url.port
+        url.port  # noqa: B018 (raises ValueError on a port that is no number)
     except ValueError as exc:
         return f"`{endpoint}` is not a URL ({exc})"
     if url.scheme not in ("http", "https"):
@@ -156,7 +161,7 @@ def _endpoint_problem(endpoint: str) -> str | None:
 
 
 def check(config: GatewayConfig, profiles: Sequence[ModelProfile], plugins: Plugins, *,
-          files: Files = Files()) -> Checked:
+          files: Files = NAMES) -> Checked:
     """Everything `cortex serve` would refuse in this configuration, found at once."""
     problems: list[str] = []
     warnings: list[str] = []
@@ -202,7 +207,7 @@ def check(config: GatewayConfig, profiles: Sequence[ModelProfile], plugins: Plug
         problems.extend(exc.problems)
     if problems:
         raise ConfigProblems(problems)
-    return Checked(config, list(profiles), prepared, warnings)
+    return Checked(config, list(profiles), prepared, warnings, files)
 
 
 def check_file(path: str, plugins: Plugins, *, listen: str | None = None,

@@ -14,17 +14,17 @@ import socket
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from hypercorn.config import Config, Sockets
-
 from cortex.config import split_listen
 from cortex.disconnects import CUT
 from cortex.errors import CortexError, Unavailable
 from cortex.gateway.configcheck import problems_of
 from cortex.loops import run, settle_heap
 from cortex.metrics import metrics_app
-from cortex.sockets import bind, cannot_listen
+from cortex.sockets import bind, cannot_listen, hypercorn_config
 
 if TYPE_CHECKING:
+    from hypercorn.config import Config
+
     from cortex.gateway.dialects import Dialects
     from cortex.gateway.state import LiveConfig
 
@@ -179,17 +179,6 @@ class CannotListen(Exception):
     """A server's address could not be bound: the one line that says so."""
 
 
-class _Bound(Config):
-    """hypercorn settings for a socket bound beforehand (cortex.sockets.bind)."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        super().__init__()
-        self._sock = sock
-
-    def create_sockets(self) -> Sockets:
-        return Sockets([], [self._sock], [])
-
-
 def _bind_all(gateway: Served, before: Sequence[Served], metrics: Served | None
               ) -> dict[str, socket.socket]:
     """Every server's socket, bound before anything starts: a taken port is CannotListen
@@ -245,8 +234,7 @@ async def _serve(gateway: Served, before: Sequence[Served], metrics: Served | No
             loop.add_signal_handler(sig, stop.set)
 
     def config(served: Served) -> Config:
-        hyper = _Bound(bound[served.name])
-        hyper.bind = [served.listen]
+        hyper = hypercorn_config(bound[served.name], served.listen)
         hyper.accesslog = None
         # hypercorn's own handler on top of ours printed each of its lines twice.
         hyper.errorlog = logging.getLogger("hypercorn.error")

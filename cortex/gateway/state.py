@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from cortex.config import GatewayConfig, GatewaySection, ModelProfile
 from cortex.dialect import Dialect
 from cortex.errors import Conflict
-from cortex.gateway.configcheck import Files, prepare
+from cortex.gateway.configcheck import NAMES, Files, prepare
 from cortex.gateway.profiles import ProfileIndex
 from cortex.plugins import Plugins
 
@@ -35,7 +35,7 @@ Reloader = Callable[[], tuple[GatewayConfig, list[ModelProfile]]]
 class LiveConfig:
     def __init__(self, config: GatewayConfig, profiles: Sequence[ModelProfile],
                  plugins: Plugins, *, reloader: Reloader | None = None,
-                 files: Files = Files()) -> None:
+                 files: Files = NAMES) -> None:
         self._plugins = plugins
         self._reloader = reloader
         self._files = files
