@@ -307,8 +307,9 @@ def walk(struct: type[Any], heading: str, *, missing: list[str],
             text = ""
         inner = _struct_item(f.type)
         if inner is not None and not isinstance(f.type, inspect.UnionType):
-            child = f"[[{f.encode_name}]]" if isinstance(f.type, inspect.ListType) \
-                else f"[{f.encode_name}]"
+            path = f"{heading.strip('[]')}.{f.encode_name}" if heading.startswith("[") \
+                else f.encode_name
+            child = f"[[{path}]]" if isinstance(f.type, inspect.ListType) else f"[{path}]"
             if inner.cls in seen:
                 note = f"The keys of models.toml's `{seen[inner.cls]}`."
                 nested.append(Section(child, note=note))
