@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from cortex.cli import main
+from cortex.cli.serve import embedded_config
 
 from ..conftest import ROOT, NeuronProcess, free_port
 from ..serve_support import served
@@ -183,3 +184,13 @@ def test_the_embedded_default_takes_its_addresses_from_flags_or_environment() ->
         "error: --listen: `127.0.0.1:99999`: port 99999 is not between 1 and 65535",
         "error: --metrics-listen: `nowhere` is not host:port (for example 127.0.0.1:31313, "
         "0.0.0.0:31313 for every interface, [::1]:31313)"], serve.stderr
+
+
+def test_the_embedded_default_serves_this_machine_only_unless_told() -> None:
+    config, _, neuron = embedded_config(None, "127.0.0.1:13131")
+    assert (config.gateway.listen, config.gateway.metrics_listen) == (
+        "127.0.0.1:31313", "127.0.0.1:31314")
+    config, _, _ = embedded_config("0.0.0.0:8080", "127.0.0.1:13131", "0.0.0.0:8081")
+    assert (config.gateway.listen, config.gateway.metrics_listen) == (
+        "0.0.0.0:8080", "0.0.0.0:8081")
+    assert neuron.listen == "127.0.0.1:13131"
