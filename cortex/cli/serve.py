@@ -59,6 +59,8 @@ def _one_line(what: str) -> Iterator[None]:
         _fail(problems_of(exc))
     except CannotListen as exc:
         _fail([str(exc)])
+    except click.ClickException:
+        raise
     except Exception as exc:
         if logging.getLogger().isEnabledFor(logging.DEBUG):
             raise

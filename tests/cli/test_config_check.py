@@ -5,6 +5,7 @@ by a reload (400, logged), naming the file, the dotted key and the model or neur
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -147,6 +148,9 @@ def test_a_bad_reload_answers_400_and_is_logged(tmp_path: Path) -> None:
         assert line in reply.json()["error"]["message"]
         gateway.wait(lambda _: f"configuration not reloaded: {line}" in gateway.log(),
                      "the refusal is logged")
+        gateway.proc.send_signal(signal.SIGHUP)
+        gateway.wait(lambda _: f"SIGHUP: configuration not reloaded: {line}" in gateway.log(),
+                     "SIGHUP logs the same line")
         assert "Traceback" not in gateway.log()
 
 
