@@ -41,7 +41,7 @@ MISTAKES = [
     ("metrics port out of range", '[gateway]\nmetrics_listen = "0.0.0.0:0"\n' + NEURON, MODEL,
      "gw.toml: gateway.metrics_listen: `0.0.0.0:0`: port 0 is not between 1 and 65535"),
     ("missing keys file", '[auth]\napi_keys_file = "/nonexistent/keys.txt"\n' + NEURON, MODEL,
-     "gw.toml: [auth] api_keys_file `/nonexistent/keys.txt`: cannot read it"),
+     "gw.toml: auth.api_keys_file: `/nonexistent/keys.txt`: cannot read it"),
     ("endpoint without scheme", NEURON.replace("http://", ""), MODEL,
      "gw.toml: neurons[gpu1].endpoint: `127.0.0.1:13131` needs the scheme: "
      "http://127.0.0.1:13131"),
