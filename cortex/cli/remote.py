@@ -16,7 +16,8 @@ import click
 
 from cortex.jsonhttp import HttpFailure, call_json
 
-__all__ = ["DEFAULT_URL", "Globals", "admin_key", "gateway_options", "request", "why"]
+__all__ = ["DEFAULT_URL", "Globals", "admin_key", "gateway_options", "request", "url_option",
+           "why"]
 
 DEFAULT_URL = "http://127.0.0.1:31313"
 F = TypeVar("F", bound=Callable[..., Any])
@@ -50,11 +51,15 @@ def _key(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
         _globals(ctx).admin_key = value
 
 
+#: `--url` after a subcommand (passed to it as `url`), else the global one or CORTEX_URL.
+url_option = click.option("--url", callback=_url, metavar="URL", help=URL_HELP)
+
+
 def gateway_options(command: F) -> F:
     """`--url` (passed to the command as `url`) and `--admin-key` after a subcommand."""
     command = click.option("--admin-key", metavar="KEY", expose_value=False, callback=_key,
                            help=KEY_HELP)(command)
-    return click.option("--url", callback=_url, metavar="URL", help=URL_HELP)(command)
+    return url_option(command)
 
 
 def admin_key() -> str | None:

@@ -73,3 +73,14 @@ def test_the_help_names_the_environment_variables() -> None:
                  "CORTEX_NEURON_LISTEN"):
         assert name in output, output
 
+
+
+def test_chat_takes_the_global_options_too(gateway: GatewayProcess) -> None:
+    """The gateway is reached with the key (it answers: its one neuron is down, so it
+    lists no models); without the key it refuses."""
+    env = {"CORTEX_URL": "", "CORTEX_ADMIN_KEY": "", "CORTEX_API_KEY": ""}
+    keyed = CliRunner().invoke(main, ["--url", gateway.url, "--admin-key", ADMIN, "chat"],
+                               input="/bye\n", env=env)
+    assert f"the gateway at {gateway.url} lists no models" in keyed.output, keyed.output
+    bare = CliRunner().invoke(main, ["--url", gateway.url, "chat"], input="/bye\n", env=env)
+    assert f"cannot list the models at {gateway.url}: 401" in bare.output, bare.output
