@@ -31,8 +31,8 @@ _request = request
 @click.version_option(cortex.__version__, prog_name="cortex")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
-@click.option("--url", envvar="CORTEX_URL", show_envvar=True, metavar="URL", help=URL_HELP)
-@click.option("--admin-key", envvar="CORTEX_ADMIN_KEY", show_envvar=True, metavar="KEY",
+@click.option("--url", envvar="CORTEX_URL", metavar="URL", help=URL_HELP)
+@click.option("--admin-key", envvar="CORTEX_ADMIN_KEY", metavar="KEY",
               help=KEY_HELP)
 @click.pass_context
 def main(ctx: click.Context, log_level: str, url: str | None, admin_key: str | None) -> None:
