@@ -14,6 +14,7 @@ import click
 import msgspec
 
 import cortex
+from cortex.cli.launch import launch
 from cortex.cli.status import gib, table
 from cortex.cli.validate import validate
 from cortex.config import (
@@ -325,6 +326,7 @@ def config_check(path: str) -> None:
 
 
 main.add_command(validate)
+main.add_command(launch)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
