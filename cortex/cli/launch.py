@@ -14,7 +14,8 @@ the user's config files, so a plain `claude` or `codex` afterwards is unchanged.
   `wire_api = "responses"` and the model are given with `-c` (without `--model`, the
   gateway's first model, since Codex's own default names an OpenAI one).
 
-The key is CORTEX_API_KEY where set; an open gateway takes any.
+The key is CORTEX_API_KEY where set; an open gateway takes any. The gateway is asked
+for its models first, so one that is down, or refuses the key, is said so at once.
 """
 
 from __future__ import annotations
@@ -70,18 +71,15 @@ def _toml(text: str) -> str:
     return msgspec.json.encode(text).decode()
 
 
-def _first_model(url: str) -> str:
-    """The gateway's first model; also proves it answers before the client starts."""
+def _models(url: str, key: str) -> list[str]:
+    """The gateway's model ids, asked with the key the client will send: a gateway that
+    is down or refuses the key is said so here, not in the client's retries."""
     try:
-        data = call_json(url, "/v1/models", timeout=10.0,
-                         bearer=os.environ.get("CORTEX_API_KEY"))["data"]
+        data = call_json(url, "/v1/models", timeout=10.0, bearer=key)["data"]
     except HttpFailure as exc:
         where = " (start it with `cortex serve`)" if exc.unreachable else ""
-        raise click.ClickException(f"cannot ask the gateway at {url} for its models{where}: "
-                                   f"{exc.message}; or name one with --model") from None
-    if not data:
-        raise click.ClickException(f"the gateway at {url} serves no model")
-    return str(data[0]["id"])
+        raise click.ClickException(f"the gateway at {url}{where}: {exc.message}") from None
+    return [str(item["id"]) for item in data]
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
@@ -101,8 +99,11 @@ def launch(url: str, model: str | None, client: str, args: tuple[str, ...]) -> N
             f"`npm install -g {PACKAGES[client]}`, then run this again")
     url = url.rstrip("/")
     key = os.environ.get("CORTEX_API_KEY") or _OPEN_KEY
+    models = _models(url, key)
     if client == "claude":
         run = claude_launch(url, key, model, args)
+    elif model is None and not models:
+        raise click.ClickException(f"the gateway at {url} serves no model")
     else:
-        run = codex_launch(url, key, model or _first_model(url), args)
+        run = codex_launch(url, key, model or models[0], args)
     os.execve(path, [path, *run.argv], {**os.environ, **run.env})

@@ -62,22 +62,6 @@ def recorder(tmp_path: Path, name: str) -> Path:
     return bindir
 
 
-def test_codex_gets_a_responses_provider_the_model_and_the_users_arguments(
-        tmp_path: Path) -> None:
-    bindir = recorder(tmp_path, "codex")
-    done = launch("codex", "--url", "http://gw.example:31313/", "exec", "--model", "qwen",
-                  "--json", "--", "--model", "not-ours", path=f"{bindir}:{BASE_PATH}",
-                  env={"CORTEX_API_KEY": "sk-cortex"})
-    assert done.returncode == 0, done.stderr
-    ran = json.loads((tmp_path / "ran.json").read_text())
-    assert ran["argv"] == [
-        "-c", "model_provider=cortex",
-        "-c", 'model_providers.cortex={name="cortex", base_url="http://gw.example:31313/v1", '
-              'wire_api="responses", env_key="CORTEX_API_KEY"}',
-        "-c", 'model="qwen"',
-        # The user's own arguments, in order; everything after `--` untouched.
-        "exec", "--json", "--model", "not-ours"]
-    assert ran["env"]["CORTEX_API_KEY"] == "sk-cortex"
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +89,38 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
         neuron.stop()
 
 
+def test_codex_gets_a_responses_provider_the_model_and_the_users_arguments(
+        tmp_path: Path, gateway: GatewayProcess) -> None:
+    bindir = recorder(tmp_path, "codex")
+    done = launch("codex", "--url", f"{gateway.url}/", "exec", "--model", "qwen", "--json",
+                  "--", "--model", "not-ours", path=f"{bindir}:{BASE_PATH}",
+                  env={"CORTEX_API_KEY": KEY})
+    assert done.returncode == 0, done.stderr
+    ran = json.loads((tmp_path / "ran.json").read_text())
+    assert ran["argv"] == [
+        "-c", "model_provider=cortex",
+        "-c", f'model_providers.cortex={{name="cortex", base_url="{gateway.url}/v1", '
+              'wire_api="responses", env_key="CORTEX_API_KEY"}',
+        "-c", 'model="qwen"',
+        # The user's own arguments, in order; everything after `--` untouched.
+        "exec", "--json", "--model", "not-ours"]
+    assert ran["env"]["CORTEX_API_KEY"] == KEY
+
+
+@pytest.mark.parametrize("client", ["claude", "codex"])
+def test_a_gateway_that_is_down_or_refuses_the_key_is_said_so(
+        tmp_path: Path, gateway: GatewayProcess, client: str) -> None:
+    """Before the client starts, not in its retries."""
+    bindir = recorder(tmp_path, client)
+    down = launch(client, "--url", f"http://127.0.0.1:{free_port()}", "--model", "m", "-p",
+                  "hi", path=f"{bindir}:{BASE_PATH}")
+    assert down.returncode != 0 and "start it with `cortex serve`" in down.stderr
+    refused = launch(client, "--url", gateway.url, "--model", "m", "-p", "hi",
+                     path=f"{bindir}:{BASE_PATH}", env={"CORTEX_API_KEY": "sk-wrong"})
+    assert refused.returncode != 0 and gateway.url in refused.stderr, refused.stderr
+    assert not (tmp_path / "ran.json").exists()
+
+
 def test_codex_without_model_asks_for_the_gateways_first_model(
         tmp_path: Path, gateway: GatewayProcess) -> None:
     """Codex's own default names an OpenAI model no gateway serves."""
@@ -118,16 +134,9 @@ def test_codex_without_model_asks_for_the_gateways_first_model(
     assert ran["env"]["CORTEX_API_KEY"] == KEY
 
 
-def test_codex_without_model_and_without_a_gateway_says_so(tmp_path: Path) -> None:
-    bindir = recorder(tmp_path, "codex")
-    done = launch("codex", "--url", f"http://127.0.0.1:{free_port()}", "exec", "hi",
-                  path=f"{bindir}:{BASE_PATH}")
-    assert done.returncode != 0 and "cortex serve" in done.stderr, done.stderr
-    assert not (tmp_path / "ran.json").exists()
-
-
 class _Recorded(http.server.BaseHTTPRequestHandler):
-    """Answers every POST with a 400 after noting its path, model and keys."""
+    """Lists one model, and answers every POST with a 400 after noting its path, model
+    and keys."""
 
     seen: list[dict[str, Any]] = []
 
@@ -138,6 +147,14 @@ class _Recorded(http.server.BaseHTTPRequestHandler):
                           "x-api-key": self.headers.get("x-api-key")})
         reply = b'{"error": {"message": "recorded", "type": "invalid_request_error"}}'
         self.send_response(400)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
+    def do_GET(self) -> None:
+        reply = b'{"object": "list", "data": [{"id": "scripted", "object": "model"}]}'
+        self.send_response(200)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(reply)))
         self.end_headers()
