@@ -75,10 +75,10 @@ def stop_reason(finish_reason: str | None, *, tool_use: bool, stop_sequence: str
     """§6.3: `length` wins, then any tool call, then a matched stop sequence; else end_turn.
 
     A `length` whose `stop_cause` (the neuron's) is `context` filled the context window:
-    `model_context_window_exceeded`, which Claude Code ends the turn on ("reached its
-    context window limit"), where `max_tokens` makes it ask the model to resume, three
-    times over, each turn as full as the last. Any other `length` is an output limit,
-    the client's `max_tokens` or the profile's cap ("or the model's maximum", as the API
+    `model_context_window_exceeded`, which Claude Code files as a full context ("reached
+    its context window limit", room to be made), not as its own output maximum exceeded,
+    as `max_tokens` would have it say. Any other `length` is an output limit, the
+    client's `max_tokens` or the profile's cap ("or the model's maximum", as the API
     documents it): `max_tokens`. `stop` (EOS), `content_filter`, and unknown or missing
     reasons all read `end_turn`, never null or a value outside the enum.
     """

@@ -2,7 +2,7 @@
 synthetic neuron (whose `length` finishes carry the neuron's `stop_cause` as the
 llama.cpp engine's do, tests/neuron/test_finish.py): a full context window is
 `model_context_window_exceeded`, the client's max_tokens and the profile's cap are
-`max_tokens`, whole and streamed. What Claude Code does with each: test_claude_code.py."""
+`max_tokens`, whole and streamed. What Claude Code does with each: docs/clients.md."""
 
 from __future__ import annotations
 

@@ -646,8 +646,8 @@ def test_stop_reason_mapping(finish: str | None, tools: bool, hit: str | None,
 def test_a_full_context_is_told_apart_from_an_output_limit(cause: str | None, tools: bool,
                                                            expected: str) -> None:
     """The neuron's `stop_cause` on a `length` finish: a full context window reads
-    `model_context_window_exceeded`, on which Claude Code ends the turn, not
-    `max_tokens`, on which it asks the model to resume (tests/e2e/test_claude_code.py)."""
+    `model_context_window_exceeded`, not `max_tokens` (docs/clients.md says what Claude
+    Code does with each)."""
     assert stop_reason("length", tool_use=tools, stop_sequence=None,
                        stop_cause=cause) == expected
     # The cause of any other finish is not read.
