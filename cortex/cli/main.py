@@ -13,6 +13,7 @@ import click
 
 import cortex
 from cortex.cli.chat import chat
+from cortex.cli.launch import launch
 from cortex.cli.remote import KEY_HELP, URL_HELP, Globals, gateway_options, request
 from cortex.cli.serve import config, serve
 from cortex.cli.status import gib, table
@@ -235,6 +236,7 @@ main.add_command(validate)
 main.add_command(chat)
 main.add_command(serve)
 main.add_command(config)
+main.add_command(launch)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
