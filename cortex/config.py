@@ -7,10 +7,14 @@ whose message names the file, the key and the reason.
 
 from __future__ import annotations
 
+import datetime
+import difflib
 import hashlib
 import os
 import re
 import socket
+import tomllib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -18,6 +22,7 @@ import msgspec
 
 from cortex.aliases import ambiguous_patterns, is_pattern
 from cortex.errors import ConfigError
+from cortex.sharedsecret import load_secret
 from cortex.stops import MAX_STOP_BYTES, MAX_STOP_STRINGS
 
 __all__ = [
@@ -33,6 +38,7 @@ __all__ = [
     "NeuronEntry",
     "RoutingConfig",
     "decode_config",
+    "did_you_mean",
     "load_gateway_config",
     "load_models_file",
     "load_neuron_config",
@@ -110,38 +116,6 @@ class ModelsFile(Base, kw_only=True):
     models: list[ModelProfile] = []
 
 
-def _check_secret(secret: str | None) -> None:
-    """An empty secret would silently mean none at all: refuse it."""
-    if secret is not None and not secret.strip():
-        raise ValueError("secret is empty, which would mean no secret at all: remove the "
-                         "key for a neuron without one, or set a secret")
-
-
-def _read_secret(path: str) -> str:
-    """The shared secret held in `path` (surrounding whitespace, such as the newline an
-    editor adds, is not part of it). A file that cannot be read or holds nothing is an
-    error, as the keys file is: a secret that was meant must never silently be none."""
-    try:
-        secret = Path(path).expanduser().read_text().strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise ValueError(f"secret_file `{path}`: cannot read it ({reason})") from None
-    if not secret:
-        raise ValueError(f"secret_file `{path}` is empty, which would mean no secret at all")
-    return secret
-
-
-def _load_secret(entry: NeuronConfig | NeuronEntry | DiscoveryConfig) -> None:
-    """Check `secret`, or read `secret_file` into it: a file is read when the config is
-    decoded (at start and at each reload), and then its content is `secret` and
-    `secret_file` is None, so a copy (msgspec.structs.replace) does not read it again."""
-    if entry.secret is not None and entry.secret_file is not None:
-        raise ValueError("set secret or secret_file, not both")
-    _check_secret(entry.secret)
-    if entry.secret_file is not None:
-        entry.secret, entry.secret_file = _read_secret(entry.secret_file), None
-
-
 class NeuronConfig(Base, kw_only=True):
     """neuron.toml. Every key has a default, so the daemon runs with no file at all."""
 
@@ -160,7 +134,7 @@ class NeuronConfig(Base, kw_only=True):
     harness: dict[str, dict[str, Any]] = {}
 
     def __post_init__(self) -> None:
-        _load_secret(self)
+        load_secret(self)
         split_listen(self.listen)
         for key in ("memory_budget", "memory_headroom", "overhead_bytes"):
             value = getattr(self, key)
@@ -221,7 +195,7 @@ class NeuronEntry(Base, kw_only=True):
     secret_file: str | None = None
 
     def __post_init__(self) -> None:
-        _load_secret(self)
+        load_secret(self)
 
 
 class DiscoveryConfig(Base, kw_only=True):
@@ -236,7 +210,7 @@ class DiscoveryConfig(Base, kw_only=True):
     options: dict[str, Any] = {}
 
     def __post_init__(self) -> None:
-        _load_secret(self)
+        load_secret(self)
 
 
 class ApiKey(Base, kw_only=True):
@@ -277,20 +251,55 @@ class GatewayConfig(Base, kw_only=True):
 
 
 _PATH_RE = re.compile(r"^(?P<reason>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+_STEP_RE = re.compile(r"\.?([^.\[]+)|\[(\d+)\]")
+_TOML_TYPES = (datetime.datetime, datetime.date, datetime.time)
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """` (did you mean `x`?)` for the closest of `choices` to a misspelt `word`, else ``."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean `{close[0]}`?)" if close else ""
+
+
+def named_key(path: str, data: Any) -> str:
+    """A msgspec error path (`models[0].n_ctx`) as people know the entry: a table in an
+    array is named by its `id` or `name` (`models[gemma3-270m].n_ctx`) when it has one."""
+    out: list[str] = []
+    node: Any = data
+    for match in _STEP_RE.finditer(path):
+        field, index = match.groups()
+        if field is not None:
+            out.append(("." if out else "") + field)
+            node = node.get(field) if isinstance(node, dict) else None
+            continue
+        item = node[int(index)] if isinstance(node, list) and int(index) < len(node) else None
+        name = next((item[k] for k in ("id", "name") if isinstance(item, dict)
+                     and isinstance(item.get(k), str) and item[k]), None)
+        out.append(f"[{name if name is not None else index}]")
+        node = item
+    return "".join(out)
+
+
+def validation_error(exc: msgspec.ValidationError, data: Any) -> tuple[str, str]:
+    """(the dotted key, the reason) of a msgspec validation error over `data`."""
+    match = _PATH_RE.match(str(exc))
+    assert match is not None
+    key = named_key(match.group("path") or "", data)
+    return key, match.group("reason").replace("`", "")
 
 
 def decode_config(data: bytes | str, kind: type[T], *, source: str) -> T:
-    """Decode TOML into `kind`; errors become ConfigError("file: key: reason")."""
+    """Decode TOML into `kind`; errors become ConfigError("file: key: reason"), where an
+    entry of an array of tables is named by its id or name rather than its index."""
     try:
-        return msgspec.toml.decode(data, type=kind)
-    except msgspec.ValidationError as exc:
-        match = _PATH_RE.match(str(exc))
-        assert match is not None
-        key = (match.group("path") or "").lstrip(".") or "(top level)"
-        reason = match.group("reason").replace("`", "")
-        raise ConfigError(f"{source}: {key}: {reason}") from None
-    except msgspec.DecodeError as exc:
+        raw = tomllib.loads(data.decode() if isinstance(data, bytes) else data)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{source}: invalid TOML: {exc}") from None
+    try:
+        return msgspec.convert(raw, kind, builtin_types=_TOML_TYPES)
+    except msgspec.ValidationError as exc:
+        key, reason = validation_error(exc, raw)
+        raise ConfigError(f"{source}: {key or '(top level)'}: {reason}") from None
 
 
 def _read(path: str | os.PathLike[str]) -> bytes:
@@ -322,10 +331,11 @@ def load_gateway_config(path: str | os.PathLike[str]) -> tuple[GatewayConfig, li
         where = str(path)
     seen: dict[str, str] = {}
     for index, profile in enumerate(profiles):
-        for name in (profile.id, *profile.aliases):
+        for key, name in (("id", profile.id), *(("aliases", a) for a in profile.aliases)):
             if name in seen:
-                raise ConfigError(
-                    f"{where}: models[{index}].id: `{name}` is already used by `{seen[name]}`")
+                entry = profile.id if profile.id not in seen else index
+                raise ConfigError(f"{where}: models[{entry}].{key}: `{name}` is already used "
+                                  f"by `{seen[name]}`")
             seen[name] = profile.id
     _check_patterns(profiles, where)
     names = [n.name for n in config.neurons]

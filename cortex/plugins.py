@@ -163,6 +163,9 @@ class Plugins:
     def harness(self, name: str) -> type[Harness]:
         return _pick(self.harnesses, name, "harness")
 
+    def discovery_source(self, name: str) -> type[DiscoverySource]:
+        return _pick(self.discovery_sources, name, "discovery source")
+
     def discovery(self, tables: Sequence[DiscoveryConfig], *,
                   where: str = "cortex.toml") -> list[DiscoverySource]:
         """A source for each `[[discovery]]` table, its options checked (an unknown
@@ -170,7 +173,7 @@ class Plugins:
         sources = []
         for index, table in enumerate(tables):
             try:
-                cls = _pick(self.discovery_sources, table.source, "discovery source")
+                cls = self.discovery_source(table.source)
             except PluginError as exc:
                 raise ConfigError(f"{where}: discovery[{index}].source: {exc}") from None
             sources.append(cls(build_options(cls, dict(table.options),

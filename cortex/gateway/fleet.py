@@ -83,13 +83,6 @@ class Fleet:
         if node.users == 0:
             self._later(node.client.close())
 
-    def _released(self, node: Node) -> None:
-        """The last request on a retired node ended: drop it, and close its client."""
-        if self._nodes.get(node.entry.name) is node:
-            del self._nodes[node.entry.name]
-            log.info("neuron %s drained and dropped", node.entry.name)
-        self._later(node.client.close())
-
     async def close(self) -> None:
         self._closing = True
         nodes = list(self._nodes.values())
@@ -222,7 +215,12 @@ class Fleet:
 
     def _failed(self, node: Node, exc: CortexError, *, died: bool = False) -> None:
         node.failures += 1
-        node.last_error = exc.message
+        said, node.last_error = node.last_error, exc.message
+        if not node.up and node.failures >= self.settings.down_after \
+                and (node.failures == self.settings.down_after or said != exc.message):
+            # A node that never came up (a wrong endpoint, a secret it refuses) says why,
+            # once, and again when the reason changes; else it stays down in silence.
+            log.warning("neuron %s is not up: %s", node.entry.name, exc.message)
         if node.up and node.failures >= self.settings.down_after:
             node.up = False
             node.models = {}
@@ -321,8 +319,11 @@ class Fleet:
             node.users -= 1
             node.idle_since[model] = time.monotonic()
             node.used_at[model] = time.time()
-            if node.retired and node.users == 0:
-                self._released(node)
+            if node.retired and node.users == 0:  # its last request: drop it, close it
+                if self._nodes.get(node.entry.name) is node:
+                    del self._nodes[node.entry.name]
+                    log.info("neuron %s drained and dropped", node.entry.name)
+                self._later(node.client.close())
 
     async def unload(self, name: str, model: str, *, reason: str, force: bool = False,
                      evicted: bool = False) -> ModelStatus | None:
