@@ -43,9 +43,18 @@ class RequestRecord(msgspec.Struct, kw_only=True):
     retries: int = 0
 
 
-class FleetEvent(msgspec.Struct, kw_only=True):
-    kind: Literal["loaded", "unloaded", "evicted", "load_failed", "node_up", "node_down"]
+class FleetEvent(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One change in the fleet, as GET /admin/events streams it (docs/gateway.md)."""
+
+    kind: Literal["load_started", "load_progress", "loaded", "unloaded", "evicted",
+                  "load_failed", "pinned", "unpinned", "node_up", "node_down", "draining",
+                  "undrained"]
     node: str
     model: str | None = None
     reason: str | None = None
     seconds: float | None = None
+    # load_started: the estimate (bytes) and the models evicted for it.
+    bytes: int | None = None
+    victims: tuple[str, ...] = ()
+    # load_progress: the neuron's fraction loaded, 0 to 1.
+    progress: float | None = None

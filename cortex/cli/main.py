@@ -259,13 +259,16 @@ def explain_text(data: dict[str, Any]) -> str:
     action, model, node = data["action"], data["model"], data.get("node")
     head = {"serve": f"serve on {node}", "join": f"wait for the load under way on {node}",
             "load": f"load on {node}", "none": "cannot be served now"}[action]
+    if data.get("unservable"):
+        head = "unservable: no node can ever hold it"
     lines = [f"{model}: {head} ({data.get('reason') or action})"]
     if data.get("victims"):
         lines.append(f"  evict: {', '.join(data['victims'])}")
     if data.get("needs") is not None:
         lines.append(f"  needs: {gib(data['needs'])} GiB, "
                      f"free after: {gib(data.get('free_after'))} GiB")
-    lines.append(f"  expected wait: {data.get('expected_wait', 0):.1f}s")
+    if action != "none":
+        lines.append(f"  expected wait: {data.get('expected_wait', 0):.1f}s")
     if "spill" in data:
         spill = data["spill"]
         lines.append(f"  another copy (spill_after): load on {spill['node']}" if spill
@@ -284,13 +287,16 @@ def explain_text(data: dict[str, Any]) -> str:
 @click.option("--json", "as_json", is_flag=True)
 @click.argument("model")
 def route(url: str, explain: bool, node: str | None, as_json: bool, model: str) -> None:
-    """Where a request for MODEL would go now: node, victims, expected wait."""
+    """Where a request for MODEL would go now: node, victims, expected wait. Exits 1
+    when it cannot be served now, 2 when it never can (unservable)."""
     query = f"?model={_quote(model)}" + (f"&node={_quote(node)}" if node else "")
     data = _request(url, f"/admin/route{query}")
     if as_json:
         _echo_json(data)
     else:
         click.echo(explain_text(data))
+    if data["action"] == "none":
+        sys.exit(2 if data.get("unservable") else 1)
 
 
 @main.command()

@@ -16,7 +16,7 @@ Each part is handed the parts it uses, never a bag of everything:
 
 `app.state` carries the parts for `cortex serve`, embedding apps and tests: `live`,
 `placer`, `fleet`, `loader`, `fair`, `prefixes`, `quarantine`, `traffic`, `dialects`,
-and `metrics` (None when its plugin is blocked).
+`events` (GET /admin/events) and `metrics` (None when its plugin is blocked).
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ from cortex.gateway.admin import admin_routes
 from cortex.gateway.auth import AuthGuard, allowed_models
 from cortex.gateway.catalogue import build_catalogue
 from cortex.gateway.dialects import Dialects
+from cortex.gateway.events import EVENTS_PLUGIN, EventStream
 from cortex.gateway.fairshare import FairShare
 from cortex.gateway.fleet import Fleet
 from cortex.gateway.limits import BodyLimits, HeadLimit
@@ -104,7 +105,8 @@ class _DialectAPI:
         return await self._proxy.forward(call, request, dialect)
 
     def catalogue(self) -> list[CatalogueEntry]:
-        return build_catalogue(self._live.profiles, self._placer.snapshot())
+        return build_catalogue(self._live.profiles, self._placer.snapshot(),
+                               self._placer.unservable())
 
     def catalogue_entry(self, model: str) -> CatalogueEntry:
         entries = self.catalogue()
@@ -213,6 +215,8 @@ def create_app(config: GatewayConfig, plugin_manager: pluggy.PluginManager, *,
             or bool(placer.snapshot().placements_of(model))))
         plugin_manager.register(metrics, name=METRICS_PLUGIN)
     plugin_manager.register(traffic, name=TRAFFIC_PLUGIN)
+    events = EventStream()  # GET /admin/events
+    plugin_manager.register(events, name=EVENTS_PLUGIN)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -227,6 +231,8 @@ def create_app(config: GatewayConfig, plugin_manager: pluggy.PluginManager, *,
             await loader.close()
             await fleet.close()
             plugin_manager.unregister(traffic)
+            events.close()
+            plugin_manager.unregister(events)
             if metrics is not None:
                 plugin_manager.unregister(metrics)
                 metrics.close()
@@ -245,12 +251,14 @@ def create_app(config: GatewayConfig, plugin_manager: pluggy.PluginManager, *,
     for dialect in dialects:
         routes.extend(dialect.routes(api))
     routes.extend(admin_routes(placer, fleet, loader, live, traffic=traffic, turns=fair))
+    routes.append(events.route(lambda: live.settings.keepalive_interval))
     routes.extend(ui_routes())
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers=_error_handlers(dialects))
     app.state.live, app.state.placer, app.state.fleet = live, placer, fleet
     app.state.loader, app.state.fair, app.state.prefixes = loader, fair, prefixes
     app.state.quarantine, app.state.traffic, app.state.dialects = quarantine, traffic, dialects
+    app.state.events = events
     # Served on [gateway] metrics_listen by cortex.gateway.server (None when blocked).
     app.state.metrics = metrics
     refuse = dialects.error_response

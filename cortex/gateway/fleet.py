@@ -31,7 +31,9 @@ from cortex.types import ModelStatus, NodeStatus
 __all__ = ["Fleet"]
 
 log = logging.getLogger("cortex.gateway.fleet")
-EventKind = Literal["loaded", "unloaded", "evicted", "load_failed", "node_up", "node_down"]
+EventKind = Literal["load_started", "load_progress", "loaded", "unloaded", "evicted",
+                    "load_failed", "pinned", "unpinned", "node_up", "node_down", "draining",
+                    "undrained"]
 class Fleet:
     def __init__(self, settings: GatewaySection, hook: Any) -> None:
         self.settings = settings
@@ -171,6 +173,10 @@ class Fleet:
         the next poll, and a request for a model that needs its room would be refused."""
         now = time.monotonic()
         previous = node.models
+        if node.status is not None and node.status.draining != status.draining:
+            self.emit("draining" if status.draining else "undrained", node.entry.name)
+        for model in status.models:
+            self._noticed(node.entry.name, previous.get(model.id), model)
         node.status = status
         node.models = {m.id: m for m in status.models}
         node.active_at_poll = Counter(node.active) | (asked or Counter())
@@ -254,9 +260,15 @@ class Fleet:
         node = self._nodes.get(name)
         if node is None:
             return
+        self._noticed(name, node.models.get(status.id), status)
         node.models[status.id] = status
         node.idle_since[status.id] = time.monotonic()
         self.estimates.loaded(status.id, status.load_seconds)
+
+    def _noticed(self, name: str, before: ModelStatus | None, after: ModelStatus) -> None:
+        """Tell of a pin or an unpin seen in a neuron's answer (any replica's)."""
+        if before is not None and before.pinned != after.pinned:
+            self.emit("pinned" if after.pinned else "unpinned", name, model=after.id)
 
     def drop_model(self, name: str, model: str) -> None:
         node = self._nodes.get(name)
@@ -322,10 +334,13 @@ class Fleet:
     # --- views ----------------------------------------------------------------------------------
 
     def emit(self, kind: EventKind, node: str, *, model: str | None = None,
-             reason: str | None = None, seconds: float | None = None) -> None:
+             reason: str | None = None, seconds: float | None = None,
+             bytes: int | None = None, victims: tuple[str, ...] = (),
+             progress: float | None = None) -> None:
         try:
-            self._hook.fleet_event(event=FleetEvent(kind=kind, node=node, model=model,
-                                                    reason=reason, seconds=seconds))
+            self._hook.fleet_event(event=FleetEvent(
+                kind=kind, node=node, model=model, reason=reason, seconds=seconds,
+                bytes=bytes, victims=victims, progress=progress))
         except Exception:
             log.exception("a fleet_event observer failed")
 

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from cortex.dialect import Call, Dialect
     from cortex.gateway.fairshare import FairShare
     from cortex.gateway.fleet import Fleet
+    from cortex.gateway.loader import LoadJob
     from cortex.gateway.placement import Placer
     from cortex.gateway.prefixes import PrefixTable
     from cortex.gateway.quarantine import Quarantine
@@ -97,6 +98,13 @@ class _Tally:
         self.state = state  # the request's ASGI state: says whether a cancel was a cut
         self.record = RequestRecord(request_id=request_id, model=call.model, node=None,
                                     dialect=dialect.name, status=200, stream=call.stream)
+        # The load this request waits for, once it waits for one (a stream shows it).
+        self.load: LoadJob | None = None
+        self.loading = asyncio.Event()
+
+    def waits_for(self, job: LoadJob) -> None:
+        self.load = job
+        self.loading.set()
 
     def opened(self, opened: Opened) -> None:
         self.record.node = opened.node
@@ -154,7 +162,14 @@ class Proxy:
             return await self._whole(request, call, dialect, attempt, tally)
 
         task = asyncio.ensure_future(attempt)
-        await asyncio.wait({task}, timeout=self._live.settings.keepalive_interval)
+        # Errors found before a load starts (or within one interval) are plain HTTP
+        # errors; a cold load answers at once, so the client sees the wait begin.
+        load = asyncio.ensure_future(tally.loading.wait())
+        try:
+            await asyncio.wait({task, load}, timeout=self._live.settings.keepalive_interval,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            load.cancel()
         if task.done() and (task.cancelled() or task.exception() is not None):
             return self._failure(task, dialect, tally)
         state: dict[str, Opened] = {}
@@ -207,10 +222,8 @@ class Proxy:
                       tally: _Tally, state: dict[str, Opened]) -> AsyncIterator[bytes]:
         status = 200
         try:
-            while not task.done():
-                await asyncio.wait({task}, timeout=self._live.settings.keepalive_interval)
-                if not task.done():
-                    yield call.exchange.keepalive()
+            async for frame in self._waiting(task, call, tally):
+                yield frame
             try:
                 opened = state["opened"] = task.result()
             except Answer as answer:
@@ -235,6 +248,29 @@ class Proxy:
             raise
         finally:
             self._finish(tally, status)
+
+    async def _waiting(self, task: asyncio.Future[Opened], call: Call,
+                       tally: _Tally) -> AsyncIterator[bytes]:
+        """What a stream sends until its first bytes: a frame at once, then the load's
+        progress as it moves (Exchange.loading), else a keep-alive each interval."""
+        shown: float | None = None
+        quiet = True  # nothing sent for an interval (or ever): say something now
+        while not task.done():
+            job = tally.load
+            if job is not None and job.progress != shown and not job.future.done():
+                shown = job.progress
+                yield call.exchange.loading(job.model, job.node, job.progress)
+            elif quiet:
+                yield call.exchange.keepalive()
+            event = job.moved if job is not None else tally.loading
+            change: asyncio.Future[Any] = asyncio.ensure_future(event.wait())
+            try:
+                done, _ = await asyncio.wait([task, change],
+                                             timeout=self._live.settings.keepalive_interval,
+                                             return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                change.cancel()
+            quiet = not done
 
     async def _chunks(self, opened: Opened, tally: _Tally) -> AsyncIterator[bytes]:
         # Peek for usage before yielding: a client that leaves after the last chunk
@@ -293,7 +329,8 @@ class Proxy:
                 with placer.waiting(model):
                     node = await placer.place(profile, loadable=loadable,
                                               prefix_node=prefix_node,
-                                              exclude=frozenset(exclude), deadline=deadline)
+                                              exclude=frozenset(exclude), deadline=deadline,
+                                              on_load=tally.waits_for)
             except CortexError as exc:
                 if last is None:
                     raise

@@ -36,6 +36,7 @@ from cortex import (
     TokenizeResponse,
     UpstreamError,
     hookimpl,
+    loading_comment,
     prefix_hashes,
 )
 
@@ -140,6 +141,11 @@ class MessagesExchange(AnthropicExchange):
 
     def stream_error(self, exc: CortexError) -> bytes:
         return _frames(self.translator.error(exc))
+
+    def loading(self, model: str, node: str, progress: float) -> bytes:
+        """A `ping` event (what Anthropic clients expect while they wait), after the same
+        progress comment the OpenAI dialect sends, which the SDKs skip."""
+        return loading_comment(model, node, progress) + self.keepalive()
 
 
 class _AnthropicRoute(Route):

@@ -65,6 +65,13 @@ class FixedEstimates:
         self.asked.append(profile.id)
         return {name: self.estimates[name] for name in names if name in self.estimates}
 
+    def refusals(self, profile: ModelProfile, names: Iterable[str]) -> dict[str, str]:
+        return {}
+
+    def known(self, profile: ModelProfile, names: Iterable[str]
+              ) -> tuple[dict[str, int], dict[str, str]]:
+        return {name: self.estimates[name] for name in names if name in self.estimates}, {}
+
 
 class FixtureFleet:
     """A Fleet whose view is `snapshot` and whose answers are recorded in `calls`;
