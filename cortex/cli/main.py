@@ -8,6 +8,7 @@ import os
 import sys
 import time
 import urllib.parse
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -156,8 +157,15 @@ def status(url: str, as_json: bool, watch: float | None, count: int | None) -> N
         raise click.BadParameter("must be more than 0 seconds", param_hint="--watch")
     if count is not None and watch is None:
         raise click.UsageError("--count needs --watch")
+    pause: Callable[[float], None] = time.sleep
+    if watch is not None:  # redraw when the fleet changes too, not only every `watch`
+        from cortex.cli.watch import EventFeed
+
+        feed = EventFeed(url, bearer=os.environ.get("CORTEX_ADMIN_KEY"))
+        if feed.start(timeout=2.0):
+            pause = feed.pause
     show(lambda: _request(url, "/admin/fleet", timeout=30.0), url=url, as_json=as_json,
-         watch=watch, count=count)
+         watch=watch, count=count, pause=pause)
 
 
 @main.command()
@@ -188,8 +196,19 @@ def _model_action(url: str, model: str, action: str, node: str | None,
 @click.argument("model")
 @click.option("--node", help="load it on this neuron")
 def load(url: str, model: str, node: str | None) -> None:
-    """Load a model now (placing and evicting as a request would)."""
-    reply = _model_action(url, model, "load", node)
+    """Load a model now (placing and evicting as a request would), showing its progress."""
+    from cortex.cli.watch import EventFeed, LoadProgress
+
+    try:  # events name the profile's id, which an alias is not
+        name = _request(url, f"/v1/models/{_quote(model)}", timeout=30.0)["id"]
+    except (click.ClickException, KeyError, TypeError):
+        name = model
+    progress = LoadProgress(name)
+    EventFeed(url, bearer=os.environ.get("CORTEX_ADMIN_KEY"), on_event=progress).start()
+    try:
+        reply = _model_action(url, model, "load", node)
+    finally:
+        progress.close()
     click.echo(f"{reply['model']} is ready on {reply['node']}")
 
 

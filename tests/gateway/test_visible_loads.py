@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ import pytest
 
 from cortex import ModelProfile
 
-from ..conftest import NeuronProcess
+from ..conftest import ROOT, NeuronProcess
 from ..gateway_support import RunningGateway, running_gateway, wait_until
 
 pytestmark = [pytest.mark.anyio]
@@ -185,3 +186,41 @@ async def test_admin_events_tell_of_loads_evictions_pins_and_drains(
             with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError):
                 await reader
 
+
+
+async def _cli(url: str, *args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "cortex.cli", *args, "--url", url, cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+
+
+async def test_cortex_load_shows_the_progress(node: NeuronProcess) -> None:
+    async with gateway(node) as gw:
+        process = await _cli(gw.url, "load", "cold")
+        out, _ = await asyncio.wait_for(process.communicate(), 60)
+        text = out.decode()
+        assert process.returncode == 0, text
+        lines = text.splitlines()
+        assert lines[0] == "loading cold on a", text
+        assert any(line.startswith("loading cold on a: ") and line.endswith("%")
+                   for line in lines[1:-1]), text
+        assert lines[-1] == "cold is ready on a", text
+
+
+async def test_status_watch_redraws_when_the_fleet_changes(node: NeuronProcess) -> None:
+    async with gateway(node) as gw:
+        # Every 10 minutes: a second frame this side of that comes from an event.
+        process = await _cli(gw.url, "status", "--watch", "600", "--count", "2")
+        try:
+            assert process.stdout is not None
+            first = await asyncio.wait_for(process.stdout.readline(), 30)
+            assert first.startswith(b"cortex status"), first
+            loaded = await gw.client.post("/admin/models/big1/load")
+            assert loaded.status_code == 200, loaded.text
+            rest, _ = await asyncio.wait_for(process.communicate(), 60)
+            assert process.returncode == 0
+            assert rest.count(b"cortex status") == 1 and b"big1" in rest, rest
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
