@@ -212,12 +212,14 @@ class GatewayAPI(Protocol):
         """Route, load if needed, proxy and answer; errors come back through `dialect`."""
         ...
 
-    def catalogue(self) -> list[CatalogueEntry]:
-        """Every model the fleet can serve now."""
+    def catalogue(self, request: Request | None = None) -> list[CatalogueEntry]:
+        """Every model the fleet can serve now; with `request`, only those its key may
+        use (a key's `models` allow-list)."""
         ...
 
-    def catalogue_entry(self, model: str) -> CatalogueEntry:
-        """One catalogue entry by id or alias; raises ModelNotFound."""
+    def catalogue_entry(self, model: str, request: Request | None = None) -> CatalogueEntry:
+        """One catalogue entry by id or alias (with `request`: one its key may use);
+        raises ModelNotFound."""
         ...
 
     def check_stops(self, stops: str | Sequence[str] | msgspec.Raw | None,

@@ -41,6 +41,9 @@ class RequestRecord(msgspec.Struct, kw_only=True):
     duration_seconds: float = 0.0
     queue_seconds: float = 0.0
     retries: int = 0
+    # `tokenize`: a token count (Anthropic's count_tokens), not an inference request;
+    # metrics and the traffic rates leave it out, the request log keeps it.
+    kind: Literal["inference", "tokenize"] = "inference"
 
 
 class FleetEvent(msgspec.Struct, kw_only=True, omit_defaults=True):

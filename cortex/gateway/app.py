@@ -104,12 +104,20 @@ class _DialectAPI:
             raise PermissionDenied(f"this API key may not use model `{call.model}`")
         return await self._proxy.forward(call, request, dialect)
 
-    def catalogue(self) -> list[CatalogueEntry]:
-        return build_catalogue(self._live.profiles, self._placer.snapshot(),
-                               self._placer.unservable())
+    def catalogue(self, request: Request | None = None) -> list[CatalogueEntry]:
+        entries = build_catalogue(self._live.profiles, self._placer.snapshot(),
+                                  self._placer.unservable())
+        allowed = allowed_models(request.scope) if request is not None else None
+        if allowed is None:
+            return entries
+        ids = set()  # the key's list may name aliases: what profiles they mean
+        for name in allowed:
+            with contextlib.suppress(CortexError):
+                ids.add(self._placer.resolve(name)[0].id)
+        return [e for e in entries if e.id in ids or e.id in allowed]
 
-    def catalogue_entry(self, model: str) -> CatalogueEntry:
-        entries = self.catalogue()
+    def catalogue_entry(self, model: str, request: Request | None = None) -> CatalogueEntry:
+        entries = self.catalogue(request)
         for entry in entries:
             if model == entry.id or model in entry.aliases:
                 return entry

@@ -110,6 +110,8 @@ class GatewayMetrics:
 
     @hookimpl
     def request_finished(self, record: RequestRecord) -> None:
+        if record.kind != "inference":
+            return
         model = record.model if record.node is not None or self._known(record.model) else ""
         self._series.observe(
             (record.dialect, model, record.node or "", str(record.status)),

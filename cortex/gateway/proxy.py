@@ -18,7 +18,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-import msgspec
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
@@ -29,8 +28,8 @@ from cortex.gateway.auth import client_of
 from cortex.gateway.limits import for_profile
 from cortex.gateway.quarantine import fingerprint
 from cortex.gateway.upstream import READ_ERRORS, Answer, Dropped, Opened, Retry, first_bytes
+from cortex.gateway.usage import Counts, stream_usage, usage_of
 from cortex.records import RequestRecord
-from cortex.types import Usage
 
 if TYPE_CHECKING:
     from cortex.config import ModelProfile
@@ -49,29 +48,6 @@ log = logging.getLogger("cortex.gateway.proxy")
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 #: Neuron routes that take no slot, so no turn (Anthropic's count_tokens).
 _UNGATED = frozenset({"/tokenize"})
-
-
-class _UsageView(msgspec.Struct):
-    usage: Usage | None = None
-
-
-_usage_decoder = msgspec.json.Decoder(_UsageView)
-
-
-def _usage(data: bytes) -> Usage | None:
-    try:
-        return _usage_decoder.decode(data).usage
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return None
-
-
-def _stream_usage(chunk: bytes) -> Usage | None:
-    """Usage from the SSE frames of one chunk, if one carries it (the last ones do)."""
-    found = None
-    for frame in chunk.split(b"\n\n"):
-        if frame.startswith(b"data: {") and b'"usage":{' in frame:
-            found = _usage(frame[6:]) or found
-    return found
 
 
 class _Relay(StreamingResponse):
@@ -97,7 +73,8 @@ class _Tally:
         self.started = time.monotonic()
         self.state = state  # the request's ASGI state: says whether a cancel was a cut
         self.record = RequestRecord(request_id=request_id, model=call.model, node=None,
-                                    dialect=dialect.name, status=200, stream=call.stream)
+                                    dialect=dialect.name, status=200, stream=call.stream,
+                                    kind="tokenize" if call.path in _UNGATED else "inference")
         # The load this request waits for, once it waits for one (a stream shows it).
         self.load: LoadJob | None = None
         self.loading = asyncio.Event()
@@ -112,7 +89,7 @@ class _Tally:
         if self.record.stream:  # a whole answer's first byte is its last: no TTFT
             self.record.ttft_seconds = opened.opened_at - self.started
 
-    def usage(self, usage: Usage | None) -> None:
+    def usage(self, usage: Counts | None) -> None:
         if usage is not None:
             self.record.prompt_tokens = usage.prompt_tokens
             self.record.completion_tokens = usage.completion_tokens
@@ -141,6 +118,12 @@ class Proxy:
         except Exception:
             log.exception("a request_finished observer failed")
 
+    def _refused(self, tally: _Tally, response: Response) -> Response:
+        """Record a request answered with an error as the client sees it (Anthropic's
+        529 for a 503), and answer it."""
+        self._finish(tally, response.status_code)
+        return response
+
     async def forward(self, call: Call, request: Request, dialect: Dialect) -> Response:
         placer = self._placer
         tally = _Tally(call, dialect, getattr(request.state, "request_id", ""),
@@ -155,8 +138,7 @@ class Proxy:
                 key = fingerprint(profile.id, call.path, body)
                 self._quarantine.check(key)
         except CortexError as exc:
-            self._finish(tally, exc.status)
-            return dialect.error_response(exc)
+            return self._refused(tally, dialect.error_response(exc))
         attempt = self._taking_turns(call, body, profile, tally, key)
         if not call.stream:
             return await self._whole(request, call, dialect, attempt, tally)
@@ -189,11 +171,10 @@ class Proxy:
                  tally: _Tally) -> Response:
         exc = task.exception() if not task.cancelled() else Unavailable("request cancelled")
         if isinstance(exc, Answer):
-            self._finish(tally, exc.status)
-            return dialect.upstream_error(exc.status, exc.body, exc.error)
+            return self._refused(tally, dialect.upstream_error(exc.status, exc.body,
+                                                               exc.error))
         if isinstance(exc, CortexError):
-            self._finish(tally, exc.status)
-            return dialect.error_response(exc)
+            return self._refused(tally, dialect.error_response(exc))
         assert exc is not None
         raise exc
 
@@ -202,17 +183,16 @@ class Proxy:
         try:
             opened = await unless_disconnected(request, attempt)
         except Answer as answer:
-            self._finish(tally, answer.status)
-            return dialect.upstream_error(answer.status, answer.body, answer.error)
+            return self._refused(tally, dialect.upstream_error(answer.status, answer.body,
+                                                               answer.error))
         except CortexError as exc:
-            self._finish(tally, exc.status)
-            return dialect.error_response(exc)
+            return self._refused(tally, dialect.error_response(exc))
         except asyncio.CancelledError:
             self._finish(tally, cancelled_status(tally.state))
             raise
         try:
             tally.opened(opened)
-            tally.usage(_usage(opened.first))
+            tally.usage(usage_of(opened.first))
             return call.exchange.reply(opened.first)
         finally:
             opened.close()
@@ -277,12 +257,12 @@ class Proxy:
         # closes this generator at its yield. A frame may begin in the previous chunk.
         previous = opened.first
         if b'"usage"' in previous:
-            tally.usage(_stream_usage(previous))
+            tally.usage(stream_usage(previous))
         yield previous
         try:
             async for chunk in opened.response.content.iter_any():
                 if b'"usage"' in chunk:
-                    tally.usage(_stream_usage(previous + chunk))
+                    tally.usage(stream_usage(previous + chunk))
                 previous = chunk
                 yield chunk
         except READ_ERRORS as exc:

@@ -43,6 +43,8 @@ class Traffic:
 
     @hookimpl
     def request_finished(self, record: RequestRecord) -> None:
+        if record.kind != "inference":  # a token count is no request served
+            return
         now = self._clock()
         self.requests_total += 1
         self.input_tokens_total += record.prompt_tokens

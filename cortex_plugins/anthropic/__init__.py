@@ -222,14 +222,14 @@ class AnthropicDialect(Dialect):
                 request, self)
 
         async def models(request: Request) -> Response:
-            items = [_model_info(name, entry) for entry in gateway.catalogue()
+            items = [_model_info(name, entry) for entry in gateway.catalogue(request)
                      for name in (entry.id, *entry.aliases)]
             return JSONResponse(_page(items, request))
 
         async def model(request: Request) -> Response:
             name = request.path_params["model"]
             try:
-                return JSONResponse(_model_info(name, gateway.catalogue_entry(name)))
+                return JSONResponse(_model_info(name, gateway.catalogue_entry(name, request)))
             except CortexError as exc:  # the path alone would pick the OpenAI envelope
                 return self.error_response(exc)
 
