@@ -166,12 +166,18 @@ class Placer:
 
     def retry_after(self, profile: ModelProfile, decision: Decision | None = None) -> float:
         """Seconds a client refused for now should wait: a load's expected time (the
-        decision's, else the model's last, else a guess from its size), once per
-        `slots` requests already waiting for the model, within [1, load_timeout]."""
-        expected = decision.expected_wait if decision is not None and decision.expected_wait \
-            else self._live.router.expected_load_seconds(
-                self._route_request(profile, prefix_node=None, exclude=frozenset(), only=None),
-                decision.needs if decision is not None else None)
+        decision's, else the model's last, else a guess from its smallest known
+        estimate), once per `slots` requests already waiting for the model, within
+        [1, load_timeout]."""
+        if decision is not None and decision.expected_wait:
+            expected = decision.expected_wait
+        else:
+            request = self._route_request(profile, prefix_node=None, exclude=frozenset(),
+                                          only=None)
+            sizes = self._estimates.known(profile, [n.name for n in self.snapshot().nodes])[0]
+            needs = decision.needs if decision is not None and decision.needs else \
+                min(sizes.values(), default=None)
+            expected = self._live.router.expected_load_seconds(request, needs)
         queued = self._waiting[profile.id] + self._fleet.backlog(profile.id) \
             + self._fair.waiting(profile.id)
         rounds = 1 + queued // max(1, profile.slots)

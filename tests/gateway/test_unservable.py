@@ -15,9 +15,12 @@ import openai
 import pytest
 
 from cortex import ModelProfile
+from cortex.router import Decision
 
 from ..conftest import ROOT, NeuronProcess
 from ..gateway_support import RunningGateway, running_gateway, wait_until
+from .fixture_fleet import FixtureFleet, GiB, fixture, live_config, placer_over
+from .fixture_fleet import profile as fixture_profile
 
 pytestmark = [pytest.mark.anyio]
 
@@ -141,3 +144,20 @@ async def test_the_catalogue_admin_and_route_explain_say_unservable(
         assert "unservable" in out and "expected wait" not in out, out
         code, out = await _cli(gw.url, "route", "--explain", "big2")
         assert code == 0, out
+
+
+# --- Retry-After, over a fixture fleet (no neurons) ---------------------------------------
+
+async def test_retry_after_is_the_expected_load_once_per_slots_waiting() -> None:
+    snapshot = fixture("fleet_mixed.json")
+    fleet = FixtureFleet(snapshot, estimates={"gpu-a": 2 * GiB, "gpu-b": 3 * GiB})
+    new = fixture_profile("new", slots=2)
+    placer, _, _ = placer_over(fleet, live_config(snapshot, [new], load_timeout=600.0))
+    alone = placer.retry_after(new)
+    assert alone == 9.0  # never loaded: 4 s per GiB of the smallest estimate, plus 1 s
+    with placer.waiting("new"), placer.waiting("new"), placer.waiting("new"):
+        assert placer.retry_after(new) == 2 * alone  # 3 waiting on 2 slots: one round more
+    loading = Decision(action="none", model="new", expected_wait=30.0)
+    assert placer.retry_after(new, loading) == 30.0
+    placer, _, _ = placer_over(fleet, live_config(snapshot, [new], load_timeout=5.0))
+    assert placer.retry_after(new, loading) == 5.0  # never past the load deadline
