@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -150,7 +151,8 @@ class Events:
 
 
 async def test_admin_events_tell_of_loads_evictions_pins_and_drains(
-        node: NeuronProcess) -> None:
+        node: NeuronProcess, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="cortex.gateway.loader")
     async with gateway(node) as gw:
         events = Events()
         reader = asyncio.ensure_future(events.read(gw.url))
@@ -174,6 +176,13 @@ async def test_admin_events_tell_of_loads_evictions_pins_and_drains(
             evicted = await events.wait_for("evicted")
             assert evicted["node"] == "a" and evicted["model"] in ("cold", "big1"), evicted
             assert "big1" in (await events.wait_for("load_started", "big2"))["victims"]
+            # The log says the same: each load as it starts, and as it ends.
+            said = [r.getMessage() for r in caplog.records if r.name == "cortex.gateway.loader"]
+            assert "loading cold on a (estimate 1.00 GiB)" in said, said
+            assert any(line.startswith("loaded cold on a in ") for line in said), said
+            evicting = [line for line in said
+                        if line.startswith("loading big2 on a (estimate 2.00 GiB; evicting ")]
+            assert evicting and "big1" in evicting[0] and evicting[0].endswith(" (lru))"), said
 
             assert (await gw.client.post("/admin/models/big2/pin")).status_code == 200
             await events.wait_for("pinned", "big2")

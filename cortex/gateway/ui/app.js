@@ -171,8 +171,8 @@ function renderLoaded(fleet, catalogue) {
   $("loaded").tBodies[0].replaceChildren(...rows);
   $("no-loaded").hidden = rows.length > 0;
   $("loads").replaceChildren(...(fleet.loads || []).map((load) => el("li", {
-    text: `loading ${load.model} on ${load.node} for ${load.seconds.toFixed(1)} s `
-      + `(${load.waiters} waiting)` })));
+    text: `loading ${load.model} on ${load.node} for ${load.seconds.toFixed(1)} s, `
+      + `${Math.round((load.progress || 0) * 100)}% (${load.waiters} waiting)` })));
 }
 
 function renderCatalogue(catalogue) {
