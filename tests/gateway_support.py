@@ -167,6 +167,9 @@ def reset(*neurons: NeuronProcess) -> None:
                 assert time.monotonic() < deadline, models
                 for m in models:
                     if m["state"] == "ready":
+                        if m.get("pinned"):  # a neuron refuses to unload a pinned copy
+                            client.post(f"{neuron.url}/models/pin",
+                                        json={"model": m["id"], "pinned": False})
                         client.post(f"{neuron.url}/models/unload",
                                     json={"model": m["id"], "force": True})
                 time.sleep(0.1)

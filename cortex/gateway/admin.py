@@ -112,10 +112,14 @@ def admin_routes(placer: Placer, fleet: Fleet, loader: Loader, live: LiveConfig,
             placed = await placer.place(profile, deadline=deadline, keep=True, only=node)
             return JSONResponse({"model": profile.id, "node": placed, "state": "ready"})
         if verb == "unload":
-            if profile.pinned:
-                raise Conflict(f"model `{profile.id}` is pinned: unpin it first")
-            nodes = [n.name for n, m in placer.snapshot().placements_of(profile.id)
-                     if node is None or n.name == node]
+            copies = [(n.name, m) for n, m in placer.snapshot().placements_of(profile.id)
+                      if node is None or n.name == node]
+            # Pinned here, or on a neuron by any replica: the neuron's flag counts too.
+            pinned_on = [name for name, m in copies if m.pinned]
+            if profile.pinned or pinned_on:
+                where = f" on {', '.join(pinned_on)}" if pinned_on else ""
+                raise Conflict(f"model `{profile.id}` is pinned{where}: unpin it first")
+            nodes = [name for name, _ in copies]
             if not nodes:
                 raise NotFound(f"model `{profile.id}` is not loaded"
                                + (f" on `{node}`" if node else ""))

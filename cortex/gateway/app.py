@@ -205,15 +205,16 @@ def create_app(config: GatewayConfig, plugin_manager: pluggy.PluginManager, *,
             dialect.options = live.dialect_options[dialect.name]
 
     live.on_reload(follow)
+    fleet.on_pin(live.adopt_pin)  # the neurons' pin flags are the fleet's one truth
     # Fair turns between clients on a busy model (held here, not in a neuron's FIFO).
     fair = FairShare(fleet.ready_slots)
-    placer = Placer(live, fleet, loader, fair)
+    traffic = Traffic()  # recent rates for /admin/fleet and the `cost` eviction policy
+    placer = Placer(live, fleet, loader, fair, rates=traffic.rates)
     prefixes = PrefixTable()
     quarantine = Quarantine(lambda: live.settings)
     proxy = Proxy(placer, fleet, live=live, fair=fair, prefixes=prefixes,
                   quarantine=quarantine, hook=plugins.hook)
     reconciler = Reconciler(placer, fleet, loader, live)
-    traffic = Traffic()  # recent rates for /admin/fleet
     # The metrics observer holds this app's own MeterProvider, so it is an object
     # registered per app rather than as a default entry-point plugin.
     metrics: GatewayMetrics | None = None
@@ -269,7 +270,7 @@ def create_app(config: GatewayConfig, plugin_manager: pluggy.PluginManager, *,
     app.state.events = events
     # Served on [gateway] metrics_listen by cortex.gateway.server (None when blocked).
     app.state.metrics = metrics
-    refuse = dialects.error_response
+    refuse = dialects.refusal
     app.add_middleware(BodyLimits, settings=lambda: live.settings, respond=refuse)
     app.add_middleware(AuthGuard, keyring=lambda: live.keys, respond=refuse)
     app.add_middleware(OriginGuard, settings=lambda: live.settings,

@@ -23,7 +23,13 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from cortex.disconnects import cancelled_status, unless_disconnected
-from cortex.errors import CortexError, NeuronDied, Unavailable, Unreachable
+from cortex.errors import (
+    CortexError,
+    NeuronDied,
+    Unavailable,
+    Unreachable,
+    UnsupportedFeature,
+)
 from cortex.gateway.auth import client_of
 from cortex.gateway.limits import for_profile
 from cortex.gateway.quarantine import fingerprint
@@ -129,8 +135,14 @@ class Proxy:
         tally = _Tally(call, dialect, getattr(request.state, "request_id", ""),
                        request.scope.setdefault("state", {}))
         try:
-            profile, _ = placer.resolve(call.model)
+            profile, loadable = placer.resolve(call.model)
             tally.record.model = profile.id
+            if call.path == "/v1/embeddings" and loadable and not profile.embeddings:
+                # Its neuron would refuse too, but only after a cold load that may evict
+                # another model just to say so.
+                raise UnsupportedFeature(f"model `{profile.id}` does not serve embeddings "
+                                         "(its profile does not set embeddings = true)",
+                                         param="model")
             placer.admit(profile)
             body = for_profile(call, profile.id, profile.max_tokens)
             key = None

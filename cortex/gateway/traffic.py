@@ -37,6 +37,7 @@ class Traffic:
         self._started = clock()
         # (finished at, model, prompt tokens, completion tokens)
         self._recent: collections.deque[tuple[float, str, int, int]] = collections.deque()
+        self._per_model: collections.Counter[str] = collections.Counter()
         self.requests_total = 0
         self.input_tokens_total = 0
         self.output_tokens_total = 0
@@ -49,19 +50,35 @@ class Traffic:
         self.requests_total += 1
         self.input_tokens_total += record.prompt_tokens
         self.output_tokens_total += record.completion_tokens
-        self._recent.append((now, record.model if record.node else "",
-                             record.prompt_tokens, record.completion_tokens))
+        model = record.model if record.node else ""
+        self._recent.append((now, model, record.prompt_tokens, record.completion_tokens))
+        self._per_model[model] += 1
         self._prune(now)
 
     def _prune(self, now: float) -> None:
         while self._recent and self._recent[0][0] <= now - self.window:
-            self._recent.popleft()
+            model = self._recent.popleft()[1]
+            self._per_model[model] -= 1
+            if not self._per_model[model]:
+                del self._per_model[model]
+
+    def _span(self, now: float) -> float:
+        return max(1e-9, min(self.window, now - self._started))
+
+    def rates(self) -> dict[str, float]:
+        """Requests per second per model over the window, served requests only: the
+        demand the `cost` eviction policy weighs (it reads one per placement, so this
+        costs one entry per model, not per request)."""
+        now = self._clock()
+        self._prune(now)
+        span = self._span(now)
+        return {model: n / span for model, n in self._per_model.items() if model}
 
     def describe(self) -> dict[str, Any]:
         """Rates over the window, totals, and per-model rates (served requests only)."""
         now = self._clock()
         self._prune(now)
-        span = max(1e-9, min(self.window, now - self._started))
+        span = self._span(now)
         per_model: dict[str, list[int]] = {}
         inputs = outputs = 0
         for _, model, prompt, completion in self._recent:
