@@ -233,3 +233,28 @@ async def test_status_watch_redraws_when_the_fleet_changes(node: NeuronProcess) 
             if process.returncode is None:
                 process.kill()
                 await process.wait()
+
+
+async def test_a_replica_tells_of_pins_and_drains_made_through_another(
+        node: NeuronProcess) -> None:
+    async with gateway(node) as one, gateway(node) as two:
+        events = Events()
+        reader = asyncio.ensure_future(events.read(two.url))
+        try:
+            async def opened() -> bool:
+                return events.open
+
+            await wait_until(opened, timeout=10, what="the event stream is open")
+            assert (await one.client.post("/admin/models/big1/pin")).status_code == 200
+            assert (await events.wait_for("pinned", "big1"))["node"] == "a"
+            assert (await one.client.post("/admin/models/big1/unpin")).status_code == 200
+            await events.wait_for("unpinned", "big1")
+            assert (await one.client.post("/admin/nodes/a/drain")).status_code == 200
+            await events.wait_for("draining")
+            assert (await one.client.post("/admin/nodes/a/undrain")).status_code == 200
+            await events.wait_for("undrained")
+            assert not events.of("load_started")  # loads are the replica's own
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError):
+                await reader
