@@ -41,6 +41,10 @@ class RequestRecord(msgspec.Struct, kw_only=True):
     duration_seconds: float = 0.0
     queue_seconds: float = 0.0
     retries: int = 0
+    method: str = "POST"
+    path: str = ""
+    # Why a 4xx or 5xx: the error's message as the client got it (None for 2xx).
+    reason: str | None = None
     # `tokenize`: a token count (Anthropic's count_tokens), not an inference request;
     # metrics and the traffic rates leave it out, the request log keeps it.
     kind: Literal["inference", "tokenize"] = "inference"

@@ -23,6 +23,7 @@ from starlette.routing import BaseRoute, Route
 
 from cortex.dialect import decode_body
 from cortex.errors import ConfigError, Conflict, InvalidRequest, NotFound
+from cortex.gateway.configcheck import problems_of
 
 if TYPE_CHECKING:
     from cortex.gateway.fairshare import FairShare
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from cortex.gateway.placement import Placer
     from cortex.gateway.state import LiveConfig
     from cortex.gateway.traffic import Traffic
+    from cortex.snapshot import FleetSnapshot
 
 __all__ = ["AdminAction", "admin_routes"]
 
@@ -55,6 +57,23 @@ async def _action(request: Request) -> AdminAction:
     return action
 
 
+def _with_idle(nodes: list[dict[str, Any]], snapshot: FleetSnapshot) -> list[dict[str, Any]]:
+    """Add to each loaded model what the router sees: `idle_seconds` (0 while busy),
+    `ttl`, and `expires_in`, the seconds until its TTL unloads it if it stays idle (None
+    without a TTL, or pinned), for `cortex status`'s IDLE and UNTIL."""
+    views = {(n.name, m.id): m for n in snapshot.nodes for m in n.models}
+    for node in nodes:
+        for model in node["models"]:
+            view = views.get((node["name"], model["id"]))
+            if view is None:
+                continue
+            model["idle_seconds"] = round(view.idle_for, 1)
+            model["ttl"] = view.ttl
+            model["expires_in"] = (None if view.ttl is None or view.pinned
+                                   else round(max(0.0, view.ttl - view.idle_for), 1))
+    return nodes
+
+
 def admin_routes(placer: Placer, fleet: Fleet, loader: Loader, live: LiveConfig, *,
                  traffic: Traffic, turns: FairShare) -> list[BaseRoute]:
     """The /admin routes over the parts they show and act on: `traffic` for the last
@@ -68,7 +87,7 @@ def admin_routes(placer: Placer, fleet: Fleet, loader: Loader, live: LiveConfig,
     async def fleet_view(request: Request) -> Response:
         now = time.monotonic()
         return JSONResponse({
-            "nodes": fleet.describe(),
+            "nodes": _with_idle(fleet.describe(), placer.snapshot()),
             "loads": [{"model": j.model, "node": j.node, "waiters": j.waiters,
                        "seconds": round(now - j.started, 3), "keep": j.keep,
                        "progress": round(j.progress, 3)}
@@ -156,7 +175,8 @@ def admin_routes(placer: Placer, fleet: Fleet, loader: Loader, live: LiveConfig,
         try:
             summary = await live.reload()
         except ConfigError as exc:
-            log.error("POST /admin/reload: configuration not reloaded: %s", exc.message)
+            for problem in problems_of(exc):
+                log.error("POST /admin/reload: configuration not reloaded: %s", problem)
             raise InvalidRequest(f"configuration not reloaded: {exc.message}") from None
         return JSONResponse({"status": "reloaded", "summary": summary})
 

@@ -12,11 +12,12 @@ Each part is handed the parts it uses, never a bag of everything:
     Proxy        (proxy.py)       one request end to end
     Reconciler   (reconciler.py)  pins, TTL, defrag
     admin_routes (admin.py)       /admin
+    Activity     (activity.py)    the last requests, GET /admin/requests
     _DialectAPI  (here)           what the dialects' routes may ask (cortex.dialect.GatewayAPI)
 
 `app.state` carries the parts for `cortex serve`, embedding apps and tests: `live`,
-`placer`, `fleet`, `loader`, `fair`, `prefixes`, `quarantine`, `traffic`, `dialects`,
-`events` (GET /admin/events) and `metrics` (None when its plugin is blocked).
+`placer`, `fleet`, `loader`, `fair`, `prefixes`, `quarantine`, `traffic`, `activity`,
+`dialects`, `events` (GET /admin/events) and `metrics` (None when its plugin is blocked).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from cortex.errors import (
     NotFound,
     PermissionDenied,
 )
+from cortex.gateway.activity import ACTIVITY_PLUGIN, Activity, activity_routes
 from cortex.gateway.admin import admin_routes
 from cortex.gateway.auth import AuthGuard, allowed_models
 from cortex.gateway.catalogue import build_catalogue
@@ -64,6 +66,7 @@ from cortex.gateway.prefixes import PrefixTable
 from cortex.gateway.proxy import Proxy
 from cortex.gateway.quarantine import Quarantine
 from cortex.gateway.reconciler import Reconciler
+from cortex.gateway.requestlog import RequestLog
 from cortex.gateway.state import LiveConfig, Reloader
 from cortex.gateway.traffic import TRAFFIC_PLUGIN, Traffic
 from cortex.gateway.ui import ui_routes
@@ -213,7 +216,7 @@ def create_app(config: GatewayConfig, plugin_manager: pluggy.PluginManager, *,
     prefixes = PrefixTable()
     quarantine = Quarantine(lambda: live.settings)
     proxy = Proxy(placer, fleet, live=live, fair=fair, prefixes=prefixes,
-                  quarantine=quarantine, hook=plugins.hook)
+                  quarantine=quarantine, hook=plugins.hook, traffic=traffic)
     reconciler = Reconciler(placer, fleet, loader, live)
     # The metrics observer holds this app's own MeterProvider, so it is an object
     # registered per app rather than as a default entry-point plugin.
@@ -224,6 +227,8 @@ def create_app(config: GatewayConfig, plugin_manager: pluggy.PluginManager, *,
             or bool(placer.snapshot().placements_of(model))))
         plugin_manager.register(metrics, name=METRICS_PLUGIN)
     plugin_manager.register(traffic, name=TRAFFIC_PLUGIN)
+    activity = Activity()  # the last requests, for the dashboard's activity log
+    plugin_manager.register(activity, name=ACTIVITY_PLUGIN)
     events = EventStream()  # GET /admin/events
     plugin_manager.register(events, name=EVENTS_PLUGIN)
 
@@ -240,6 +245,7 @@ def create_app(config: GatewayConfig, plugin_manager: pluggy.PluginManager, *,
             await loader.close()
             await fleet.close()
             plugin_manager.unregister(traffic)
+            plugin_manager.unregister(activity)
             events.close()
             plugin_manager.unregister(events)
             if metrics is not None:
@@ -260,6 +266,7 @@ def create_app(config: GatewayConfig, plugin_manager: pluggy.PluginManager, *,
     for dialect in dialects:
         routes.extend(dialect.routes(api))
     routes.extend(admin_routes(placer, fleet, loader, live, traffic=traffic, turns=fair))
+    routes.extend(activity_routes(activity))
     routes.append(events.route(lambda: live.settings.keepalive_interval))
     routes.extend(ui_routes())
     app = Starlette(routes=routes, lifespan=lifespan,
@@ -267,6 +274,7 @@ def create_app(config: GatewayConfig, plugin_manager: pluggy.PluginManager, *,
     app.state.live, app.state.placer, app.state.fleet = live, placer, fleet
     app.state.loader, app.state.fair, app.state.prefixes = loader, fair, prefixes
     app.state.quarantine, app.state.traffic, app.state.dialects = quarantine, traffic, dialects
+    app.state.activity = activity
     app.state.events = events
     # Served on [gateway] metrics_listen by cortex.gateway.server (None when blocked).
     app.state.metrics = metrics
@@ -275,6 +283,7 @@ def create_app(config: GatewayConfig, plugin_manager: pluggy.PluginManager, *,
     app.add_middleware(AuthGuard, keyring=lambda: live.keys, respond=refuse)
     app.add_middleware(OriginGuard, settings=lambda: live.settings,
                        keyed=lambda: not live.keys.open, respond=refuse)
+    app.add_middleware(RequestLog)  # refusals that never reach a model: their own line
     app.add_middleware(_RequestIds)
     app.add_middleware(HeadLimit, settings=lambda: live.settings, respond=refuse)
     return app

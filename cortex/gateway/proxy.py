@@ -33,6 +33,7 @@ from cortex.errors import (
 from cortex.gateway.auth import client_of
 from cortex.gateway.limits import for_profile
 from cortex.gateway.quarantine import fingerprint
+from cortex.gateway.requestlog import RECORDED
 from cortex.gateway.upstream import READ_ERRORS, Answer, Dropped, Opened, Retry, first_bytes
 from cortex.gateway.usage import Counts, stream_usage, usage_of
 from cortex.records import RequestRecord
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from cortex.gateway.prefixes import PrefixTable
     from cortex.gateway.quarantine import Quarantine
     from cortex.gateway.state import LiveConfig
+    from cortex.gateway.traffic import Traffic
 
 __all__ = ["Proxy"]
 
@@ -74,13 +76,17 @@ class _Relay(StreamingResponse):
 class _Tally:
     """What request_finished will report about one request."""
 
-    def __init__(self, call: Call, dialect: Dialect, request_id: str,
-                 state: dict[str, object]) -> None:
+    def __init__(self, call: Call, dialect: Dialect, request: Request) -> None:
         self.started = time.monotonic()
-        self.state = state  # the request's ASGI state: says whether a cancel was a cut
-        self.record = RequestRecord(request_id=request_id, model=call.model, node=None,
-                                    dialect=dialect.name, status=200, stream=call.stream,
-                                    kind="tokenize" if call.path in _UNGATED else "inference")
+        # The request's ASGI state: says whether a cancel was a cut, and tells the
+        # request log (cortex.gateway.requestlog) that this request has its record.
+        self.state: dict[str, object] = request.scope.setdefault("state", {})
+        self.state[RECORDED] = True
+        self.record = RequestRecord(
+            request_id=getattr(request.state, "request_id", ""), model=call.model, node=None,
+            dialect=dialect.name, status=200, stream=call.stream, method=request.method,
+            path=request.url.path)
+        self.record.kind = "tokenize" if call.path in _UNGATED else "inference"
         # The load this request waits for, once it waits for one (a stream shows it).
         self.load: LoadJob | None = None
         self.loading = asyncio.Event()
@@ -103,10 +109,11 @@ class _Tally:
 
 class Proxy:
     """Sends requests where `placer` says, over `fleet`'s clients; `hook` is told of each
-    finished one (request_finished)."""
+    finished one (request_finished), `traffic` of a stream's tokens as they pass."""
 
     def __init__(self, placer: Placer, fleet: Fleet, *, live: LiveConfig, fair: FairShare,
-                 prefixes: PrefixTable, quarantine: Quarantine, hook: Any) -> None:
+                 prefixes: PrefixTable, quarantine: Quarantine, hook: Any,
+                 traffic: Traffic) -> None:
         self._placer = placer
         self._fleet = fleet
         self._live = live
@@ -114,26 +121,30 @@ class Proxy:
         self._prefixes = prefixes
         self._quarantine = quarantine
         self._hook = hook
+        self._traffic = traffic
 
-    def _finish(self, tally: _Tally, status: int | None = None) -> None:
+    def _finish(self, tally: _Tally, status: int | None = None,
+                reason: str | None = None) -> None:
         if status is not None:
             tally.record.status = status
+        if status is not None and status >= 400:
+            tally.record.reason = reason or (
+                "the client went away" if status == 499 else "cut at drain_timeout")
         tally.record.duration_seconds = time.monotonic() - tally.started
         try:
             self._hook.request_finished(record=tally.record)
         except Exception:
             log.exception("a request_finished observer failed")
 
-    def _refused(self, tally: _Tally, response: Response) -> Response:
+    def _refused(self, tally: _Tally, response: Response, reason: str) -> Response:
         """Record a request answered with an error as the client sees it (Anthropic's
         529 for a 503), and answer it."""
-        self._finish(tally, response.status_code)
+        self._finish(tally, response.status_code, reason)
         return response
 
     async def forward(self, call: Call, request: Request, dialect: Dialect) -> Response:
         placer = self._placer
-        tally = _Tally(call, dialect, getattr(request.state, "request_id", ""),
-                       request.scope.setdefault("state", {}))
+        tally = _Tally(call, dialect, request)
         try:
             profile, loadable = placer.resolve(call.model)
             tally.record.model = profile.id
@@ -150,7 +161,7 @@ class Proxy:
                 key = fingerprint(profile.id, call.path, body)
                 self._quarantine.check(key)
         except CortexError as exc:
-            return self._refused(tally, dialect.error_response(exc))
+            return self._refused(tally, dialect.error_response(exc), exc.message)
         attempt = self._taking_turns(call, body, profile, tally, key)
         if not call.stream:
             return await self._whole(request, call, dialect, attempt, tally)
@@ -184,9 +195,9 @@ class Proxy:
         exc = task.exception() if not task.cancelled() else Unavailable("request cancelled")
         if isinstance(exc, Answer):
             return self._refused(tally, dialect.upstream_error(exc.status, exc.body,
-                                                               exc.error))
+                                                               exc.error), exc.error.message)
         if isinstance(exc, CortexError):
-            return self._refused(tally, dialect.error_response(exc))
+            return self._refused(tally, dialect.error_response(exc), exc.message)
         assert exc is not None
         raise exc
 
@@ -195,10 +206,10 @@ class Proxy:
         try:
             opened = await unless_disconnected(request, attempt)
         except Answer as answer:
-            return self._refused(tally, dialect.upstream_error(answer.status, answer.body,
-                                                               answer.error))
+            return self._refused(tally, dialect.upstream_error(
+                answer.status, answer.body, answer.error), answer.error.message)
         except CortexError as exc:
-            return self._refused(tally, dialect.error_response(exc))
+            return self._refused(tally, dialect.error_response(exc), exc.message)
         except asyncio.CancelledError:
             self._finish(tally, cancelled_status(tally.state))
             raise
@@ -212,18 +223,18 @@ class Proxy:
 
     async def _stream(self, task: asyncio.Future[Opened], call: Call, dialect: Dialect,
                       tally: _Tally, state: dict[str, Opened]) -> AsyncIterator[bytes]:
-        status = 200
+        status, reason = 200, None
         try:
             async for frame in self._waiting(task, call, tally):
                 yield frame
             try:
                 opened = state["opened"] = task.result()
             except Answer as answer:
-                status = answer.status
+                status, reason = answer.status, answer.error.message
                 yield call.exchange.stream_error(answer.error)
                 return
             except CortexError as exc:
-                status = exc.status
+                status, reason = exc.status, exc.message
                 yield call.exchange.stream_error(exc)
                 return
             tally.opened(opened)
@@ -231,7 +242,7 @@ class Proxy:
                 async for chunk in call.exchange.relay(self._chunks(opened, tally)):
                     yield chunk
             except CortexError as exc:
-                status = exc.status
+                status, reason = exc.status, exc.message
                 log.warning("stream of %s from %s failed: %s", call.model, opened.node,
                             exc.message)
                 yield call.exchange.stream_error(exc)
@@ -239,7 +250,7 @@ class Proxy:
             status = cancelled_status(tally.state)
             raise
         finally:
-            self._finish(tally, status)
+            self._finish(tally, status, reason)
 
     async def _waiting(self, task: asyncio.Future[Opened], call: Call,
                        tally: _Tally) -> AsyncIterator[bytes]:
@@ -267,12 +278,16 @@ class Proxy:
     async def _chunks(self, opened: Opened, tally: _Tally) -> AsyncIterator[bytes]:
         # Peek for usage before yielding: a client that leaves after the last chunk
         # closes this generator at its yield. A frame may begin in the previous chunk.
+        # Each data frame is about one token: counted as it passes (cortex.gateway.traffic).
         previous = opened.first
+        flow = self._traffic.flow(tally.record)
+        flow.add(previous.count(b"data: {"))
         if b'"usage"' in previous:
             tally.usage(stream_usage(previous))
         yield previous
         try:
             async for chunk in opened.response.content.iter_any():
+                flow.add(chunk.count(b"data: {"))
                 if b'"usage"' in chunk:
                     tally.usage(stream_usage(previous + chunk))
                 previous = chunk
