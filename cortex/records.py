@@ -9,7 +9,7 @@ from typing import Literal
 
 import msgspec
 
-__all__ = ["MAX_LOGGED", "FleetEvent", "RequestRecord", "log_value"]
+__all__ = ["MAX_LOGGED", "FleetEvent", "FleetEventKind", "RequestRecord", "log_value"]
 
 #: Characters of client text a log line keeps (a model name may be megabytes of JSON).
 MAX_LOGGED = 128
@@ -50,12 +50,15 @@ class RequestRecord(msgspec.Struct, kw_only=True):
     kind: Literal["inference", "tokenize"] = "inference"
 
 
+FleetEventKind = Literal["load_started", "load_progress", "loaded", "unloaded", "evicted",
+                         "load_failed", "pinned", "unpinned", "node_up", "node_down",
+                         "draining", "undrained"]
+
+
 class FleetEvent(msgspec.Struct, kw_only=True, omit_defaults=True):
     """One change in the fleet, as GET /admin/events streams it (docs/gateway.md)."""
 
-    kind: Literal["load_started", "load_progress", "loaded", "unloaded", "evicted",
-                  "load_failed", "pinned", "unpinned", "node_up", "node_down", "draining",
-                  "undrained"]
+    kind: FleetEventKind
     node: str
     model: str | None = None
     reason: str | None = None

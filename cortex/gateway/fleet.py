@@ -16,7 +16,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
-from typing import Any, Literal
+from typing import Any
 
 from cortex.config import GatewaySection, NeuronEntry
 from cortex.errors import CortexError, Unavailable
@@ -25,15 +25,13 @@ from cortex.gateway.estimates import Estimates
 from cortex.gateway.nodes import Lost, Node, active
 from cortex.gateway.profiles import ProfileIndex
 from cortex.records import FleetEvent
+from cortex.records import FleetEventKind as EventKind
 from cortex.snapshot import FleetSnapshot
 from cortex.types import ModelStatus, NodeStatus
 
 __all__ = ["Fleet"]
 
 log = logging.getLogger("cortex.gateway.fleet")
-EventKind = Literal["load_started", "load_progress", "loaded", "unloaded", "evicted",
-                    "load_failed", "pinned", "unpinned", "node_up", "node_down", "draining",
-                    "undrained"]
 class Fleet:
     def __init__(self, settings: GatewaySection, hook: Any) -> None:
         self.settings = settings
@@ -186,8 +184,6 @@ class Fleet:
         previous = node.models
         if node.status is not None and node.status.draining != status.draining:
             self.emit("draining" if status.draining else "undrained", node.entry.name)
-        for model in status.models:
-            self._noticed(node.entry.name, previous.get(model.id), model)
         node.status = status
         node.models = {m.id: m for m in status.models}
         node.active_at_poll = Counter(node.active) | (asked or Counter())
@@ -198,6 +194,7 @@ class Fleet:
                 node.idle_since[model.id] = now
             self.estimates.loaded(model.id, model.load_seconds)
             self._saw_pin(before, model)
+            self._noticed(node.entry.name, before, model)
         for gone in set(node.idle_since) - set(node.models):
             del node.idle_since[gone]
         for gone in set(node.used_at) - set(node.models):
@@ -356,14 +353,10 @@ class Fleet:
 
     # --- views ----------------------------------------------------------------------------------
 
-    def emit(self, kind: EventKind, node: str, *, model: str | None = None,
-             reason: str | None = None, seconds: float | None = None,
-             bytes: int | None = None, victims: tuple[str, ...] = (),
-             progress: float | None = None) -> None:
+    def emit(self, kind: EventKind, node: str, **fields: Any) -> None:
+        """Tell the fleet_event observers; `fields` are FleetEvent's own."""
         try:
-            self._hook.fleet_event(event=FleetEvent(
-                kind=kind, node=node, model=model, reason=reason, seconds=seconds,
-                bytes=bytes, victims=victims, progress=progress))
+            self._hook.fleet_event(event=FleetEvent(kind=kind, node=node, **fields))
         except Exception:
             log.exception("a fleet_event observer failed")
 
