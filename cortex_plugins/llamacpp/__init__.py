@@ -119,7 +119,9 @@ class LlamaCppHarness(Harness):
         model_params = llama_cpp.llama_model_default_params()
         model_params.n_gpu_layers = 0x7FFFFFFF if profile.n_gpu_layers < 0 \
             else profile.n_gpu_layers
-        model_params.use_mmap = self.options.use_mmap
+        if not self.options.use_mmap:  # else llama.cpp's choice: it maps a file on a CPU
+            # llama.cpp replaced use_mmap with load_mode; ctypes took the old name silently.
+            model_params.load_mode = llama_cpp.LLAMA_LOAD_MODE_NONE
 
         @llama_cpp.llama_progress_callback
         def on_progress(fraction: float, user_data: Any) -> bool:
