@@ -108,7 +108,7 @@ class FixtureFleet:
         return sum(m.slots for m in copies), len(copies)
 
     def describe(self) -> list[dict[str, Any]]:
-        return [{"name": n.name, "up": n.up} for n in self.view.nodes]
+        return [{"name": n.name, "up": n.up, "models": []} for n in self.view.nodes]
 
     async def first_round(self, timeout: float) -> None:
         self.calls.append(("first_round",))
