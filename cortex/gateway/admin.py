@@ -1,6 +1,9 @@
 """Admin API: fleet state, routing explanations, manual lifecycle and config reload.
 
-    GET  /admin/fleet                           nodes, models, loads, in-flight, traffic, turns
+    GET  /admin/fleet                           nodes, models, loads, in-flight, traffic, turns,
+                                                unservable models
+    GET  /admin/events                          SSE: loads (with progress), evictions, pins,
+                                                nodes (cortex.gateway.events)
     GET  /admin/route?model=ID[&node=NAME]      the routing decision, not acted upon
     POST /admin/models/{id}/load|unload|pin|unpin   optional {"node": ..., "force": ...}
     POST /admin/nodes/{name}/drain|undrain      new work goes elsewhere; in flight finishes
@@ -74,10 +77,11 @@ def _with_idle(nodes: list[dict[str, Any]], snapshot: FleetSnapshot) -> list[dic
 
 def admin_routes(placer: Placer, fleet: Fleet, loader: Loader, live: LiveConfig, *,
                  traffic: Traffic, turns: FairShare,
-                 discovery: Callable[[], list[dict[str, Any]]] = list) -> list[BaseRoute]:
+                 discovery: Callable[[], list[dict[str, Any]]] = list,
+                 origin: Callable[[str], str] = lambda name: "config") -> list[BaseRoute]:
     """The /admin routes over the parts they show and act on: `traffic` for the last
     minute's rates, `turns` for the requests waiting for their turn on a busy model,
-    `discovery` for the `[[discovery]]` sources."""
+    `discovery` for the `[[discovery]]` sources, `origin` for where a node came from."""
 
     def known_node(name: str | None) -> str | None:
         if name is not None and not fleet.has(name):
@@ -87,9 +91,11 @@ def admin_routes(placer: Placer, fleet: Fleet, loader: Loader, live: LiveConfig,
     async def fleet_view(request: Request) -> Response:
         now = time.monotonic()
         return JSONResponse({
-            "nodes": _with_idle(fleet.describe(), placer.snapshot()),
+            "nodes": [{**node, "origin": origin(node["name"])}
+                      for node in _with_idle(fleet.describe(), placer.snapshot())],
             "loads": [{"model": j.model, "node": j.node, "waiters": j.waiters,
-                       "seconds": round(now - j.started, 3), "keep": j.keep}
+                       "seconds": round(now - j.started, 3), "keep": j.keep,
+                       "progress": round(j.progress, 3)}
                       for j in loader.jobs],
             "routing": live.router.strategy.name,
             "eviction": live.router.evictor.policy.name,
@@ -97,6 +103,8 @@ def admin_routes(placer: Placer, fleet: Fleet, loader: Loader, live: LiveConfig,
             # Per busy model: requests let through, and those waiting for their turn.
             "turns": turns.describe(),
             "discovery": discovery(),
+            # Models no node can ever hold, each with why (state `unservable`).
+            "unservable": placer.unservable(),
         })
 
     async def route(request: Request) -> Response:

@@ -71,6 +71,7 @@ class Membership:
         self._static: list[NeuronEntry] = []
         self._feeds: list[_Feed] = []
         self._clashes: set[tuple[str, str]] = set()
+        self._origins: dict[str, str] = {}  # every name seen: where it last came from
 
     def configure(self, config: GatewayConfig) -> None:
         """Take a config (at start and on each reload): a source whose table changed is
@@ -125,7 +126,12 @@ class Membership:
                     continue
                 entries[entry.name] = entry
                 origins[entry.name] = feed.source.origin
-        self._fleet.configure(entries.values(), origins)
+        self._origins.update(origins)
+        self._fleet.configure(entries.values())
+
+    def origin(self, name: str) -> str:
+        """Where node `name` came from: `config`, or a source's origin (/admin/fleet)."""
+        return self._origins.get(name, "config")
 
     async def _run(self, feed: _Feed) -> None:
         source = feed.source

@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from cortex.config import NeuronEntry
+from cortex.config import GatewaySection, NeuronEntry
 from cortex.errors import CortexError
 from cortex.gateway.client import NeuronClient
 from cortex.gateway.profiles import ProfileIndex
@@ -33,7 +33,6 @@ class Node:
     def __init__(self, entry: NeuronEntry, client: NeuronClient) -> None:
         self.entry = entry
         self.client = client
-        self.origin = "config"  # or the discovery source that found it
         self.up = False
         self.polled = False
         self.failures = 0
@@ -55,6 +54,12 @@ class Node:
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.watchers: set[Lost] = set()  # requests in flight there, told if it goes down
+
+    @classmethod
+    def open(cls, entry: NeuronEntry, settings: GatewaySection) -> Node:
+        """A node for `entry` with its client, on `settings`' timeouts."""
+        return cls(entry, NeuronClient(entry, connect_timeout=settings.connect_timeout,
+                                       request_timeout=settings.request_timeout))
 
     def view(self, profiles: ProfileIndex, now: float, *,
              rates: Mapping[str, float] | None = None,
@@ -98,7 +103,7 @@ class Node:
         status = self.status
         return {
             "name": self.entry.name, "endpoint": self.entry.endpoint, "up": self.up,
-            "origin": self.origin, "leaving": self.retired,
+            "leaving": self.retired,
             "draining": self.retired or (status.draining if status else False),
             "failures": self.failures, "last_error": self.last_error,
             "cycles": self.cycles,
