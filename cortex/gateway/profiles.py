@@ -24,15 +24,20 @@ __all__ = ["ProfileIndex"]
 
 class ProfileIndex:
     def __init__(self, profiles: Iterable[ModelProfile],
-                 pins: Mapping[str, bool] | None = None) -> None:
-        """`pins` overrides profiles' `pinned` (runtime pin/unpin from the admin API)."""
+                 pins: Mapping[str, bool] | None = None,
+                 ttls: Mapping[str, float | None] | None = None) -> None:
+        """`pins` overrides profiles' `pinned` (runtime pin/unpin from the admin API),
+        `ttls` their `ttl` (a client's keep-alive, through GatewayAPI.set_ttl)."""
         pins = pins or {}
+        ttls = ttls or {}
         self._by_id: dict[str, ModelProfile] = {}
         self._names: dict[str, str] = {}
         self._patterns: list[tuple[AliasPattern, str]] = []
         for profile in profiles:
             if profile.id in pins:
                 profile = msgspec.structs.replace(profile, pinned=pins[profile.id])
+            if profile.id in ttls:
+                profile = msgspec.structs.replace(profile, ttl=ttls[profile.id])
             self._by_id[profile.id] = profile
             self._names.setdefault(profile.id, profile.id)
             for name in profile.aliases:
