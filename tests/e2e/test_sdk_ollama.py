@@ -97,10 +97,16 @@ async def test_latest_tag_names_the_model(client: ollama.AsyncClient) -> None:
     assert shown.parameters == "num_ctx 2048"
 
 
-async def test_unknown_model_is_404(client: ollama.AsyncClient) -> None:
+async def test_unknown_model_is_404(client: ollama.AsyncClient, gw: RunningGateway) -> None:
     with pytest.raises(ollama.ResponseError) as caught:
         await client.chat(model="nope", messages=HELLO)
     assert caught.value.status_code == 404 and "nope" in caught.value.error
+    # Ollama's envelope, on unknown routes under /api/ too: {"error": "<a sentence>"}.
+    for path in ("/api/chat", "/api/nothing"):
+        answer = await gw.client.post(f"{gw.url}{path}", json={"model": "nope"})
+        body = answer.json()
+        assert answer.status_code == 404 and list(body) == ["error"]
+        assert isinstance(body["error"], str)
 
 
 # --- chat and generate ---------------------------------------------------------------------
@@ -179,6 +185,8 @@ async def test_embed_and_legacy_embeddings(client: ollama.AsyncClient) -> None:
     assert both.embeddings[0] != both.embeddings[1]
     one = await client.embeddings(model="emb", prompt="hello")
     assert list(one.embedding) == pytest.approx(list(both.embeddings[0]))
+    second = await client.embed(model="emb", input="world")
+    assert list(second.embeddings[0]) == pytest.approx(list(both.embeddings[1]))
 
 
 # --- pull, ps and keep_alive ---------------------------------------------------------------
