@@ -166,7 +166,14 @@ def _answered(message: Message, pending: list[tuple[str, str]], made: int) -> st
     return f"call_{made}_result"
 
 
+def _no_logprobs(req: ChatRequest | GenerateRequest) -> None:
+    if req.logprobs or req.top_logprobs:
+        field = "logprobs" if req.logprobs else "top_logprobs"
+        raise UnsupportedFeature(f"{field}: log probabilities are not served", param=field)
+
+
 def chat_request(req: ChatRequest, *, model: str) -> ChatCompletionRequest:
+    _no_logprobs(req)
     return ChatCompletionRequest(
         model=model, messages=_messages(req.messages), stream=req.stream,
         stream_options=StreamOptions(include_usage=True) if req.stream else None,
@@ -177,6 +184,7 @@ def chat_request(req: ChatRequest, *, model: str) -> ChatCompletionRequest:
 def generate_request(req: GenerateRequest, *, model: str
                      ) -> ChatCompletionRequest | CompletionRequest:
     """A prompt as a chat turn (the profile's template applies), or raw as a completion."""
+    _no_logprobs(req)
     if req.images:
         raise UnsupportedFeature("images: the models of this gateway take text only",
                                  param="images")

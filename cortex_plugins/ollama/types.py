@@ -81,6 +81,8 @@ class _Inference(msgspec.Struct, kw_only=True):
     options: Options | None = None
     keep_alive: KeepAlive = None
     think: bool | str | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
 
 
 class ChatRequest(_Inference, kw_only=True):

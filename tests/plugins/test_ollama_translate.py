@@ -172,6 +172,13 @@ def test_messages_we_cannot_serve_are_refused_naming_the_field(
     assert caught.value.param == f"messages[0].{field}"
 
 
+@pytest.mark.parametrize("field", [{"logprobs": True}, {"top_logprobs": 2}])
+def test_chat_logprobs_are_refused(field: dict[str, Any]) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        chat(**field)
+    assert caught.value.param == next(iter(field))
+
+
 def test_bad_tools_are_400() -> None:
     with pytest.raises(InvalidRequest, match="tools"):
         chat(tools=[{"type": "function", "function": {"description": "no name"}}])
@@ -190,7 +197,8 @@ def test_raw_generate_is_a_text_completion_without_openai_default_budget() -> No
 
 
 @pytest.mark.parametrize("field", [{"template": "{{ .Prompt }}"}, {"context": [1, 2]},
-                                   {"images": ["aGk="]}, {"suffix": "end"}])
+                                   {"images": ["aGk="]}, {"suffix": "end"},
+                                   {"logprobs": True}, {"top_logprobs": 3}])
 def test_generate_fields_we_cannot_honour_are_refused(field: dict[str, Any]) -> None:
     with pytest.raises(InvalidRequest) as caught:
         generate(**field)
