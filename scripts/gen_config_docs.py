@@ -179,6 +179,12 @@ DESCRIPTIONS: dict[str, str] = {
     "SyntheticHarness.Options.die_on": "tests only: a prompt containing this string kills "
                                        "the neuron (SIGKILL) before its first token, as a "
                                        "crash would; unset by default",
+    "SyntheticHarness.Options.script": "tests of agent clients only: scripted replies to "
+                                       "requests that offer tools, the Nth assistant turn "
+                                       "gets step N (the last repeats); empty by default",
+    "ScriptStep.text": "the words of a plain reply",
+    "ScriptStep.tool": "the tool a scripted reply calls (instead of text)",
+    "ScriptStep.arguments": "the arguments of that call",
 }
 
 INTRO = """\
@@ -303,8 +309,9 @@ def walk(struct: type[Any], heading: str, *, missing: list[str],
             text = ""
         inner = _struct_item(f.type)
         if inner is not None and not isinstance(f.type, inspect.UnionType):
-            child = f"[[{f.encode_name}]]" if isinstance(f.type, inspect.ListType) \
-                else f"[{f.encode_name}]"
+            path = f"{heading.strip('[]')}.{f.encode_name}" if heading.startswith("[") \
+                else f.encode_name
+            child = f"[[{path}]]" if isinstance(f.type, inspect.ListType) else f"[{path}]"
             if inner.cls in seen:
                 note = f"The keys of models.toml's `{seen[inner.cls]}`."
                 nested.append(Section(child, note=note))

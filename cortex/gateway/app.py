@@ -272,7 +272,7 @@ def create_app(config: GatewayConfig, plugin_manager: pluggy.PluginManager, *,
     app.state.quarantine, app.state.traffic, app.state.dialects = quarantine, traffic, dialects
     # Served on [gateway] metrics_listen by cortex.gateway.server (None when blocked).
     app.state.metrics = metrics
-    refuse = dialects.error_response
+    refuse = dialects.refusal
     app.add_middleware(BodyLimits, settings=lambda: live.settings, respond=refuse)
     app.add_middleware(AuthGuard, keyring=lambda: live.keys, respond=refuse)
     app.add_middleware(OriginGuard, settings=lambda: live.settings,

@@ -182,6 +182,8 @@ class Fleet:
             self.estimates.loaded(model.id, model.load_seconds)
         for gone in set(node.idle_since) - set(node.models):
             del node.idle_since[gone]
+        for gone in set(node.used_at) - set(node.models):
+            del node.used_at[gone]
         self._succeeded(node)
 
     def _succeeded(self, node: Node) -> None:
@@ -199,6 +201,7 @@ class Fleet:
             node.up = False
             node.models = {}
             node.idle_since.clear()
+            node.used_at.clear()
             self.estimates.forget(node.entry.name)
             log.warning("neuron %s is down: %s", node.entry.name, exc.message)
             self.emit("node_down", node.entry.name, reason=exc.message)
@@ -263,6 +266,7 @@ class Fleet:
         if node is not None:
             node.models.pop(model, None)
             node.idle_since.pop(model, None)
+            node.used_at.pop(model, None)
 
     def begin_load(self, name: str, model: str, needs: int) -> None:
         self._node(name).loading[model] = needs
@@ -289,6 +293,7 @@ class Fleet:
             node.active[model] -= 1
             node.users -= 1
             node.idle_since[model] = time.monotonic()
+            node.used_at[model] = time.time()
             if node.retired and node.users == 0:
                 self._later(node.client.close())
 

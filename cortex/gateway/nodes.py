@@ -43,6 +43,9 @@ class Node:
         self.active: Counter[str] = Counter()
         self.active_at_poll: Counter[str] = Counter()
         self.idle_since: dict[str, float] = {}
+        # Wall-clock ends of this replica's own requests: LRU must see them before the next
+        # poll brings the neuron's `last_used` (other replicas' uses come only that way).
+        self.used_at: dict[str, float] = {}
         self.loading: dict[str, int] = {}
         self.unloading: set[str] = set()
         self.cycles = 0
@@ -62,7 +65,7 @@ class Node:
             views.append(ModelView(
                 id=model.id, state=state, n_ctx=model.n_ctx, slots=model.slots,
                 bytes=model.estimate.total if model.estimate else self.loading.get(model.id, 0),
-                active=busy, last_used=model.last_used,
+                active=busy, last_used=max(model.last_used, self.used_at.get(model.id, 0.0)),
                 idle_for=0.0 if busy else now - self.idle_since.get(model.id, now),
                 pinned=model.pinned or (profile.pinned if profile else False),
                 priority=profile.priority if profile else 0,
