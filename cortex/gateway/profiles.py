@@ -3,7 +3,8 @@
 An index is immutable: a config reload builds a new one and swaps it in, so a request
 that resolved its profile keeps a consistent view until it finishes.
 
-A name is looked up exactly first (ids and aliases), then against the alias patterns
+A name is looked up exactly first (ids and aliases; `NAME:latest` is also `NAME`, as
+Ollama's clients name models), then against the alias patterns
 (cortex.aliases: `claude-*`), most specific first; among equally specific patterns the
 configuration's order decides (load_gateway_config refuses two of different profiles
 that could both match one name).
@@ -20,6 +21,10 @@ from cortex.config import ModelProfile
 from cortex.errors import ModelNotFound
 
 __all__ = ["ProfileIndex"]
+
+#: The tag Ollama's clients add to a bare model name: `gemma:latest` is `gemma` when no
+#: id or alias is named so whole.
+_DEFAULT_TAG = ":latest"
 
 
 class ProfileIndex:
@@ -60,6 +65,8 @@ class ProfileIndex:
         """The profile a client's `model` names (id, alias, then the most specific alias
         pattern); ModelNotFound otherwise."""
         model_id = self._names.get(name)
+        if model_id is None and name.endswith(_DEFAULT_TAG):  # Ollama's `name:latest`
+            model_id = self._names.get(name.removesuffix(_DEFAULT_TAG))
         if model_id is None:
             model_id = next((owner for pattern, owner in self._patterns
                              if pattern.matches(name)), None)

@@ -77,7 +77,7 @@ class OllamaDialect(Dialect):
     stream_media_type = _NDJSON
 
     class Options(Dialect.Options, forbid_unknown_fields=True, kw_only=True):
-        # What /api/version says: clients gate features on it (a recent Ollama's).
+        # What /api/version says: clients gate features on it (Codex --oss needs 0.13.4+).
         version: str = "0.13.5"
 
     options: Options
