@@ -180,13 +180,12 @@ class _Handlers:
     # --- loads and keep-alive -----------------------------------------------------------------
 
     async def ready(self, name: str, entry: CatalogueEntry, request: Request) -> float:
-        """Load the model first if it is not loaded anywhere; the seconds that took."""
-        if entry.loaded_on:
-            return 0.0
+        """Load the model first if it is not loaded anywhere; the seconds that took (0
+        when it was loaded). Asked of the gateway either way, which checks the key."""
         started = time.monotonic()
         async for _ in self.gateway.load(name, request):
             pass
-        return time.monotonic() - started
+        return 0.0 if entry.loaded_on else time.monotonic() - started
 
     def keep(self, name: str, seconds: float | None, request: Request) -> None:
         """A keep_alive other than 0: the model's idle TTL from now on."""
@@ -209,8 +208,7 @@ class _Handlers:
         """No messages or prompt: Ollama's way to load a model, or, with keep_alive 0,
         to unload it."""
         if seconds == 0:
-            with contextlib.suppress(CortexError):
-                await self.gateway.unload(name, request)
+            await self.gateway.unload(name, request)
             reason = "unload"
         else:
             await self.ready(name, entry, request)

@@ -57,7 +57,8 @@ def synthetic(model_id: str, **fields: Any) -> ModelProfile:
 async def gw(neuron: NeuronProcess, scripted: NeuronProcess) -> AsyncIterator[RunningGateway]:
     profiles = [profile(MODEL, aliases=["gemma3"], neurons=["a"]), synthetic("tools"),
                 synthetic("emb", embeddings=True),
-                synthetic("slow", source="synthetic:rate=0,bytes=1GiB,load_ms=1500")]
+                synthetic("slow", source="synthetic:rate=0,bytes=1GiB,load_ms=1500"),
+                synthetic("late", source="synthetic:rate=0,bytes=1GiB,ttft_ms=1000")]
     async with running_gateway([("a", neuron), ("s", scripted)], profiles) as gateway:
         await until(lambda: all(n.up for n in gateway.placer.snapshot().nodes),
                     "both neurons are up")
@@ -219,6 +220,9 @@ async def test_keep_alive_zero_unloads_after_the_answer(client: ollama.AsyncClie
     again = await client.generate(model="tools", prompt="hi")  # loaded first, and timed
     assert again.load_duration and again.total_duration
     assert again.total_duration >= again.load_duration > 0
+    unloaded = await client.generate(model="tools", prompt="", keep_alive=0)
+    assert (unloaded.done, unloaded.done_reason) == (True, "unload")
+    assert not loaded(gw, "tools")  # at once: Ollama's unload answers when it is done
 
 
 async def test_keep_alive_sets_the_idle_ttl(client: ollama.AsyncClient,
@@ -229,6 +233,43 @@ async def test_keep_alive_sets_the_idle_ttl(client: ollama.AsyncClient,
     assert gw.live.profiles.resolve("tools").ttl is None
     await client.generate(model="tools", prompt="hi", keep_alive=0.05)
     await until(lambda: not loaded(gw, "tools"), "the idle TTL unloads the model")
+
+
+async def test_a_stream_waiting_for_its_first_token_sends_empty_lines(
+        client: ollama.AsyncClient) -> None:
+    """While the model prefills (here 1 s, keepalive_interval 0.2 s) the stream sends
+    lines with no text, which the client reads as parts like any other (a blank line or
+    an SSE comment would fail its JSON parse)."""
+    await client.chat(model="late", messages=[])  # loaded, so only the prefill waits
+    parts = [p async for p in await client.chat(model="late", messages=HELLO, stream=True)]
+    waiting = [p for p in parts if not p.done and not p.message.content]
+    assert len(waiting) >= 2 and parts[-1].done
+    whole = await client.chat(model="late", messages=HELLO)
+    assert "".join(p.message.content or "" for p in parts) == whole.message.content
+
+
+async def test_a_keys_model_allow_list_holds_for_pull_and_keep_alive(
+        neuron: NeuronProcess, scripted: NeuronProcess) -> None:
+    """A key limited to one model may not load, unload or keep another through the
+    Ollama routes either, whether or not that model is loaded already."""
+    auth = {"keys": [{"key": "team-a", "models": ["tools"]}, {"key": "ops"}]}
+    async with running_gateway([("s", scripted)], [synthetic("tools"), synthetic("slow")],
+                               auth=auth) as gateway:
+        ops = ollama.AsyncClient(host=gateway.url, headers={"authorization": "Bearer ops"})
+        assert (await ops.pull("slow")).status == "success"
+        keyed = ollama.AsyncClient(host=gateway.url, headers={"authorization": "Bearer team-a"})
+        for call in (keyed.pull("slow"), keyed.chat(model="slow", messages=[]),
+                     keyed.chat(model="slow", messages=[], keep_alive=0),
+                     keyed.chat(model="slow", messages=HELLO, keep_alive="1h")):
+            with pytest.raises(ollama.ResponseError) as caught:
+                await call
+            assert caught.value.status_code == 403
+        assert gateway.live.profiles.resolve("slow").ttl is None
+        assert loaded(gateway, "slow")
+        assert (await keyed.chat(model="tools", messages=HELLO)).message.content
+        with pytest.raises(ollama.ResponseError) as refused:
+            await ollama.AsyncClient(host=gateway.url).list()
+        assert refused.value.status_code == 401
 
 
 # --- errors --------------------------------------------------------------------------------
