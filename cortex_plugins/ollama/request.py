@@ -167,9 +167,14 @@ def _answered(message: Message, pending: list[tuple[str, str]], made: int) -> st
 
 
 def _no_logprobs(req: ChatRequest | GenerateRequest) -> None:
+    """What no model here gives is refused, as Ollama refuses `think` to a model that
+    does not think."""
     if req.logprobs or req.top_logprobs:
         field = "logprobs" if req.logprobs else "top_logprobs"
         raise UnsupportedFeature(f"{field}: log probabilities are not served", param=field)
+    if req.think not in (None, False):
+        raise UnsupportedFeature("think: the models of this gateway do not return their "
+                                 "thinking apart from the answer", param="think")
 
 
 def chat_request(req: ChatRequest, *, model: str) -> ChatCompletionRequest:

@@ -172,11 +172,16 @@ def test_messages_we_cannot_serve_are_refused_naming_the_field(
     assert caught.value.param == f"messages[0].{field}"
 
 
-@pytest.mark.parametrize("field", [{"logprobs": True}, {"top_logprobs": 2}])
-def test_chat_logprobs_are_refused(field: dict[str, Any]) -> None:
+@pytest.mark.parametrize("field", [{"logprobs": True}, {"top_logprobs": 2}, {"think": True},
+                                   {"think": "high"}])
+def test_chat_logprobs_and_thinking_are_refused(field: dict[str, Any]) -> None:
     with pytest.raises(InvalidRequest) as caught:
         chat(**field)
     assert caught.value.param == next(iter(field))
+
+
+def test_think_false_is_no_request_at_all() -> None:
+    assert wire(chat(think=False))["messages"][0]["content"] == "hi"
 
 
 def test_bad_tools_are_400() -> None:
