@@ -30,6 +30,10 @@ __all__ = ["GRACEFUL_TIMEOUT", "main", "serve_app"]
 GRACEFUL_TIMEOUT = 30
 
 
+url_option = click.option("--url", envvar="NEURON_URL", default="http://127.0.0.1:13131",
+                          show_default=True, help="the neuron to ask (env NEURON_URL)")
+
+
 def serve_app(app: Any, listen: str, loop: str = "auto") -> None:
     """Run an ASGI app under hypercorn until SIGINT or SIGTERM."""
     from hypercorn.asyncio import serve
@@ -122,7 +126,7 @@ def gpus(config_path: str | None, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--url", default="http://127.0.0.1:13131", show_default=True)
+@url_option
 @click.option("--wait", "wait_for", type=float, metavar="SECONDS",
               help="then wait up to SECONDS for the requests it runs to finish")
 @click.option("--undo", is_flag=True, help="take new requests and loads again")
@@ -156,20 +160,30 @@ def drain(url: str, wait_for: float | None, undo: bool) -> None:
 
 
 @main.command()
-@click.option("--url", default="http://127.0.0.1:13131", show_default=True)
-def models(url: str) -> None:
+@url_option
+@click.option("--json", "as_json", is_flag=True, help="print the neuron's /models JSON")
+def models(url: str, as_json: bool) -> None:
     """List the models a running neuron holds."""
+    from cortex.cli.status import duration, table
+
     try:
         data = call_json(url, "/models", timeout=10, bearer=os.environ.get("NEURON_SECRET"))
     except HttpFailure as exc:
         raise click.ClickException(f"{url}: {exc.message}") from None
     rows = data.get("models", [])
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
     if not rows:
         click.echo("no models loaded")
-    for m in rows:
-        estimate = (m.get("estimate") or {}).get("total", 0)
-        click.echo(f"{m['id']:<32} {m['state']:<10} n_ctx {m.get('n_ctx', 0):<6} "
-                   f"{estimate / 2**30:5.2f} GiB  in-flight {m.get('in_flight', 0)}")
+        return
+    click.echo(table(
+        ["MODEL", "STATE", "N_CTX", "SLOTS", "MEMORY", "IN-FLIGHT", "QUEUED", "LOADED IN",
+         "PINNED"],
+        [[m["id"], m["state"], m.get("n_ctx", 0), m.get("slots", 1),
+          f"{(m.get('estimate') or {}).get('total', 0) / 2**30:.2f} GiB",
+          m.get("in_flight", 0), m.get("queued", 0), duration(m.get("load_seconds")),
+          "yes" if m.get("pinned") else ""] for m in rows]))
 
 
 if __name__ == "__main__":  # pragma: no cover

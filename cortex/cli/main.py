@@ -14,6 +14,8 @@ import click
 import msgspec
 
 import cortex
+from cortex.cli.chat import chat
+from cortex.cli.launch import launch
 from cortex.cli.status import gib, table
 from cortex.cli.validate import validate
 from cortex.config import (
@@ -273,7 +275,25 @@ def explain_text(data: dict[str, Any]) -> str:
     if data.get("candidates"):
         lines.append("  nodes:")
         lines.extend(f"    {c['node']}: {c['verdict']}" for c in data["candidates"])
+    lines.extend(_ranking_lines(data))
     return "\n".join(lines)
+
+
+def _ranking_lines(data: dict[str, Any], shown: int = 10) -> list[str]:
+    """The eviction policy's fleet-wide order, the models this decision evicts marked."""
+    ranking = data.get("ranking") or []
+    if not ranking:
+        return []
+    victims = {(data.get("node"), v) for v in data.get("victims") or ()}
+    lines = [f"  eviction order ({data.get('policy')}, fleet-wide, first to go first):"]
+    for n, m in enumerate(ranking[:shown], 1):
+        mark = "  <- evicted" if (m["node"], m["id"]) in victims else ""
+        lines.append(f"    {n}. {m['id']} on {m['node']}: {gib(m['bytes'])} GiB, priority "
+                     f"{m['priority']}, idle {m['idle_for']:.0f}s, "
+                     f"{m['request_rate']:.2f} req/s{mark}")
+    if len(ranking) > shown:
+        lines.append(f"    ... and {len(ranking) - shown} more")
+    return lines
 
 
 @main.command()
@@ -325,6 +345,8 @@ def config_check(path: str) -> None:
 
 
 main.add_command(validate)
+main.add_command(chat)
+main.add_command(launch)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

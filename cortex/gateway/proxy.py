@@ -24,7 +24,13 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from cortex.disconnects import cancelled_status, unless_disconnected
-from cortex.errors import CortexError, NeuronDied, Unavailable, Unreachable
+from cortex.errors import (
+    CortexError,
+    NeuronDied,
+    Unavailable,
+    Unreachable,
+    UnsupportedFeature,
+)
 from cortex.gateway.auth import client_of
 from cortex.gateway.limits import for_profile
 from cortex.gateway.quarantine import fingerprint
@@ -41,6 +47,7 @@ if TYPE_CHECKING:
     from cortex.gateway.prefixes import PrefixTable
     from cortex.gateway.quarantine import Quarantine
     from cortex.gateway.state import LiveConfig
+    from cortex.gateway.traffic import Traffic
 
 __all__ = ["Proxy"]
 
@@ -112,10 +119,11 @@ class _Tally:
 
 class Proxy:
     """Sends requests where `placer` says, over `fleet`'s clients; `hook` is told of each
-    finished one (request_finished)."""
+    finished one (request_finished), `traffic` of a stream's tokens as they pass."""
 
     def __init__(self, placer: Placer, fleet: Fleet, *, live: LiveConfig, fair: FairShare,
-                 prefixes: PrefixTable, quarantine: Quarantine, hook: Any) -> None:
+                 prefixes: PrefixTable, quarantine: Quarantine, hook: Any,
+                 traffic: Traffic) -> None:
         self._placer = placer
         self._fleet = fleet
         self._live = live
@@ -123,6 +131,7 @@ class Proxy:
         self._prefixes = prefixes
         self._quarantine = quarantine
         self._hook = hook
+        self._traffic = traffic
 
     def _finish(self, tally: _Tally, status: int | None = None) -> None:
         if status is not None:
@@ -138,8 +147,14 @@ class Proxy:
         tally = _Tally(call, dialect, getattr(request.state, "request_id", ""),
                        request.scope.setdefault("state", {}))
         try:
-            profile, _ = placer.resolve(call.model)
+            profile, loadable = placer.resolve(call.model)
             tally.record.model = profile.id
+            if call.path == "/v1/embeddings" and loadable and not profile.embeddings:
+                # Its neuron would refuse too, but only after a cold load that may evict
+                # another model just to say so.
+                raise UnsupportedFeature(f"model `{profile.id}` does not serve embeddings "
+                                         "(its profile does not set embeddings = true)",
+                                         param="model")
             placer.admit(profile)
             body = for_profile(call, profile.id, profile.max_tokens)
             key = None
@@ -239,12 +254,16 @@ class Proxy:
     async def _chunks(self, opened: Opened, tally: _Tally) -> AsyncIterator[bytes]:
         # Peek for usage before yielding: a client that leaves after the last chunk
         # closes this generator at its yield. A frame may begin in the previous chunk.
+        # Each data frame is about one token: counted as it passes (cortex.gateway.traffic).
         previous = opened.first
+        flow = self._traffic.flow(tally.record)
+        flow.add(previous.count(b"data: {"))
         if b'"usage"' in previous:
             tally.usage(_stream_usage(previous))
         yield previous
         try:
             async for chunk in opened.response.content.iter_any():
+                flow.add(chunk.count(b"data: {"))
                 if b'"usage"' in chunk:
                     tally.usage(_stream_usage(previous + chunk))
                 previous = chunk

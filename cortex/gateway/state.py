@@ -105,6 +105,16 @@ class LiveConfig:
         log.info("configuration reloaded: %s", summary)
         return summary
 
+    def adopt_pin(self, model: str, pinned: bool) -> None:
+        """Follow a pin set or cleared on a neuron (Fleet.on_pin): the neuron's flag is
+        the fleet's one truth, so a replica that pinned a model stops reloading it once
+        another unpins it, and one that sees a pin reloads the model if it is lost."""
+        profile = self.profiles.get(model)
+        if profile is not None and profile.pinned != pinned:
+            log.info("model %s was %s on a neuron: following it", model,
+                     "pinned" if pinned else "unpinned")
+            self.set_pin(model, pinned)
+
     def set_pin(self, model: str, pinned: bool) -> ModelProfile:
         """Pin or unpin a profile in this gateway until it restarts (the admin API)."""
         profile = self.profiles.resolve(model)
