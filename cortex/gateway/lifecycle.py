@@ -38,12 +38,12 @@ class Lifecycle:
 
     async def load(self, model: str) -> AsyncIterator[LoadProgress]:
         placer = self._placer
+        # A model with no profile here (a neuron's own preload) is ready where it is
+        # loaded, and cannot be loaded anywhere else: the placer says which.
         profile, loadable = placer.resolve(model)
-        if not loadable:
-            raise Conflict(f"model `{profile.id}` has no profile here, so it cannot be "
-                           "loaded through the gateway")
         deadline = time.monotonic() + self._live.settings.load_timeout
-        task = asyncio.ensure_future(placer.place(profile, deadline=deadline, keep=True))
+        task = asyncio.ensure_future(placer.place(profile, loadable=loadable,
+                                                  deadline=deadline, keep=True))
         try:
             while not task.done():
                 await asyncio.wait({task}, timeout=_PROGRESS_POLL)

@@ -272,6 +272,25 @@ async def test_a_keys_model_allow_list_holds_for_pull_and_keep_alive(
         assert refused.value.status_code == 401
 
 
+async def test_a_neurons_own_preload_is_served_where_it_is_loaded(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A model a neuron loaded itself, with no profile in the gateway, is listed and
+    served where it is (the gateway cannot load it anywhere else)."""
+    process = NeuronProcess({"name": "p", "memory_budget": "8GiB", "preload": [
+        {"id": "pre", "harness": "synthetic", "source": "synthetic:rate=0"}]},
+        tmp_path_factory.mktemp("neuron-p"))
+    try:
+        process.wait_ready()
+        async with running_gateway([("p", process)], []) as gateway:
+            client = ollama.AsyncClient(host=gateway.url)
+            await until(lambda: loaded(gateway, "pre"), "the preload is seen")
+            assert [m.model for m in (await client.ps()).models] == ["pre"]
+            assert (await client.chat(model="pre", messages=HELLO)).message.content
+            assert (await client.pull("pre")).status == "success"
+    finally:
+        process.stop()
+
+
 # --- errors --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("options, words", [({"num_ctx": 100_000}, "num_ctx"),
