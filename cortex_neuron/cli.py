@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from typing import Any
@@ -16,12 +17,12 @@ import msgspec
 
 import cortex
 from cortex import NeuronConfig, Plugins, build_plugin_manager, load_neuron_config
-from cortex.config import split_listen
 from cortex.defaults import BUNDLED_GEMMA
 from cortex.errors import ConfigError
 from cortex.jsonhttp import HttpFailure, call_json
 from cortex.loops import LOOPS, settle_heap
 from cortex.loops import run as run_loop
+from cortex.sockets import bind, cannot_listen, hypercorn_config
 
 __all__ = ["GRACEFUL_TIMEOUT", "main", "serve_app"]
 
@@ -34,14 +35,22 @@ url_option = click.option("--url", envvar="NEURON_URL", default="http://127.0.0.
                           show_default=True, help="the neuron to ask (env NEURON_URL)")
 
 
-def serve_app(app: Any, listen: str, loop: str = "auto") -> None:
-    """Run an ASGI app under hypercorn until SIGINT or SIGTERM."""
-    from hypercorn.asyncio import serve
-    from hypercorn.config import Config
+def listening(listen: str) -> socket.socket:
+    """The socket to serve on, bound now: an address taken or not this host's is one
+    line (ClickException) before anything starts, not hypercorn's traceback."""
+    try:
+        return bind(listen)
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(cannot_listen("neuron", listen, exc)) from None
 
-    host, port = split_listen(listen)
-    hyper = Config()
-    hyper.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+
+def serve_app(app: Any, listen: str, loop: str = "auto",
+              sock: socket.socket | None = None) -> None:
+    """Run an ASGI app under hypercorn until SIGINT or SIGTERM (on `sock` when the
+    caller bound it already)."""
+    from hypercorn.asyncio import serve
+
+    hyper = hypercorn_config(sock or listening(listen), listen)
     hyper.accesslog = None
     hyper.errorlog = logging.getLogger("hypercorn.error")  # through our handler, once
     hyper.graceful_timeout = GRACEFUL_TIMEOUT
@@ -51,7 +60,9 @@ def serve_app(app: Any, listen: str, loop: str = "auto") -> None:
         running = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             running.add_signal_handler(sig, stop.set)
-        await serve(app, hyper, shutdown_trigger=stop.wait)
+        task = asyncio.ensure_future(serve(app, hyper, shutdown_trigger=stop.wait))
+        logging.getLogger("cortex.neuron").info("neuron listening on %s", listen)
+        await task
 
     settle_heap()
     run_loop(run(), loop)
@@ -88,9 +99,10 @@ def serve(config_path: str | None, listen: str | None, bundled: bool, loop: str)
     config = _load_config(config_path)
     if listen:
         config = msgspec.structs.replace(config, listen=listen)
+    sock = listening(config.listen)
     if bundled and all(p.id != BUNDLED_GEMMA.id for p in config.preload):
         config = msgspec.structs.replace(config, preload=[*config.preload, BUNDLED_GEMMA])
-    serve_app(create_app(config, Plugins(build_plugin_manager())), config.listen, loop)
+    serve_app(create_app(config, Plugins(build_plugin_manager())), config.listen, loop, sock)
 
 
 @main.command()

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import click
 
+from cortex.cli.remote import admin_key, url_option
 from cortex.jsonhttp import HttpFailure, call_json
 
 __all__ = ["Chat", "Turn", "chat"]
@@ -162,8 +163,7 @@ def _default_model(url: str, key: str | None) -> str:
 
 
 @click.command()
-@click.option("--url", envvar="CORTEX_URL", default="http://127.0.0.1:31313",
-              show_default=True, help="the gateway to talk to (env CORTEX_URL)")
+@url_option
 @click.option("--dialect", type=click.Choice(["openai", "anthropic"]), default="openai",
               show_default=True, help="the API to talk through")
 @click.option("--system", help="a system prompt for the conversation")
@@ -179,7 +179,7 @@ def chat(url: str, dialect: Dialect, system: str | None, max_tokens: int, verbos
     Sends $CORTEX_API_KEY (else $CORTEX_ADMIN_KEY) when set. Lines come from the terminal,
     or from a pipe one message a line.
     """
-    key = os.environ.get("CORTEX_API_KEY") or os.environ.get("CORTEX_ADMIN_KEY")
+    key = os.environ.get("CORTEX_API_KEY") or admin_key() or os.environ.get("CORTEX_ADMIN_KEY")
     model = model or _default_model(url, key)
     session = Chat(url, model, dialect=dialect, key=key, system=system,
                    max_tokens=max_tokens)

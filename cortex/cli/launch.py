@@ -27,6 +27,7 @@ from collections.abc import Sequence
 import click
 import msgspec
 
+from cortex.cli.remote import url_option
 from cortex.jsonhttp import HttpFailure, call_json
 
 __all__ = ["Launch", "claude_launch", "codex_launch", "launch"]
@@ -83,8 +84,7 @@ def _models(url: str, key: str) -> list[str]:
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
-@click.option("--url", envvar="CORTEX_URL", default=DEFAULT_URL, show_default=True,
-              help="the gateway the client talks to (env CORTEX_URL)")
+@url_option  # after the subcommand, or `cortex --url URL launch ...`
 @click.option("--model", help="the model the client asks for (Claude Code: every model "
                               "setting; Codex: default the gateway's first model)")
 @click.argument("client", type=click.Choice(sorted(PACKAGES)))

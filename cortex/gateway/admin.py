@@ -20,6 +20,7 @@ from starlette.routing import BaseRoute, Route
 
 from cortex.dialect import decode_body
 from cortex.errors import ConfigError, Conflict, InvalidRequest, NotFound
+from cortex.gateway.configcheck import problems_of
 
 if TYPE_CHECKING:
     from cortex.gateway.fairshare import FairShare
@@ -168,7 +169,8 @@ def admin_routes(placer: Placer, fleet: Fleet, loader: Loader, live: LiveConfig,
         try:
             summary = await live.reload()
         except ConfigError as exc:
-            log.error("POST /admin/reload: configuration not reloaded: %s", exc.message)
+            for problem in problems_of(exc):
+                log.error("POST /admin/reload: configuration not reloaded: %s", problem)
             raise InvalidRequest(f"configuration not reloaded: {exc.message}") from None
         return JSONResponse({"status": "reloaded", "summary": summary})
 

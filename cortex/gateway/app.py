@@ -66,6 +66,7 @@ from cortex.gateway.prefixes import PrefixTable
 from cortex.gateway.proxy import Proxy
 from cortex.gateway.quarantine import Quarantine
 from cortex.gateway.reconciler import Reconciler
+from cortex.gateway.requestlog import RequestLog
 from cortex.gateway.state import LiveConfig, Reloader
 from cortex.gateway.traffic import TRAFFIC_PLUGIN, Traffic
 from cortex.gateway.ui import ui_routes
@@ -285,6 +286,7 @@ def create_app(config: GatewayConfig, plugin_manager: pluggy.PluginManager, *,
     app.add_middleware(AuthGuard, keyring=lambda: live.keys, respond=refuse)
     app.add_middleware(OriginGuard, settings=lambda: live.settings,
                        keyed=lambda: not live.keys.open, respond=refuse)
+    app.add_middleware(RequestLog)  # refusals that never reach a model: their own line
     app.add_middleware(_RequestIds)
     app.add_middleware(HeadLimit, settings=lambda: live.settings, respond=refuse)
     return app

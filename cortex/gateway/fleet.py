@@ -208,7 +208,12 @@ class Fleet:
 
     def _failed(self, node: Node, exc: CortexError, *, died: bool = False) -> None:
         node.failures += 1
-        node.last_error = exc.message
+        said, node.last_error = node.last_error, exc.message
+        if not node.up and node.failures >= self.settings.down_after \
+                and (node.failures == self.settings.down_after or said != exc.message):
+            # A node that never came up (a wrong endpoint, a secret it refuses) says why,
+            # once, and again when the reason changes; else it stays down in silence.
+            log.warning("neuron %s is not up: %s", node.entry.name, exc.message)
         if node.up and node.failures >= self.settings.down_after:
             node.up = False
             node.models = {}
