@@ -146,31 +146,32 @@ class _Handlers:
 
     # --- the catalogue ----------------------------------------------------------------------
 
-    def entry(self, name: str) -> tuple[str, CatalogueEntry]:
-        """The model a client names, and its entry; `name:latest` is `name` if that is
-        all there is (Ollama's default tag)."""
+    def entry(self, name: str, request: Request) -> tuple[str, CatalogueEntry]:
+        """The model a client names, and its entry (one the request's key may use);
+        `name:latest` is `name` if that is all there is (Ollama's default tag)."""
         try:
-            return name, self.gateway.catalogue_entry(name)
+            return name, self.gateway.catalogue_entry(name, request)
         except CortexError as exc:
             bare = name.removesuffix(":latest")
             if exc.status != 404 or bare == name:
                 raise
-            return bare, self.gateway.catalogue_entry(bare)
+            return bare, self.gateway.catalogue_entry(bare, request)
 
     async def version(self, request: Request) -> Response:
         return json_response({"version": self.dialect.options.version})
 
     async def tags(self, request: Request) -> Response:
-        return json_response({"models": [item for entry in self.gateway.catalogue()
+        return json_response({"models": [item for entry in self.gateway.catalogue(request)
                                          for item in tag(entry)]})
 
     async def ps(self, request: Request) -> Response:
-        return json_response({"models": [running(entry) for entry in self.gateway.catalogue()
+        return json_response({"models": [running(entry)
+                                         for entry in self.gateway.catalogue(request)
                                          if entry.loaded_on]})
 
     async def show(self, request: Request) -> Response:
         req = decode_body(await request.body(), ModelRequest)
-        return json_response(show(self.entry(req.target)[1]))
+        return json_response(show(self.entry(req.target, request)[1]))
 
     async def store(self, request: Request) -> Response:
         raise NotSupported(f"{request.url.path} is not supported by this gateway: its models "
@@ -223,10 +224,10 @@ class _Handlers:
 
     # --- inference --------------------------------------------------------------------------
 
-    def checked(self, model: str, options: Options | None,
-                keep_alive: Any) -> tuple[str, CatalogueEntry, float | None]:
+    def checked(self, model: str, options: Options | None, keep_alive: Any,
+                request: Request) -> tuple[str, CatalogueEntry, float | None]:
         seconds = keep_alive_seconds(keep_alive)
-        name, entry = self.entry(model)
+        name, entry = self.entry(model, request)
         check_num_ctx(options, model=model, n_ctx=entry.n_ctx)
         if options is not None:
             self.gateway.check_stops(options.stop, "options.stop")
@@ -235,7 +236,8 @@ class _Handlers:
     async def chat(self, request: Request) -> Response:
         started = time.monotonic()
         req = decode_body(await request.body(), ChatRequest)
-        name, entry, seconds = self.checked(req.model, req.options, req.keep_alive)
+        name, entry, seconds = self.checked(req.model, req.options, req.keep_alive,
+                                              request)
         canonical = chat_request(req, model=name)
         if not req.messages:
             return await self.no_input("chat", req.model, name, entry, seconds, request)
@@ -245,7 +247,8 @@ class _Handlers:
     async def generate(self, request: Request) -> Response:
         started = time.monotonic()
         req = decode_body(await request.body(), GenerateRequest)
-        name, entry, seconds = self.checked(req.model, req.options, req.keep_alive)
+        name, entry, seconds = self.checked(req.model, req.options, req.keep_alive,
+                                              request)
         canonical = generate_request(req, model=name)
         if not req.prompt:
             return await self.no_input("generate", req.model, name, entry, seconds, request)
@@ -271,7 +274,8 @@ class _Handlers:
     async def embed(self, request: Request) -> Response:
         started = time.monotonic()
         req = decode_body(await request.body(), EmbedRequest)
-        name, entry, seconds = self.checked(req.model, req.options, req.keep_alive)
+        name, entry, seconds = self.checked(req.model, req.options, req.keep_alive,
+                                              request)
         inputs = embed_inputs(req)
         if not inputs:
             await self.no_input("embed", req.model, name, entry, seconds, request)
@@ -285,7 +289,8 @@ class _Handlers:
     async def embeddings(self, request: Request) -> Response:
         started = time.monotonic()
         req = decode_body(await request.body(), EmbeddingsRequest)
-        name, entry, seconds = self.checked(req.model, req.options, req.keep_alive)
+        name, entry, seconds = self.checked(req.model, req.options, req.keep_alive,
+                                              request)
         return await self.embedding(name, entry, seconds, started, request,
                                     embed_request(req.prompt, model=name),
                                     EmbedExchange(req.model, started=started,
@@ -305,7 +310,7 @@ class _Handlers:
 
     async def pull(self, request: Request) -> Response:
         req = decode_body(await request.body(), PullRequest)
-        name, entry = self.entry(req.target)
+        name, entry = self.entry(req.target, request)
         progress = self.gateway.load(name, request)
         if not req.stream:
             async for _ in progress:

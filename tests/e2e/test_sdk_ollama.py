@@ -250,8 +250,8 @@ async def test_a_stream_waiting_for_its_first_token_sends_empty_lines(
 
 async def test_a_keys_model_allow_list_holds_for_pull_and_keep_alive(
         neuron: NeuronProcess, scripted: NeuronProcess) -> None:
-    """A key limited to one model may not load, unload or keep another through the
-    Ollama routes either, whether or not that model is loaded already."""
+    """A key limited to one model sees only it, and may not load, unload or keep another
+    through the Ollama routes either, whether or not that model is loaded already."""
     auth = {"keys": [{"key": "team-a", "models": ["tools"]}, {"key": "ops"}]}
     async with running_gateway([("s", scripted)], [synthetic("tools"), synthetic("slow")],
                                auth=auth) as gateway:
@@ -263,7 +263,9 @@ async def test_a_keys_model_allow_list_holds_for_pull_and_keep_alive(
                      keyed.chat(model="slow", messages=HELLO, keep_alive="1h")):
             with pytest.raises(ollama.ResponseError) as caught:
                 await call
-            assert caught.value.status_code == 403
+            assert caught.value.status_code == 404  # its catalogue has no such model
+        assert [m.model for m in (await keyed.list()).models] == ["tools"]
+        assert "slow" not in [m.model for m in (await keyed.ps()).models]
         assert gateway.live.profiles.resolve("slow").ttl is None
         assert loaded(gateway, "slow")
         assert (await keyed.chat(model="tools", messages=HELLO)).message.content
