@@ -163,6 +163,8 @@ DESCRIPTIONS: dict[str, str] = {
                                             "reads `stop_reason: stop_sequence`; `false` "
                                             "sends them to the neuron as `stop`, and a hit "
                                             "reads `end_turn`",
+    "OllamaDialect.Options.version": "what `/api/version` answers; clients gate features "
+                                     "on it (Codex `--oss` needs 0.13.4 or later)",
     # harness plugins' Options ([harness.NAME] in neuron.toml)
     "LlamaCppHarness.Options.n_threads": "CPU threads; unset: physical cores (a profile's "
                                          "`n_threads` wins)",
