@@ -179,6 +179,8 @@ DESCRIPTIONS: dict[str, str] = {
                                             "reads `stop_reason: stop_sequence`; `false` "
                                             "sends them to the neuron as `stop`, and a hit "
                                             "reads `end_turn`",
+    "OllamaDialect.Options.version": "what `/api/version` answers; clients gate features "
+                                     "on it (Codex `--oss` needs 0.13.4 or later)",
     # discovery plugins' Options ([discovery.options] in cortex.toml)
     "DnsSource.Options.interval": "seconds between two lookups; sooner when the records' TTL "
                                   "is (a TTL under 0.5 s counts as 0.5 s)",
