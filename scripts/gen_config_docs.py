@@ -177,6 +177,12 @@ DESCRIPTIONS: dict[str, str] = {
     "SyntheticHarness.Options.die_on": "tests only: a prompt containing this string kills "
                                        "the neuron (SIGKILL) before its first token, as a "
                                        "crash would; unset by default",
+    "SyntheticHarness.Options.script": "tests of agent clients only: scripted replies to "
+                                       "requests that offer tools, the Nth assistant turn "
+                                       "gets step N (the last repeats); empty by default",
+    "ScriptStep.text": "the words of a plain reply",
+    "ScriptStep.tool": "the tool a scripted reply calls (instead of text)",
+    "ScriptStep.arguments": "the arguments of that call",
 }
 
 INTRO = """\

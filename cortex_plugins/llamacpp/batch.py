@@ -146,11 +146,9 @@ class Scheduler:
 
     def _warm_up(self) -> None:
         """Decode one token once, so the first request does not pay for graph set-up.
-
         Without logits: the output layer (for Gemma 3 270M, its 262k-token vocabulary
         matrix is most of a decode) warms nothing the first request lacks, and after a
-        swap that request is already waiting behind this decode.
-        """
+        swap that request is already waiting behind this decode."""
         batch = self._batch.batch
         batch.token[0] = max(self._model.token_bos(), 0)
         batch.pos[0], batch.n_seq_id[0], batch.seq_id[0][0], batch.logits[0] = 0, 1, 0, False
