@@ -96,9 +96,9 @@ class ResponsesExchange(Exchange):
         self._kept(translator.result)
 
     def keepalive(self) -> bytes:
-        """`response.created` and `.in_progress` at once, then comments, while the model
-        loads or prefills."""
-        return _frames(self.translator.start()) or _KEEPALIVE
+        """`response.created` and `.in_progress` at once, then `.in_progress` again,
+        while the model loads or prefills (StreamTranslator.waiting says why)."""
+        return _frames(self.translator.waiting()) or _KEEPALIVE
 
     def stream_error(self, exc: CortexError) -> bytes:
         return _frames(self.translator.error(exc))

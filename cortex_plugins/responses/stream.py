@@ -1,8 +1,9 @@
 """Streamed reply: the neuron's chunks → Responses events.
 
 One StreamTranslator per request. Every stream begins `response.created`,
-`response.in_progress` (sent while a model loads, so a client sees its response at
-once), then one output item at a time: a message (`output_item.added`,
+`response.in_progress` (sent at once while a model loads, `response.in_progress`
+again every keepalive_interval until it answers), then one output item at a time:
+a message (`output_item.added`,
 `content_part.added`, `output_text.delta`…, `output_text.done`, `content_part.done`,
 `output_item.done`) or a function call (`output_item.added`,
 `function_call_arguments.delta`…, `.done`, `output_item.done`), and ends
@@ -117,6 +118,17 @@ class StreamTranslator:
         self._started = True
         return self._numbered([ResponseCreated(response=self._draft.response()),
                                ResponseInProgress(response=self._draft.response())])
+
+    def waiting(self) -> list[StreamEvent]:
+        """While the model loads or prefills: the start, then `response.in_progress`
+        again each time. Real events, because Codex's stream idle timeout (300 s by
+        default) ignores SSE comments, and a 10,000-token prompt can take longer on a
+        CPU; the SDKs take a repeated lifecycle event as a no-op."""
+        if self._closed:
+            return []
+        if not self._started:
+            return self.start()
+        return self._numbered([ResponseInProgress(response=self._draft.response())])
 
     def feed(self, chunk: BackendChunk) -> list[StreamEvent]:
         if self._closed:

@@ -28,13 +28,13 @@ pytestmark = pytest.mark.skipif(not CODEX.exists(),
 
 
 def codex(url: str, home: Path, workdir: Path, prompt: str, *args: str, model: str,
-          timeout: float) -> subprocess.CompletedProcess[str]:
+          timeout: float, provider_extra: str = "") -> subprocess.CompletedProcess[str]:
     """`codex exec --json` with cortex as its model provider (docs/clients.md)."""
     (home / ".codex").mkdir(parents=True, exist_ok=True)
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home),
            "CODEX_HOME": str(home / ".codex"), "CORTEX_API_KEY": "cortex-test"}
     provider = (f'model_providers.cortex={{name="cortex", base_url="{url}/v1", '
-                'wire_api="responses", env_key="CORTEX_API_KEY"}')
+                f'wire_api="responses", env_key="CORTEX_API_KEY"{provider_extra}}}')
     return subprocess.run(
         [str(CODEX), "exec", "--json", "--skip-git-repo-check", "-c", "model_provider=cortex",
          "-c", provider, "-m", model, *args, prompt],
@@ -91,7 +91,11 @@ def test_codex_runs_a_shell_tool_round_trip_against_a_scripted_model(tmp_path: P
     script), because a base model does not call tools on cue: a script makes the round
     trip certain, and what is tested is the protocol between the real CLI and the
     gateway (a streamed function call Codex accepts and runs, its output sent back as
-    replayed items with `store: false`, the hosted web_search tool set aside)."""
+    replayed items with `store: false`, the hosted web_search tool set aside). Each
+    reply's first token comes after 4 s and Codex's stream idle timeout is set to 1.5 s:
+    the gateway's repeated `response.in_progress` while the model prefills is what
+    keeps Codex waiting (it ignores SSE comments), as it must for a long prompt on a
+    CPU."""
     workdir = tmp_path / "work"
     workdir.mkdir()
     (workdir / "notes.txt").write_text("The secret word is periwinkle.\n")
@@ -103,16 +107,19 @@ def test_codex_runs_a_shell_tool_round_trip_against_a_scripted_model(tmp_path: P
         neuron.wait_ready()
         config = tmp_path / "cortex.toml"
         config.write_bytes(msgspec.toml.encode({
-            "gateway": {"metrics_listen": f"127.0.0.1:{free_port()}", "poll_interval": 0.25},
+            "gateway": {"metrics_listen": f"127.0.0.1:{free_port()}", "poll_interval": 0.25,
+                        "keepalive_interval": 0.25},
             "neurons": [{"name": "a", "endpoint": neuron.url}],
-            "models": [{"id": "scripted", "harness": "synthetic", "source": "synthetic:rate=0",
-                        "n_ctx": 200000, "slots": 4}]}))
+            "models": [{"id": "scripted", "harness": "synthetic",
+                        "source": "synthetic:rate=0,ttft_ms=4000", "n_ctx": 200000,
+                        "slots": 4}]}))
         gateway = GatewayProcess(tmp_path, ["--config", str(config)])
         try:
             gateway.wait(nodes_up(1), "the gateway sees the neuron", 30)
             done = codex(gateway.url, tmp_path / "home", workdir,
                          "Read notes.txt and tell me the secret word.",
-                         "--sandbox", "read-only", model="scripted", timeout=300)
+                         "--sandbox", "read-only", model="scripted", timeout=300,
+                         provider_extra=", stream_idle_timeout_ms=1500, stream_max_retries=0")
             assert done.returncode == 0, f"{done.stdout}\n{done.stderr}\n{gateway.log()}"
             items = [e["item"] for e in events_of(done) if e.get("type") == "item.completed"]
             commands = [i for i in items if i.get("type") == "command_execution"]
