@@ -130,19 +130,20 @@ def from_openai(draft: Draft, completion: ChatCompletion) -> ResponseObject:
     if choice.finish_reason == "length" and choice.stop_cause == "context":
         raise ContextFilled
     incomplete = choice.finish_reason == "length"
-    status = "incomplete" if incomplete else "completed"
     output: list[OutputItem] = []
     text = choice.message.content or ""
     if text.strip():
-        output.append(OutputMessage(id=new_id("msg"), status=status,  # type: ignore[arg-type]
+        output.append(OutputMessage(id=new_id("msg"), status="completed",
                                     content=[OutputText(text=text)]))
     ids = CallIds()
     tool_calls = choice.message.tool_calls
     for call in _calls(draft, [] if tool_calls is UNSET else tool_calls):
         output.append(draft.function_call(ids.assign(call.id), call.function.name,
                                           call.function.arguments.strip() or "{}"))
-    usage = completion.usage
-    return draft.response(status, output, usage=_usage(usage), incomplete=incomplete)
+    if incomplete and output:  # the item being written when the budget ran out
+        output[-1].status = "incomplete"
+    return draft.response("incomplete" if incomplete else "completed", output,
+                          usage=_usage(completion.usage), incomplete=incomplete)
 
 
 def _usage(usage: Usage) -> ResponseUsage:

@@ -108,14 +108,17 @@ class ResponseStore:
 
     def history(self, response_id: str) -> list[InputItem]:
         """The conversation up to and including `response_id`'s output, oldest first."""
-        turns: list[bytes] = []
+        chain: list[str] = []
         current: str | None = response_id
-        while current is not None and len(turns) <= len(self._kept):
+        while current is not None and len(chain) <= len(self._kept):
             kept = self._kept.get(current)
             if kept is None:
                 raise PreviousResponseNotFound(
                     response_id, None if current == response_id else current)
-            self._kept.move_to_end(current)
-            turns.append(kept.turn)
+            chain.append(current)
             current = kept.previous
-        return [item for turn in reversed(turns) for item in _items.decode(turn)]
+        items: list[InputItem] = []
+        for link in reversed(chain):  # oldest first, so the newest stays the freshest
+            self._kept.move_to_end(link)
+            items += _items.decode(self._kept[link].turn)
+        return items
