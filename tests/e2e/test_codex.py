@@ -2,8 +2,8 @@
 
 The binary is the npm package scripts/test_packages.sh installs into .ci/node (pinned
 there); without it these tests skip. It runs offline and alone: a temporary HOME and
-CODEX_HOME, a `model_providers` entry of its own (`wire_api = "responses"`, base_url
-the gateway), given with `-c` flags exactly as docs/clients.md shows, no login.
+CODEX_HOME, whose config.toml is the one docs/clients.md gives (a `model_providers`
+entry with `wire_api = "responses"` and base_url the gateway), no login.
 """
 
 from __future__ import annotations
@@ -27,17 +27,23 @@ pytestmark = pytest.mark.skipif(not CODEX.exists(),
                                 reason="no codex CLI: run scripts/test_packages.sh")
 
 
+def documented_config() -> str:
+    """The config.toml docs/clients.md gives for Codex: the test runs exactly it."""
+    section = (ROOT / "docs" / "clients.md").read_text().split("\n## Codex\n", 1)[1]
+    return section.split("```toml\n", 1)[1].split("```", 1)[0]
+
+
 def codex(url: str, home: Path, workdir: Path, prompt: str, *args: str, model: str,
-          timeout: float, provider_extra: str = "") -> subprocess.CompletedProcess[str]:
-    """`codex exec --json` with cortex as its model provider (docs/clients.md)."""
+          timeout: float, provider: str = "") -> subprocess.CompletedProcess[str]:
+    """`codex exec --json` with cortex as its model provider, configured as
+    docs/clients.md says (`provider`: more keys for its table)."""
     (home / ".codex").mkdir(parents=True, exist_ok=True)
+    config = documented_config().replace("http://gateway:31313", url)
+    (home / ".codex" / "config.toml").write_text(config + provider)
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home),
            "CODEX_HOME": str(home / ".codex"), "CORTEX_API_KEY": "cortex-test"}
-    provider = (f'model_providers.cortex={{name="cortex", base_url="{url}/v1", '
-                f'wire_api="responses", env_key="CORTEX_API_KEY"{provider_extra}}}')
     return subprocess.run(
-        [str(CODEX), "exec", "--json", "--skip-git-repo-check", "-c", "model_provider=cortex",
-         "-c", provider, "-m", model, *args, prompt],
+        [str(CODEX), "exec", "--json", "--skip-git-repo-check", "-m", model, *args, prompt],
         cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout, check=False,
         stdin=subprocess.DEVNULL)
 
@@ -119,7 +125,7 @@ def test_codex_runs_a_shell_tool_round_trip_against_a_scripted_model(tmp_path: P
             done = codex(gateway.url, tmp_path / "home", workdir,
                          "Read notes.txt and tell me the secret word.",
                          "--sandbox", "read-only", model="scripted", timeout=300,
-                         provider_extra=", stream_idle_timeout_ms=1500, stream_max_retries=0")
+                         provider="stream_idle_timeout_ms = 1500\nstream_max_retries = 0\n")
             assert done.returncode == 0, f"{done.stdout}\n{done.stderr}\n{gateway.log()}"
             items = [e["item"] for e in events_of(done) if e.get("type") == "item.completed"]
             commands = [i for i in items if i.get("type") == "command_execution"]
