@@ -7,10 +7,14 @@ whose message names the file, the key and the reason.
 
 from __future__ import annotations
 
+import datetime
+import difflib
 import hashlib
 import os
 import re
 import socket
+import tomllib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -32,6 +36,7 @@ __all__ = [
     "NeuronEntry",
     "RoutingConfig",
     "decode_config",
+    "did_you_mean",
     "load_gateway_config",
     "load_models_file",
     "load_neuron_config",
@@ -231,20 +236,55 @@ class GatewayConfig(Base, kw_only=True):
 
 
 _PATH_RE = re.compile(r"^(?P<reason>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+_STEP_RE = re.compile(r"\.?([^.\[]+)|\[(\d+)\]")
+_TOML_TYPES = (datetime.datetime, datetime.date, datetime.time)
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """` (did you mean `x`?)` for the closest of `choices` to a misspelt `word`, else ``."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean `{close[0]}`?)" if close else ""
+
+
+def named_key(path: str, data: Any) -> str:
+    """A msgspec error path (`models[0].n_ctx`) as people know the entry: a table in an
+    array is named by its `id` or `name` (`models[gemma3-270m].n_ctx`) when it has one."""
+    out: list[str] = []
+    node: Any = data
+    for match in _STEP_RE.finditer(path):
+        field, index = match.groups()
+        if field is not None:
+            out.append(("." if out else "") + field)
+            node = node.get(field) if isinstance(node, dict) else None
+            continue
+        item = node[int(index)] if isinstance(node, list) and int(index) < len(node) else None
+        name = next((item[k] for k in ("id", "name") if isinstance(item, dict)
+                     and isinstance(item.get(k), str) and item[k]), None)
+        out.append(f"[{name if name is not None else index}]")
+        node = item
+    return "".join(out)
+
+
+def validation_error(exc: msgspec.ValidationError, data: Any) -> tuple[str, str]:
+    """(the dotted key, the reason) of a msgspec validation error over `data`."""
+    match = _PATH_RE.match(str(exc))
+    assert match is not None
+    key = named_key(match.group("path") or "", data)
+    return key, match.group("reason").replace("`", "")
 
 
 def decode_config(data: bytes | str, kind: type[T], *, source: str) -> T:
-    """Decode TOML into `kind`; errors become ConfigError("file: key: reason")."""
+    """Decode TOML into `kind`; errors become ConfigError("file: key: reason"), where an
+    entry of an array of tables is named by its id or name rather than its index."""
     try:
-        return msgspec.toml.decode(data, type=kind)
-    except msgspec.ValidationError as exc:
-        match = _PATH_RE.match(str(exc))
-        assert match is not None
-        key = (match.group("path") or "").lstrip(".") or "(top level)"
-        reason = match.group("reason").replace("`", "")
-        raise ConfigError(f"{source}: {key}: {reason}") from None
-    except msgspec.DecodeError as exc:
+        raw = tomllib.loads(data.decode() if isinstance(data, bytes) else data)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{source}: invalid TOML: {exc}") from None
+    try:
+        return msgspec.convert(raw, kind, builtin_types=_TOML_TYPES)
+    except msgspec.ValidationError as exc:
+        key, reason = validation_error(exc, raw)
+        raise ConfigError(f"{source}: {key or '(top level)'}: {reason}") from None
 
 
 def _read(path: str | os.PathLike[str]) -> bytes:
@@ -276,10 +316,11 @@ def load_gateway_config(path: str | os.PathLike[str]) -> tuple[GatewayConfig, li
         where = str(path)
     seen: dict[str, str] = {}
     for index, profile in enumerate(profiles):
-        for name in (profile.id, *profile.aliases):
+        for key, name in (("id", profile.id), *(("aliases", a) for a in profile.aliases)):
             if name in seen:
-                raise ConfigError(
-                    f"{where}: models[{index}].id: `{name}` is already used by `{seen[name]}`")
+                entry = profile.id if profile.id not in seen else index
+                raise ConfigError(f"{where}: models[{entry}].{key}: `{name}` is already used "
+                                  f"by `{seen[name]}`")
             seen[name] = profile.id
     _check_patterns(profiles, where)
     names = [n.name for n in config.neurons]

@@ -141,6 +141,14 @@ class Harness(abc.ABC):
     def __init__(self, options: Options) -> None:
         self.options = options
 
+    @classmethod
+    def check_profile(cls, profile: ModelProfile) -> list[tuple[str, str]]:
+        """What is wrong with `profile` for this harness that shows without the model's
+        files, as (key, reason) pairs. The gateway asks at `cortex config check`, start
+        and reload, and refuses a profile with any: a neuron would only refuse its load
+        later, when a client asks for it."""
+        return []
+
     def resolve(self, source: str) -> ResolvedModel:
         """The 'files' of a source, for harnesses that set needs_files = False."""
         return ResolvedModel(files=[], total_bytes=0, origin=source)

@@ -17,9 +17,10 @@ __all__ = ["HttpFailure", "call_json"]
 
 class HttpFailure(Exception):
     def __init__(self, message: str, *, timed_out: bool = False,
-                 unreachable: bool = False) -> None:
+                 unreachable: bool = False, status: int | None = None) -> None:
         super().__init__(message)
         self.message, self.timed_out, self.unreachable = message, timed_out, unreachable
+        self.status = status  # the HTTP status of an answer that was an error
 
 
 def call_json(url: str, path: str, *, body: object = None, method: str | None = None,
@@ -43,7 +44,7 @@ def call_json(url: str, path: str, *, body: object = None, method: str | None = 
             message = json.load(exc)["error"]["message"]
         except (ValueError, KeyError, TypeError):
             message = exc.reason
-        raise HttpFailure(f"{exc.code}: {message}") from None
+        raise HttpFailure(f"{exc.code}: {message}", status=exc.code) from None
     except urllib.error.URLError as exc:
         if isinstance(exc.reason, TimeoutError):
             raise HttpFailure(f"no answer within {timeout:g}s", timed_out=True) from None

@@ -41,6 +41,10 @@ class RequestRecord(msgspec.Struct, kw_only=True):
     duration_seconds: float = 0.0
     queue_seconds: float = 0.0
     retries: int = 0
+    method: str = "POST"
+    path: str = ""
+    # Why a 4xx or 5xx: the error's message as the client got it (None for 2xx).
+    reason: str | None = None
 
 
 class FleetEvent(msgspec.Struct, kw_only=True):

@@ -2,7 +2,10 @@
 
 The Router keeps the order of preference fixed (a ready replica, then a load already
 under way, then a new placement, evicting per policy if needed) and asks the
-RoutingStrategy plugin to rank the choices within each step.
+RoutingStrategy plugin to rank the choices within each step. The eviction policy ranks
+the candidates of every node the model may load on at once, and each placement
+carries where its victims stand in that ranking (`rank`), so the strategy can take
+the node whose victims the policy would rather lose.
 """
 
 from __future__ import annotations
@@ -52,6 +55,9 @@ class Placement(msgspec.Struct, frozen=True, kw_only=True):
     node: NodeView
     needs: int
     victims: tuple[ModelView, ...] = ()
+    # Where the last of `victims` stands in the eviction policy's fleet-wide ranking (0:
+    # the first the policy would lose); -1 when nothing is evicted. Lower is better.
+    rank: int = -1
 
     @property
     def free_after(self) -> int:
@@ -79,6 +85,10 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
     ahead: int = 0
     reason: str = ""
     candidates: tuple[Verdict, ...] = ()
+    # load and none: the eviction policy and its ranking of the evictable models on the
+    # nodes considered, first to go first (what `route --explain` shows).
+    policy: str = ""
+    ranking: tuple[ModelView, ...] = ()
 
 
 class RoutingStrategy:
@@ -150,6 +160,9 @@ class Router:
                             candidates=(*verdicts, *(Verdict(n.name, "loading")
                                                      for n in loading)))
 
+        ranking = self.evictor.ranking(allowed)
+        position = {(m.node, m.id): i for i, m in enumerate(ranking)}
+        policy, ranked = self.evictor.policy.name, tuple(ranking)
         placements: list[Placement] = []
         for node in allowed:
             resident = node.model(request.model)
@@ -162,17 +175,19 @@ class Router:
                 verdicts.append(Verdict(node.name, f"needs {_gib(needs)}, budget is only "
                                                    f"{_gib(node.budget)}"))
             else:
-                victims = self.evictor.victims(node, needs)
+                victims = self.evictor.victims(node, needs, ranking)
                 if victims is None:
                     verdicts.append(Verdict(node.name, f"needs {_gib(needs)}, {_gib(node.free)} "
                                                        "free and too little is evictable "
                                                        "(busy, loading or pinned)"))
                 else:
-                    placements.append(Placement(node=node, needs=needs, victims=victims))
+                    rank = max((position[v.node, v.id] for v in victims), default=-1)
+                    placements.append(Placement(node=node, needs=needs, victims=victims,
+                                                rank=rank))
         if not placements:
             return Decision(action="none", model=request.model,
                             reason=f"no live neuron can serve `{request.model}` now",
-                            candidates=tuple(verdicts))
+                            candidates=tuple(verdicts), policy=policy, ranking=ranked)
         best_place = self.strategy.rank_placements(request, placements)[0]
         for place in placements:
             verdicts.append(Verdict(place.node.name, "fits" if not place.victims else
@@ -185,7 +200,7 @@ class Router:
             victims=tuple(v.id for v in best_place.victims), needs=best_place.needs,
             free_after=best_place.free_after, expected_wait=round(wait, 2),
             reason="fits" if not best_place.victims else "fits after eviction",
-            candidates=tuple(verdicts))
+            candidates=tuple(verdicts), policy=policy, ranking=ranked)
 
     def spill(self, request: RouteRequest, snapshot: FleetSnapshot) -> Decision | None:
         """Where to add a copy of a model whose ready copies all have a queue: a node

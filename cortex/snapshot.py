@@ -21,20 +21,28 @@ class ModelView(msgspec.Struct, frozen=True, kw_only=True):
     """One model resident (or arriving) on one node, with its profile's fleet traits."""
 
     id: str
+    # The node holding this copy: a policy ranking the candidates of several nodes at
+    # once tells copies apart by it (the snapshot's builder sets it).
+    node: str = ""
     state: ViewState = "ready"
     n_ctx: int = 0
     slots: int = 1
     bytes: int = 0
     # Requests running or queued: the larger of the neuron's count and this gateway's own.
     active: int = 0
-    # The neuron's clock (epoch seconds); compared only between models of one node.
+    # The neuron's clock (epoch seconds). The `lru` policy compares it across nodes, so
+    # neuron hosts keep their clocks in step (NTP), as any fleet does.
     last_used: float = 0.0
     # Seconds this gateway has watched the model sit idle (its own clock, so no skew).
     idle_for: float = 0.0
     pinned: bool = False
     priority: int = 0
     ttl: float | None = None
+    # How long the model took to load (this copy's, else its last load anywhere; None:
+    # never seen), and the requests per second this gateway served from it lately (all
+    # copies together): the `cost` policy's inputs.
     load_seconds: float | None = None
+    request_rate: float = 0.0
 
     @property
     def ready(self) -> bool:

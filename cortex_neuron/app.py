@@ -24,6 +24,7 @@ from cortex.config import parse_bytes
 from cortex.disconnects import unless_disconnected
 from cortex.errors import (
     AuthenticationFailed,
+    Conflict,
     CortexError,
     InvalidRequest,
     NotFound,
@@ -151,6 +152,10 @@ class _Neuron:
 
     async def unload(self, request: Request) -> Response:
         body = await decode(request, UnloadRequest)
+        if self.registry.status(body.model).pinned:
+            # The pin is the fleet's one truth: no gateway replica, forced or not, may
+            # unload it while another's pin stands (docs/gateway.md, Pins).
+            raise Conflict(f"model `{body.model}` is pinned: unpin it first")
         return MsgspecResponse(await self.registry.unload(body.model, force=body.force))
 
     # --- inference ------------------------------------------------------------------------

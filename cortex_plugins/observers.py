@@ -26,22 +26,24 @@ def _seconds(value: float | None) -> str:
 
 
 def request_line(record: RequestRecord) -> str:
-    """The logfmt line for one request; text from the client or a neuron is quoted and
-    escaped where it is not plain (log_value)."""
-    return (f"request_id={log_value(record.request_id or '-')} model={log_value(record.model)} "
+    """The logfmt line for one request, with the reason of a 4xx or 5xx; text from the
+    client or a neuron is quoted and escaped where it is not plain (log_value)."""
+    line = (f"request_id={log_value(record.request_id or '-')} method={record.method} "
+            f"path={log_value(record.path or '-')} model={log_value(record.model)} "
             f"node={log_value(record.node or '-')} dialect={record.dialect} "
             f"status={record.status} "
             f"stream={str(record.stream).lower()} tokens_in={record.prompt_tokens} "
             f"tokens_out={record.completion_tokens} ttft={_seconds(record.ttft_seconds)} "
             f"duration={record.duration_seconds:.3f} queue={record.queue_seconds:.3f} "
             f"retries={record.retries}")
+    return line + (f" reason={log_value(record.reason, 256)}" if record.reason else "")
 
 
 @hookimpl
 def request_finished(record: RequestRecord) -> None:
     if log.isEnabledFor(logging.INFO):
         fields = msgspec.structs.asdict(record)
-        for key in ("request_id", "model"):  # JSON handlers escape; the length is ours
+        for key in ("request_id", "model", "path"):  # JSON handlers escape; the length is ours
             if len(fields[key]) > MAX_LOGGED:
                 fields[key] = fields[key][:MAX_LOGGED] + "..."
         log.info(request_line(record), extra={"cortex_request": fields})

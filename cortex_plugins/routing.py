@@ -12,7 +12,8 @@ __all__ = ["AffinityStrategy", "LeastLoadedStrategy"]
 class AffinityStrategy(RoutingStrategy):
     """A ready node with a free slot (the conversation's last node first, for KV reuse),
     then the least-queued ready node; places new copies where nothing must be evicted,
-    then where the most memory stays free."""
+    else where the victims are those the eviction policy ranks lowest fleet-wide, then
+    where the fewest bytes are evicted and the most memory stays free."""
 
     name = "affinity"
 
@@ -27,11 +28,13 @@ class AffinityStrategy(RoutingStrategy):
     def rank_placements(self, request: RouteRequest,
                         placements: Sequence[Placement]) -> list[Placement]:
         return sorted(placements, key=lambda p: (
-            len(p.victims), sum(v.bytes for v in p.victims), -p.free_after, p.node.name))
+            p.rank, sum(v.bytes for v in p.victims), -p.free_after, p.node.name))
 
 
 class LeastLoadedStrategy(RoutingStrategy):
-    """The replica and the node with the least work in flight; ignores conversation affinity."""
+    """The replica and the node with the least work in flight; ignores conversation affinity.
+    New copies go where the eviction policy's fleet-wide ranking loses least, then to the
+    node with the least work in flight."""
 
     name = "least-loaded"
 
@@ -42,7 +45,7 @@ class LeastLoadedStrategy(RoutingStrategy):
     def rank_placements(self, request: RouteRequest,
                         placements: Sequence[Placement]) -> list[Placement]:
         return sorted(placements, key=lambda p: (
-            len(p.victims), p.node.active, -p.free_after, p.node.name))
+            p.rank, p.node.active, -p.free_after, p.node.name))
 
 
 @hookimpl

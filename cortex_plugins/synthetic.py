@@ -249,6 +249,15 @@ class SyntheticHarness(Harness):
 
     options: Options
 
+    @classmethod
+    def check_profile(cls, profile: ModelProfile) -> list[tuple[str, str]]:
+        try:
+            settings = parse_source(profile.source, SyntheticSettings())
+            parse_bytes(settings.bytes)
+        except (InvalidRequest, ValueError) as exc:
+            return [("source", str(exc))]
+        return []
+
     def _settings(self, source: str) -> SyntheticSettings:
         defaults = msgspec.structs.asdict(self.options)
         defaults.pop("die_on")

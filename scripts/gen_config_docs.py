@@ -40,8 +40,11 @@ DESCRIPTIONS: dict[str, str] = {
     "GatewayConfig.auth": "the `[auth]` table",
     "GatewayConfig.dialects": "`[dialects.NAME]`: each dialect plugin's own `Options`; a "
                               "table naming no dialect is an error",
-    "GatewaySection.listen": "host:port of the API and `/admin` (`--listen` overrides it)",
-    "GatewaySection.metrics_listen": "host:port where the gateway serves Prometheus `/metrics`",
+    "GatewaySection.listen": "host:port of the API and `/admin` (`--listen` or `CORTEX_LISTEN` "
+                             "overrides it)",
+    "GatewaySection.metrics_listen": "host:port where the gateway serves Prometheus `/metrics` "
+                                     "(`--metrics-listen` or `CORTEX_METRICS_LISTEN` "
+                                     "overrides it)",
     "GatewaySection.load_timeout": "seconds a request waits for its model to be placed and "
                                    "loaded, then 504",
     "GatewaySection.request_timeout": "seconds without a byte from a neuron before the "
@@ -312,8 +315,9 @@ def walk(struct: type[Any], heading: str, *, missing: list[str],
             text = ""
         inner = _struct_item(f.type)
         if inner is not None and not isinstance(f.type, inspect.UnionType):
-            child = f"[[{f.encode_name}]]" if isinstance(f.type, inspect.ListType) \
-                else f"[{f.encode_name}]"
+            path = f"{heading.strip('[]')}.{f.encode_name}" if heading.startswith("[") \
+                else f.encode_name
+            child = f"[[{path}]]" if isinstance(f.type, inspect.ListType) else f"[{path}]"
             if inner.cls in seen:
                 note = f"The keys of models.toml's `{seen[inner.cls]}`."
                 nested.append(Section(child, note=note))

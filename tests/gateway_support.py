@@ -13,6 +13,8 @@ from typing import Any
 
 import httpx
 import msgspec
+from starlette.applications import Starlette
+from starlette.routing import Mount
 
 from cortex import FleetEvent, ModelProfile, build_plugin_manager, hookimpl
 from cortex.config import GatewayConfig
@@ -80,12 +82,13 @@ async def running_gateway(neurons: Iterable[tuple[str, NeuronProcess]],
                           auth: dict[str, Any] | None = None,
                           dialects: dict[str, dict[str, Any]] | None = None,
                           reloader: Callable[[], tuple[GatewayConfig, list[ModelProfile]]]
-                          | None = None,
+                          | None = None, mount: str = "",
                           **settings: Any) -> AsyncIterator[RunningGateway]:
     """Serve a gateway with hypercorn on a free loopback port, in this event loop; with
     `metrics`, its Prometheus endpoint on another (`metrics_listen`), as `cortex serve`
     does. `plugins` are registered beside the Recorder; `auth` is the `[auth]` table,
-    `dialects` the `[dialects.NAME]` tables; `reloader` answers /admin/reload."""
+    `dialects` the `[dialects.NAME]` tables; `reloader` answers /admin/reload; `mount`
+    serves it under that path prefix (as a proxy would), which the url then ends with."""
     from hypercorn.asyncio import serve
     from hypercorn.config import Config
 
@@ -106,12 +109,20 @@ async def running_gateway(neurons: Iterable[tuple[str, NeuronProcess]],
     app = create_app(config, build_plugin_manager(entry_points=False,
                                                   extra=[recorder, *plugins]),
                      profiles=list(profiles), reloader=reloader)
+    served: Starlette = app
+    if mount:
+        @contextlib.asynccontextmanager
+        async def lifespan(outer: Starlette) -> AsyncIterator[None]:
+            async with app.router.lifespan_context(app):
+                yield
+
+        served = Starlette(routes=[Mount(mount, app=app)], lifespan=lifespan)
     hyper = Config()
     hyper.bind = [f"127.0.0.1:{port}"]
     hyper.accesslog = None
     hyper.graceful_timeout = 2
     stop = asyncio.Event()
-    task = asyncio.ensure_future(serve(app, hyper, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
+    task = asyncio.ensure_future(serve(served, hyper, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
     tasks = [task]
     metrics_url = None
     if metrics:
@@ -123,7 +134,7 @@ async def running_gateway(neurons: Iterable[tuple[str, NeuronProcess]],
             metrics_app(app.state.metrics.prometheus), metrics_hyper,  # type: ignore[arg-type]
             shutdown_trigger=stop.wait)))
         metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{port}{mount}"
     try:
         async with httpx.AsyncClient(base_url=url, timeout=60) as client:
             async def all_up() -> bool:
@@ -167,6 +178,9 @@ def reset(*neurons: NeuronProcess) -> None:
                 assert time.monotonic() < deadline, models
                 for m in models:
                     if m["state"] == "ready":
+                        if m.get("pinned"):  # a neuron refuses to unload a pinned copy
+                            client.post(f"{neuron.url}/models/pin",
+                                        json={"model": m["id"], "pinned": False})
                         client.post(f"{neuron.url}/models/unload",
                                     json={"model": m["id"], "force": True})
                 time.sleep(0.1)

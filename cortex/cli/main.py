@@ -4,133 +4,46 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 import urllib.parse
 from typing import Any
 
 import click
-import msgspec
 
 import cortex
+from cortex.cli.chat import chat
+from cortex.cli.launch import launch
+from cortex.cli.remote import KEY_HELP, URL_HELP, Globals, gateway_options, request
+from cortex.cli.serve import config, serve
 from cortex.cli.status import gib, table
 from cortex.cli.validate import validate
-from cortex.config import (
-    GatewayConfig,
-    GatewaySection,
-    ModelProfile,
-    NeuronConfig,
-    NeuronEntry,
-    load_gateway_config,
-)
-from cortex.errors import ConfigError
-from cortex.jsonhttp import HttpFailure, call_json
-from cortex.loops import LOOPS
 
 __all__ = ["main"]
 
-DEFAULT_URL = "http://127.0.0.1:31313"
-EMBEDDED_NEURON = "127.0.0.1:13131"
-url_option = click.option("--url", envvar="CORTEX_URL", default=DEFAULT_URL, show_default=True,
-                          help="the gateway to talk to (env CORTEX_URL)")
+#: `--url` and `--admin-key` after a subcommand (they may come before it too: `main`).
+url_option = gateway_options
+_request = request
 
 
-@click.group()
+@click.group(epilog="Environment: CORTEX_URL (--url) and CORTEX_ADMIN_KEY (--admin-key) "
+             "for the commands that talk to a running gateway; `cortex serve --help` lists "
+             "its own.")
 @click.version_option(cortex.__version__, prog_name="cortex")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
-def main(log_level: str) -> None:
+@click.option("--url", envvar="CORTEX_URL", metavar="URL", help=URL_HELP)
+@click.option("--admin-key", envvar="CORTEX_ADMIN_KEY", metavar="KEY",
+              help=KEY_HELP)
+@click.pass_context
+def main(ctx: click.Context, log_level: str, url: str | None, admin_key: str | None) -> None:
     """cortex: one OpenAI- and Anthropic-compatible API over a fleet of neurons."""
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
-# --- serve -------------------------------------------------------------------------------
-
-def _load(path: str) -> tuple[GatewayConfig, list[ModelProfile]]:
-    try:
-        return load_gateway_config(path)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
-
-
-def embedded_config(listen: str | None, neuron_listen: str
-                    ) -> tuple[GatewayConfig, list[ModelProfile], NeuronConfig]:
-    """No config: one neuron on loopback serving the bundled Gemma 3 270M."""
-    from cortex.defaults import BUNDLED_GEMMA
-
-    section = GatewaySection(listen=listen) if listen else GatewaySection()
-    config = GatewayConfig(gateway=section, neurons=[
-        NeuronEntry(name="local", endpoint=f"http://{neuron_listen}")])
-    return config, [BUNDLED_GEMMA], NeuronConfig(listen=neuron_listen, name="local")
-
-
-@main.command()
-@click.option("--config", "config_path", type=click.Path(dir_okay=False),
-              help="cortex.toml; without it, run the embedded single-host default")
-@click.option("--listen", help="host:port for the API (overrides [gateway] listen)")
-@click.option("--neuron-listen", default=EMBEDDED_NEURON, show_default=True,
-              help="embedded mode only: where the in-process neuron listens")
-@click.option("--loop", type=click.Choice(LOOPS), default="auto", show_default=True,
-              help="event loop: uvloop when installed (auto), or force one")
-def serve(config_path: str | None, listen: str | None, neuron_listen: str, loop: str) -> None:
-    """Serve the OpenAI API for the fleet (default 0.0.0.0:31313)."""
-    from cortex.gateway import create_app
-    from cortex.gateway.server import Served
-    from cortex.gateway.server import serve as run
-    from cortex.plugins import build_plugin_manager
-
-    before: list[Served] = []
-    if config_path is None:
-        # Only this mode needs the neuron, imported here at run time, so a gateway-only
-        # install still serves with --config.
-        config, profiles, neuron_config = embedded_config(listen, neuron_listen)
-        try:
-            from cortex_neuron import create_app as neuron_app
-
-            neuron = neuron_app(neuron_config)
-        except ImportError as exc:
-            raise click.ClickException(
-                f"the embedded default needs the neuron ({exc}): pip install 'cortex[neuron]'"
-                ", or pass --config") from None
-        before.append(Served(neuron, neuron_listen, name="neuron"))
-        reloader = None
-    else:
-        config, profiles = _load(config_path)
-        if listen:
-            config = msgspec.structs.replace(
-                config, gateway=msgspec.structs.replace(config.gateway, listen=listen))
-        path, override = config_path, listen
-
-        def reloader() -> tuple[GatewayConfig, list[ModelProfile]]:
-            fresh, fresh_profiles = load_gateway_config(path)
-            if override:
-                fresh = msgspec.structs.replace(
-                    fresh, gateway=msgspec.structs.replace(fresh.gateway, listen=override))
-            return fresh, fresh_profiles
-
-    try:
-        app = create_app(config, build_plugin_manager(), profiles=profiles, reloader=reloader)
-    except ConfigError as exc:  # e.g. a keys file that lost its keys: one line, no trace
-        raise click.ClickException(str(exc)) from None
-    run(Served(app, config.gateway.listen, name="gateway"), before=before, loop=loop)
+    ctx.obj = Globals(url, admin_key)
 
 
 # --- talking to a running gateway ---------------------------------------------------------
-
-def _request(url: str, path: str, *, method: str = "GET", body: object = None,
-             timeout: float = 660.0) -> Any:
-    # The admin key comes from an env var, not a flag: kept out of `ps`.
-    try:
-        return call_json(url, path, body=body, method=method, timeout=timeout,
-                         bearer=os.environ.get("CORTEX_ADMIN_KEY"))
-    except HttpFailure as exc:
-        if exc.unreachable:
-            raise click.ClickException(
-                f"cannot reach the gateway at {url}: {exc.message}") from None
-        raise click.ClickException(exc.message) from None
-
 
 def _quote(model: str) -> str:
     return urllib.parse.quote(model, safe="")
@@ -273,7 +186,25 @@ def explain_text(data: dict[str, Any]) -> str:
     if data.get("candidates"):
         lines.append("  nodes:")
         lines.extend(f"    {c['node']}: {c['verdict']}" for c in data["candidates"])
+    lines.extend(_ranking_lines(data))
     return "\n".join(lines)
+
+
+def _ranking_lines(data: dict[str, Any], shown: int = 10) -> list[str]:
+    """The eviction policy's fleet-wide order, the models this decision evicts marked."""
+    ranking = data.get("ranking") or []
+    if not ranking:
+        return []
+    victims = {(data.get("node"), v) for v in data.get("victims") or ()}
+    lines = [f"  eviction order ({data.get('policy')}, fleet-wide, first to go first):"]
+    for n, m in enumerate(ranking[:shown], 1):
+        mark = "  <- evicted" if (m["node"], m["id"]) in victims else ""
+        lines.append(f"    {n}. {m['id']} on {m['node']}: {gib(m['bytes'])} GiB, priority "
+                     f"{m['priority']}, idle {m['idle_for']:.0f}s, "
+                     f"{m['request_rate']:.2f} req/s{mark}")
+    if len(ranking) > shown:
+        lines.append(f"    ... and {len(ranking) - shown} more")
+    return lines
 
 
 @main.command()
@@ -301,30 +232,11 @@ def reload(url: str) -> None:
     click.echo(f"reloaded: {reply['summary']}")
 
 
-@main.group()
-def config() -> None:
-    """Configuration tools."""
-
-
-@config.command("check")
-@click.argument("path", type=click.Path(dir_okay=False))
-def config_check(path: str) -> None:
-    """Validate cortex.toml, the models and the keys file it names; errors name file, key
-    and reason."""
-    from cortex.gateway.auth import KeyRing
-
-    gateway, profiles = _load(path)
-    try:
-        keys = KeyRing(gateway.auth)
-    except ConfigError as exc:
-        raise click.ClickException(f"{path}: {exc}") from None
-    access = ("open to anyone (open = true)" if keys.declared_open else
-              "OPEN: no keys, and no [auth] open = true") if keys.open else "keys required"
-    click.echo(f"{path}: ok ({len(gateway.neurons)} neurons, {len(profiles)} models, "
-               f"{access})")
-
-
 main.add_command(validate)
+main.add_command(chat)
+main.add_command(serve)
+main.add_command(config)
+main.add_command(launch)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -8,6 +8,8 @@ after another on a pipe, one JSON document a line with `--json`).
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -15,7 +17,7 @@ from typing import Any
 
 import click
 
-__all__ = ["bar", "gib", "render", "show", "table"]
+__all__ = ["bar", "duration", "gib", "render", "show", "table", "terminal_width"]
 
 Fetch = Callable[[], dict[str, Any]]
 
@@ -26,11 +28,59 @@ def gib(n: float | None) -> str:
     return f"{(n or 0) / 2**30:.2f}"
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]], *,
+          width: int | None = None, optional: Sequence[str] = (),
+          elastic: Sequence[int] = ()) -> str:
+    """Columns padded to their widest cell. Within `width`, the `optional` headers' columns
+    go first (in that order), then the widest of the `elastic` columns is cut short
+    (in the middle, marked `~`, down to 8 characters) until the table fits, then every
+    line is."""
     cells = [[str(c) for c in headers], *[[str(c) for c in row] for row in rows]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-                     for row in cells)
+    keep = list(range(len(headers)))
+    widths = [max(len(row[i]) for row in cells) for i in keep]
+
+    def span() -> int:
+        return sum(widths[i] for i in keep) + 2 * (len(keep) - 1)
+
+    if width is not None:
+        for name in optional:
+            if span() <= width:
+                break
+            keep = [i for i in keep if headers[i] != name]
+        while span() > width:
+            shrinkable = [i for i in elastic if i in keep and widths[i] > 8]
+            if not shrinkable:
+                break
+            widths[max(shrinkable, key=lambda i: widths[i])] -= 1
+    lines = []
+    for row in cells:
+        line = "  ".join(_middle(row[i], widths[i]).ljust(widths[i]) for i in keep).rstrip()
+        lines.append(line if width is None else _cut(line, width))
+    return "\n".join(lines)
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:max(0, width - 1)] + "~"
+
+
+def _middle(text: str, width: int) -> str:
+    """Cut from the middle: a name's end (`:1`, `-q4_k_m`) tells rows apart too."""
+    if len(text) <= width:
+        return text
+    tail = (width - 1) // 2
+    return text[:width - 1 - tail] + "~" + text[len(text) - tail:]
+
+
+def duration(seconds: float | None) -> str:
+    """`42s`, `4m10s`, `2h05m`: short enough for a column."""
+    if seconds is None:
+        return "-"
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
 
 
 def _can_draw(text: str) -> bool:
@@ -50,22 +100,42 @@ def bar(used: float, total: float, *, width: int = 20, unicode: bool = True) -> 
     return f"[{full * filled}{empty * (width - filled)}] {share * 100:3.0f}%"
 
 
-def render(fleet: dict[str, Any], *, unicode: bool = True) -> str:
-    """Nodes, GPUs, models, loads and traffic, as `cortex status` prints them."""
+def _until(model: dict[str, Any]) -> str:
+    """When the TTL unloads the model if it stays idle: `pinned`, `-` without a TTL (it
+    stays until its room is needed), else the time left."""
+    if model.get("pinned"):
+        return "pinned"
+    return duration(model.get("expires_in"))
+
+
+def _idle(model: dict[str, Any]) -> str:
+    if model.get("in_flight") or model.get("queued") or model["state"] != "ready":
+        return "-"
+    return duration(model.get("idle_seconds"))
+
+
+def render(fleet: dict[str, Any], *, unicode: bool = True, width: int | None = None) -> str:
+    """Nodes, GPUs, models, loads and traffic, as `cortex status` prints them; within
+    `width` columns when given (narrower bars, then fewer columns, then cut names)."""
     traffic = fleet.get("traffic") or {}
     rates = traffic.get("models") or {}
-    nodes, gpus, models = [], [], []
+    cells = 20 if width is None or width >= 120 else 10  # bar width
+    nodes, gpus, models, down = [], [], [], []
     for node in fleet["nodes"]:
         name = node["name"]
         state = "DOWN" if not node["up"] else "draining" if node.get("draining") else "up"
+        if not node["up"]:
+            down.append(f"{name} is down: {node.get('last_error') or 'not polled yet'}")
         nodes.append([name, state, node["endpoint"],
                       len(node["models"]), sum(node["in_flight"].values()),
-                      bar(node["reserved_bytes"], node["budget_bytes"], unicode=unicode),
+                      bar(node["reserved_bytes"], node["budget_bytes"], width=cells,
+                          unicode=unicode),
                       f"{gib(node['reserved_bytes'])}/{gib(node['budget_bytes'])} GiB"])
         for gpu in node["gpus"]:
             util = gpu.get("utilization")
             gpus.append([f"{name}:{gpu['index']}", gpu["name"],
-                         bar(gpu["memory_used"], gpu["memory_total"], unicode=unicode),
+                         bar(gpu["memory_used"], gpu["memory_total"], width=cells,
+                             unicode=unicode),
                          f"{gib(gpu['memory_used'])}/{gib(gpu['memory_total'])} GiB",
                          "-" if util is None else f"{util}%"])
         if not node["gpus"]:
@@ -76,13 +146,19 @@ def render(fleet: dict[str, Any], *, unicode: bool = True) -> str:
             models.append([m["id"], name, m["state"], m.get("n_ctx", 0),
                            f"{gib((m.get('estimate') or {}).get('total'))} GiB",
                            m.get("in_flight", 0), m.get("queued", 0),
-                           "-" if rate is None else f"{rate:.1f}"])
-    parts = [table(["NODE", "STATE", "ENDPOINT", "MODELS", "IN-FLIGHT", "RESERVED", ""],
-                    nodes),
-             table(["GPU", "NAME", "MEMORY USED", "", "UTIL"], gpus)]
+                           "-" if rate is None else f"{rate:.1f}", _idle(m), _until(m)])
+    node_table = table(["NODE", "STATE", "ENDPOINT", "MODELS", "IN-FLIGHT", "RESERVED", ""],
+                       nodes, width=width, optional=["ENDPOINT", "MODELS"], elastic=[0])
+    if down:
+        node_table += "\n" + "\n".join(line if width is None else _cut(line, width)
+                                       for line in down)
+    parts = [node_table,
+             table(["GPU", "NAME", "MEMORY USED", "", "UTIL"], gpus, width=width,
+                   elastic=[0, 1])]
     if models:
         parts.append(table(["MODEL", "NODE", "STATE", "N_CTX", "MEMORY", "IN-FLIGHT",
-                             "QUEUED", "TOK/S"], models))
+                            "QUEUED", "TOK/S", "IDLE", "UNTIL"], models, width=width,
+                           optional=["N_CTX", "QUEUED", "MEMORY"], elastic=[0, 1]))
     else:
         parts.append("no models loaded")
     tail = [f"loading {load['model']} on {load['node']} for {load['seconds']:.1f}s "
@@ -91,19 +167,28 @@ def render(fleet: dict[str, Any], *, unicode: bool = True) -> str:
         tail.append(f"traffic (last {traffic['window_seconds']:.0f}s): "
                     f"{traffic['requests_per_second']:.2f} req/s, "
                     f"{traffic['output_tokens_per_second']:.1f} tokens/s out, "
-                    f"{traffic['input_tokens_per_second']:.1f} tokens/s in; since start: "
-                    f"{traffic['requests_total']} requests, "
+                    f"{traffic['input_tokens_per_second']:.1f} tokens/s in")
+        tail.append(f"since start: {traffic['requests_total']} requests, "
                     f"{traffic['output_tokens_total']} tokens out")
     if tail:
-        parts.append("\n".join(tail))
+        parts.append("\n".join(line if width is None else _cut(line, width)
+                               for line in tail))
     return "\n\n".join(parts)
+
+
+def terminal_width() -> int | None:
+    """Columns to fit: $COLUMNS, else the terminal's; never under 80. None through a pipe
+    without $COLUMNS (nothing wraps there)."""
+    if "COLUMNS" not in os.environ and not sys.stdout.isatty():
+        return None
+    return max(80, shutil.get_terminal_size().columns)
 
 
 def _frame(fetch: Fetch, *, as_json: bool, unicode: bool) -> str:
     fleet = fetch()
     if as_json:
         return json.dumps(fleet, indent=2)
-    return render(fleet, unicode=unicode)
+    return render(fleet, unicode=unicode, width=terminal_width())
 
 
 def show(fetch: Fetch, *, url: str, as_json: bool, watch: float | None,
@@ -126,7 +211,8 @@ def show(fetch: Fetch, *, url: str, as_json: bool, watch: float | None,
             try:
                 fleet = fetch()
                 # With --json, one compact document a line (JSON Lines).
-                body = json.dumps(fleet) if as_json else render(fleet, unicode=unicode)
+                body = json.dumps(fleet) if as_json else render(
+                    fleet, unicode=unicode, width=terminal_width())
             except click.ClickException as exc:
                 if as_json:
                     body = json.dumps({"error": exc.message})

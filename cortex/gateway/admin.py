@@ -20,6 +20,7 @@ from starlette.routing import BaseRoute, Route
 
 from cortex.dialect import decode_body
 from cortex.errors import ConfigError, Conflict, InvalidRequest, NotFound
+from cortex.gateway.configcheck import problems_of
 
 if TYPE_CHECKING:
     from cortex.gateway.fairshare import FairShare
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from cortex.gateway.placement import Placer
     from cortex.gateway.state import LiveConfig
     from cortex.gateway.traffic import Traffic
+    from cortex.snapshot import FleetSnapshot
 
 __all__ = ["AdminAction", "admin_routes"]
 
@@ -52,6 +54,23 @@ async def _action(request: Request) -> AdminAction:
     return action
 
 
+def _with_idle(nodes: list[dict[str, Any]], snapshot: FleetSnapshot) -> list[dict[str, Any]]:
+    """Add to each loaded model what the router sees: `idle_seconds` (0 while busy),
+    `ttl`, and `expires_in`, the seconds until its TTL unloads it if it stays idle (None
+    without a TTL, or pinned), for `cortex status`'s IDLE and UNTIL."""
+    views = {(n.name, m.id): m for n in snapshot.nodes for m in n.models}
+    for node in nodes:
+        for model in node["models"]:
+            view = views.get((node["name"], model["id"]))
+            if view is None:
+                continue
+            model["idle_seconds"] = round(view.idle_for, 1)
+            model["ttl"] = view.ttl
+            model["expires_in"] = (None if view.ttl is None or view.pinned
+                                   else round(max(0.0, view.ttl - view.idle_for), 1))
+    return nodes
+
+
 def admin_routes(placer: Placer, fleet: Fleet, loader: Loader, live: LiveConfig, *,
                  traffic: Traffic, turns: FairShare) -> list[BaseRoute]:
     """The /admin routes over the parts they show and act on: `traffic` for the last
@@ -65,7 +84,7 @@ def admin_routes(placer: Placer, fleet: Fleet, loader: Loader, live: LiveConfig,
     async def fleet_view(request: Request) -> Response:
         now = time.monotonic()
         return JSONResponse({
-            "nodes": fleet.describe(),
+            "nodes": _with_idle(fleet.describe(), placer.snapshot()),
             "loads": [{"model": j.model, "node": j.node, "waiters": j.waiters,
                        "seconds": round(now - j.started, 3), "keep": j.keep}
                       for j in loader.jobs],
@@ -106,10 +125,14 @@ def admin_routes(placer: Placer, fleet: Fleet, loader: Loader, live: LiveConfig,
             placed = await placer.place(profile, deadline=deadline, keep=True, only=node)
             return JSONResponse({"model": profile.id, "node": placed, "state": "ready"})
         if verb == "unload":
-            if profile.pinned:
-                raise Conflict(f"model `{profile.id}` is pinned: unpin it first")
-            nodes = [n.name for n, m in placer.snapshot().placements_of(profile.id)
-                     if node is None or n.name == node]
+            copies = [(n.name, m) for n, m in placer.snapshot().placements_of(profile.id)
+                      if node is None or n.name == node]
+            # Pinned here, or on a neuron by any replica: the neuron's flag counts too.
+            pinned_on = [name for name, m in copies if m.pinned]
+            if profile.pinned or pinned_on:
+                where = f" on {', '.join(pinned_on)}" if pinned_on else ""
+                raise Conflict(f"model `{profile.id}` is pinned{where}: unpin it first")
+            nodes = [name for name, _ in copies]
             if not nodes:
                 raise NotFound(f"model `{profile.id}` is not loaded"
                                + (f" on `{node}`" if node else ""))
@@ -146,7 +169,8 @@ def admin_routes(placer: Placer, fleet: Fleet, loader: Loader, live: LiveConfig,
         try:
             summary = await live.reload()
         except ConfigError as exc:
-            log.error("POST /admin/reload: configuration not reloaded: %s", exc.message)
+            for problem in problems_of(exc):
+                log.error("POST /admin/reload: configuration not reloaded: %s", problem)
             raise InvalidRequest(f"configuration not reloaded: {exc.message}") from None
         return JSONResponse({"status": "reloaded", "summary": summary})
 

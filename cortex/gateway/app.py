@@ -12,11 +12,12 @@ Each part is handed the parts it uses, never a bag of everything:
     Proxy        (proxy.py)       one request end to end
     Reconciler   (reconciler.py)  pins, TTL, defrag
     admin_routes (admin.py)       /admin
+    Activity     (activity.py)    the last requests, GET /admin/requests
     _DialectAPI  (here)           what the dialects' routes may ask (cortex.dialect.GatewayAPI)
 
 `app.state` carries the parts for `cortex serve`, embedding apps and tests: `live`,
-`placer`, `fleet`, `loader`, `fair`, `prefixes`, `quarantine`, `traffic`, `dialects`,
-and `metrics` (None when its plugin is blocked).
+`placer`, `fleet`, `loader`, `fair`, `prefixes`, `quarantine`, `traffic`, `activity`,
+`dialects`, and `metrics` (None when its plugin is blocked).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from cortex.errors import (
     NotFound,
     PermissionDenied,
 )
+from cortex.gateway.activity import ACTIVITY_PLUGIN, Activity, activity_routes
 from cortex.gateway.admin import admin_routes
 from cortex.gateway.auth import AuthGuard, allowed_models
 from cortex.gateway.catalogue import build_catalogue
@@ -63,6 +65,7 @@ from cortex.gateway.prefixes import PrefixTable
 from cortex.gateway.proxy import Proxy
 from cortex.gateway.quarantine import Quarantine
 from cortex.gateway.reconciler import Reconciler
+from cortex.gateway.requestlog import RequestLog
 from cortex.gateway.state import LiveConfig, Reloader
 from cortex.gateway.traffic import TRAFFIC_PLUGIN, Traffic
 from cortex.gateway.ui import ui_routes
@@ -195,15 +198,16 @@ def create_app(config: GatewayConfig, plugin_manager: pluggy.PluginManager, *,
             dialect.options = live.dialect_options[dialect.name]
 
     live.on_reload(follow)
+    fleet.on_pin(live.adopt_pin)  # the neurons' pin flags are the fleet's one truth
     # Fair turns between clients on a busy model (held here, not in a neuron's FIFO).
     fair = FairShare(fleet.ready_slots)
-    placer = Placer(live, fleet, loader, fair)
+    traffic = Traffic()  # recent rates for /admin/fleet and the `cost` eviction policy
+    placer = Placer(live, fleet, loader, fair, rates=traffic.rates)
     prefixes = PrefixTable()
     quarantine = Quarantine(lambda: live.settings)
     proxy = Proxy(placer, fleet, live=live, fair=fair, prefixes=prefixes,
-                  quarantine=quarantine, hook=plugins.hook)
+                  quarantine=quarantine, hook=plugins.hook, traffic=traffic)
     reconciler = Reconciler(placer, fleet, loader, live)
-    traffic = Traffic()  # recent rates for /admin/fleet
     # The metrics observer holds this app's own MeterProvider, so it is an object
     # registered per app rather than as a default entry-point plugin.
     metrics: GatewayMetrics | None = None
@@ -213,6 +217,8 @@ def create_app(config: GatewayConfig, plugin_manager: pluggy.PluginManager, *,
             or bool(placer.snapshot().placements_of(model))))
         plugin_manager.register(metrics, name=METRICS_PLUGIN)
     plugin_manager.register(traffic, name=TRAFFIC_PLUGIN)
+    activity = Activity()  # the last requests, for the dashboard's activity log
+    plugin_manager.register(activity, name=ACTIVITY_PLUGIN)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -227,6 +233,7 @@ def create_app(config: GatewayConfig, plugin_manager: pluggy.PluginManager, *,
             await loader.close()
             await fleet.close()
             plugin_manager.unregister(traffic)
+            plugin_manager.unregister(activity)
             if metrics is not None:
                 plugin_manager.unregister(metrics)
                 metrics.close()
@@ -245,19 +252,22 @@ def create_app(config: GatewayConfig, plugin_manager: pluggy.PluginManager, *,
     for dialect in dialects:
         routes.extend(dialect.routes(api))
     routes.extend(admin_routes(placer, fleet, loader, live, traffic=traffic, turns=fair))
+    routes.extend(activity_routes(activity))
     routes.extend(ui_routes())
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers=_error_handlers(dialects))
     app.state.live, app.state.placer, app.state.fleet = live, placer, fleet
     app.state.loader, app.state.fair, app.state.prefixes = loader, fair, prefixes
     app.state.quarantine, app.state.traffic, app.state.dialects = quarantine, traffic, dialects
+    app.state.activity = activity
     # Served on [gateway] metrics_listen by cortex.gateway.server (None when blocked).
     app.state.metrics = metrics
-    refuse = dialects.error_response
+    refuse = dialects.refusal
     app.add_middleware(BodyLimits, settings=lambda: live.settings, respond=refuse)
     app.add_middleware(AuthGuard, keyring=lambda: live.keys, respond=refuse)
     app.add_middleware(OriginGuard, settings=lambda: live.settings,
                        keyed=lambda: not live.keys.open, respond=refuse)
+    app.add_middleware(RequestLog)  # refusals that never reach a model: their own line
     app.add_middleware(_RequestIds)
     app.add_middleware(HeadLimit, settings=lambda: live.settings, respond=refuse)
     return app

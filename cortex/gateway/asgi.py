@@ -14,17 +14,19 @@ import os
 
 from starlette.applications import Starlette
 
-from cortex.config import load_gateway_config
 from cortex.gateway.app import create_app
-from cortex.plugins import build_plugin_manager
+from cortex.gateway.configcheck import check_file
+from cortex.plugins import Plugins, build_plugin_manager
 
 __all__ = ["gateway"]
 
 
 def gateway() -> Starlette:
-    """The gateway app for the config file named by `CORTEX_CONFIG`."""
+    """The gateway app for the config file named by `CORTEX_CONFIG`, checked as
+    `cortex serve` checks it (ConfigProblems lists what is wrong)."""
     path = os.environ.get("CORTEX_CONFIG")
     if not path:
         raise RuntimeError("set CORTEX_CONFIG to the gateway's cortex.toml")
-    config, profiles = load_gateway_config(path)
-    return create_app(config, build_plugin_manager(), profiles=profiles)
+    manager = build_plugin_manager()
+    checked = check_file(path, Plugins(manager))
+    return create_app(checked.config, manager, profiles=checked.profiles)

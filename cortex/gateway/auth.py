@@ -66,11 +66,11 @@ def _read_keys(path: str) -> list[str]:
         lines = Path(path).expanduser().read_text().splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise ConfigError(f"[auth] api_keys_file `{path}`: cannot read it ({reason}); "
+        raise ConfigError(f"auth.api_keys_file: `{path}`: cannot read it ({reason}); "
                           "refusing to run without the keys it should hold") from None
     keys = [line.split("#", 1)[0].strip() for line in lines]
     if not any(keys):
-        raise ConfigError(f"[auth] api_keys_file `{path}` holds no key; refusing to run "
+        raise ConfigError(f"auth.api_keys_file: `{path}` holds no key; refusing to run "
                           "without the keys it should hold (for an open gateway, remove "
                           "api_keys_file and set [auth] open = true)")
     return [key for key in keys if key]
@@ -102,7 +102,7 @@ class KeyRing:
         self._clients = [k.encode() for k in keys] + [k.key.encode() for k in config.keys]
         self.declared_open = config.open
         if config.open and not self.open:
-            raise ConfigError("[auth] open = true, but keys are configured (in [auth] or "
+            raise ConfigError("auth.open: open = true, but keys are configured (in [auth] or "
                               "CORTEX_API_KEYS/CORTEX_ADMIN_KEYS): remove one or the other")
         self._limit = config.requests_per_minute
         self._limits = {k.key.encode(): k.requests_per_minute for k in config.keys

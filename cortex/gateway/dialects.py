@@ -41,3 +41,12 @@ class Dialects:
             return dialect.error_response(exc)
         return JSONResponse(exc.openai_envelope(), status_code=exc.status,
                             headers=exc.headers())
+
+    def refusal(self, path: str, exc: CortexError) -> Response:
+        """`exc` answered by a guard before the request's body is read. The connection
+        closes after it, and says so: hypercorn closes a connection whose request body
+        is still arriving, and a client that reused it would race that close (a POST
+        then fails with "server disconnected")."""
+        response = self.error_response(path, exc)
+        response.headers["connection"] = "close"
+        return response

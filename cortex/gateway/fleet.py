@@ -15,7 +15,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine, Iterable, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from typing import Any, Literal
 
 from cortex.config import GatewaySection, NeuronEntry
@@ -40,6 +40,7 @@ class Fleet:
         self.estimates = Estimates(self._nodes.get)
         self._closing = False
         self._background: set[asyncio.Task[None]] = set()
+        self._pin_watchers: list[Callable[[str, bool], None]] = []
 
     def _later(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
@@ -100,6 +101,16 @@ class Fleet:
 
     def has(self, name: str) -> bool:
         return name in self._nodes
+
+    def on_pin(self, watch: Callable[[str, bool], None]) -> None:
+        """Have `watch(model, pinned)` called when a neuron's pin flag on a copy changes,
+        or a copy is first seen pinned: some replica pinned or unpinned it there."""
+        self._pin_watchers.append(watch)
+
+    def _saw_pin(self, before: ModelStatus | None, after: ModelStatus) -> None:
+        if after.pinned != (before is not None and before.pinned):
+            for watch in self._pin_watchers:
+                watch(after.id, after.pinned)
 
     # --- polling --------------------------------------------------------------------------
 
@@ -180,8 +191,11 @@ class Fleet:
             if busy or before is None or before.last_used != model.last_used:
                 node.idle_since[model.id] = now
             self.estimates.loaded(model.id, model.load_seconds)
+            self._saw_pin(before, model)
         for gone in set(node.idle_since) - set(node.models):
             del node.idle_since[gone]
+        for gone in set(node.used_at) - set(node.models):
+            del node.used_at[gone]
         self._succeeded(node)
 
     def _succeeded(self, node: Node) -> None:
@@ -194,11 +208,17 @@ class Fleet:
 
     def _failed(self, node: Node, exc: CortexError, *, died: bool = False) -> None:
         node.failures += 1
-        node.last_error = exc.message
+        said, node.last_error = node.last_error, exc.message
+        if not node.up and node.failures >= self.settings.down_after \
+                and (node.failures == self.settings.down_after or said != exc.message):
+            # A node that never came up (a wrong endpoint, a secret it refuses) says why,
+            # once, and again when the reason changes; else it stays down in silence.
+            log.warning("neuron %s is not up: %s", node.entry.name, exc.message)
         if node.up and node.failures >= self.settings.down_after:
             node.up = False
             node.models = {}
             node.idle_since.clear()
+            node.used_at.clear()
             self.estimates.forget(node.entry.name)
             log.warning("neuron %s is down: %s", node.entry.name, exc.message)
             self.emit("node_down", node.entry.name, reason=exc.message)
@@ -254,6 +274,7 @@ class Fleet:
         node = self._nodes.get(name)
         if node is None:
             return
+        self._saw_pin(node.models.get(status.id), status)
         node.models[status.id] = status
         node.idle_since[status.id] = time.monotonic()
         self.estimates.loaded(status.id, status.load_seconds)
@@ -263,6 +284,7 @@ class Fleet:
         if node is not None:
             node.models.pop(model, None)
             node.idle_since.pop(model, None)
+            node.used_at.pop(model, None)
 
     def begin_load(self, name: str, model: str, needs: int) -> None:
         self._node(name).loading[model] = needs
@@ -289,6 +311,7 @@ class Fleet:
             node.active[model] -= 1
             node.users -= 1
             node.idle_since[model] = time.monotonic()
+            node.used_at[model] = time.time()
             if node.retired and node.users == 0:
                 self._later(node.client.close())
 
@@ -329,9 +352,14 @@ class Fleet:
         except Exception:
             log.exception("a fleet_event observer failed")
 
-    def snapshot(self, profiles: ProfileIndex) -> FleetSnapshot:
+    def snapshot(self, profiles: ProfileIndex,
+                 rates: Mapping[str, float] | None = None) -> FleetSnapshot:
+        """The view under `profiles`; `rates` (requests per second per model) feed the
+        eviction policies that weigh demand."""
         now = time.monotonic()
-        return FleetSnapshot(nodes=tuple(node.view(profiles, now)
+        load_seconds = self.estimates.load_seconds
+        return FleetSnapshot(nodes=tuple(node.view(profiles, now, rates=rates,
+                                                   load_seconds=load_seconds)
                                          for node in self._nodes.values()))
 
     def backlog(self, model_id: str) -> int:

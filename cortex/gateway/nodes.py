@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
@@ -43,6 +43,9 @@ class Node:
         self.active: Counter[str] = Counter()
         self.active_at_poll: Counter[str] = Counter()
         self.idle_since: dict[str, float] = {}
+        # Wall-clock ends of this replica's own requests: LRU must see them before the next
+        # poll brings the neuron's `last_used` (other replicas' uses come only that way).
+        self.used_at: dict[str, float] = {}
         self.loading: dict[str, int] = {}
         self.unloading: set[str] = set()
         self.cycles = 0
@@ -52,31 +55,39 @@ class Node:
         self.task: asyncio.Task[None] | None = None
         self.watchers: set[Lost] = set()  # requests in flight there, told if it goes down
 
-    def view(self, profiles: ProfileIndex, now: float) -> NodeView:
-        """The node as the router sees it, under `profiles`, at monotonic time `now`."""
+    def view(self, profiles: ProfileIndex, now: float, *,
+             rates: Mapping[str, float] | None = None,
+             load_seconds: Callable[[str], float | None] = lambda model: None) -> NodeView:
+        """The node as the router sees it, under `profiles`, at monotonic time `now`;
+        `rates` are the models' recent requests per second, `load_seconds` their last
+        load time anywhere (for a copy whose neuron does not say)."""
+        rates = rates or {}
+        name = self.entry.name
         views: list[ModelView] = []
         for model in self.models.values():
             profile = profiles.get(model.id)
             busy = active(self, model)
             state = "unloading" if model.id in self.unloading else model.state
             views.append(ModelView(
-                id=model.id, state=state, n_ctx=model.n_ctx, slots=model.slots,
+                id=model.id, node=name, state=state, n_ctx=model.n_ctx, slots=model.slots,
                 bytes=model.estimate.total if model.estimate else self.loading.get(model.id, 0),
-                active=busy, last_used=model.last_used,
+                active=busy, last_used=max(model.last_used, self.used_at.get(model.id, 0.0)),
                 idle_for=0.0 if busy else now - self.idle_since.get(model.id, now),
                 pinned=model.pinned or (profile.pinned if profile else False),
                 priority=profile.priority if profile else 0,
-                ttl=profile.ttl if profile else None, load_seconds=model.load_seconds))
+                ttl=profile.ttl if profile else None,
+                load_seconds=model.load_seconds or load_seconds(model.id),
+                request_rate=rates.get(model.id, 0.0)))
         for model_id, needs in self.loading.items():
             if model_id not in self.models:
                 profile = profiles.get(model_id)
                 views.append(ModelView(
-                    id=model_id, state="loading", bytes=needs,
+                    id=model_id, node=name, state="loading", bytes=needs,
                     n_ctx=profile.n_ctx if profile else 0, slots=profile.slots if profile else 1,
                     pinned=profile.pinned if profile else False,
                     priority=profile.priority if profile else 0))
         status = self.status
-        return NodeView(name=self.entry.name, endpoint=self.entry.endpoint, up=self.up,
+        return NodeView(name=name, endpoint=self.entry.endpoint, up=self.up,
                         budget=status.budget_bytes if status else 0, models=tuple(views),
                         cycles=self.cycles, last_error=self.last_error,
                         draining=status.draining if status else False)

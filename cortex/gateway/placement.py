@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import msgspec
 
@@ -50,10 +50,13 @@ def _usable(job: LoadJob | None, exclude: frozenset[str], only: str | None) -> L
 
 
 class Placer:
-    def __init__(self, live: LiveConfig, fleet: Fleet, loader: Loader,
-                 fair: FairShare) -> None:
+    def __init__(self, live: LiveConfig, fleet: Fleet, loader: Loader, fair: FairShare, *,
+                 rates: Callable[[], Mapping[str, float]] = dict) -> None:
+        """`rates`: the models' recent requests per second (cortex.gateway.traffic), which
+        the snapshot hands to eviction policies that weigh demand."""
         self._live = live
         self._fleet = fleet
+        self._rates = rates
         self._estimates = fleet.estimates
         self._loader = loader
         self._fair = fair
@@ -67,7 +70,7 @@ class Placer:
 
     def snapshot(self) -> FleetSnapshot:
         """The fleet as the router sees it, under the live profiles."""
-        return self._fleet.snapshot(self._live.profiles)
+        return self._fleet.snapshot(self._live.profiles, self._rates())
 
     def resolve(self, name: str) -> tuple[ModelProfile, bool]:
         """The profile `name` means, and whether the gateway may load it (it may not load a

@@ -24,10 +24,17 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from cortex.disconnects import cancelled_status, unless_disconnected
-from cortex.errors import CortexError, NeuronDied, Unavailable, Unreachable
+from cortex.errors import (
+    CortexError,
+    NeuronDied,
+    Unavailable,
+    Unreachable,
+    UnsupportedFeature,
+)
 from cortex.gateway.auth import client_of
 from cortex.gateway.limits import for_profile
 from cortex.gateway.quarantine import fingerprint
+from cortex.gateway.requestlog import RECORDED
 from cortex.gateway.upstream import READ_ERRORS, Answer, Dropped, Opened, Retry, first_bytes
 from cortex.records import RequestRecord
 from cortex.types import Usage
@@ -41,6 +48,7 @@ if TYPE_CHECKING:
     from cortex.gateway.prefixes import PrefixTable
     from cortex.gateway.quarantine import Quarantine
     from cortex.gateway.state import LiveConfig
+    from cortex.gateway.traffic import Traffic
 
 __all__ = ["Proxy"]
 
@@ -91,12 +99,16 @@ class _Relay(StreamingResponse):
 class _Tally:
     """What request_finished will report about one request."""
 
-    def __init__(self, call: Call, dialect: Dialect, request_id: str,
-                 state: dict[str, object]) -> None:
+    def __init__(self, call: Call, dialect: Dialect, request: Request) -> None:
         self.started = time.monotonic()
-        self.state = state  # the request's ASGI state: says whether a cancel was a cut
-        self.record = RequestRecord(request_id=request_id, model=call.model, node=None,
-                                    dialect=dialect.name, status=200, stream=call.stream)
+        # The request's ASGI state: says whether a cancel was a cut, and tells the
+        # request log (cortex.gateway.requestlog) that this request has its record.
+        self.state: dict[str, object] = request.scope.setdefault("state", {})
+        self.state[RECORDED] = True
+        self.record = RequestRecord(
+            request_id=getattr(request.state, "request_id", ""), model=call.model, node=None,
+            dialect=dialect.name, status=200, stream=call.stream, method=request.method,
+            path=request.url.path)
 
     def opened(self, opened: Opened) -> None:
         self.record.node = opened.node
@@ -112,10 +124,11 @@ class _Tally:
 
 class Proxy:
     """Sends requests where `placer` says, over `fleet`'s clients; `hook` is told of each
-    finished one (request_finished)."""
+    finished one (request_finished), `traffic` of a stream's tokens as they pass."""
 
     def __init__(self, placer: Placer, fleet: Fleet, *, live: LiveConfig, fair: FairShare,
-                 prefixes: PrefixTable, quarantine: Quarantine, hook: Any) -> None:
+                 prefixes: PrefixTable, quarantine: Quarantine, hook: Any,
+                 traffic: Traffic) -> None:
         self._placer = placer
         self._fleet = fleet
         self._live = live
@@ -123,10 +136,15 @@ class Proxy:
         self._prefixes = prefixes
         self._quarantine = quarantine
         self._hook = hook
+        self._traffic = traffic
 
-    def _finish(self, tally: _Tally, status: int | None = None) -> None:
+    def _finish(self, tally: _Tally, status: int | None = None,
+                reason: str | None = None) -> None:
         if status is not None:
             tally.record.status = status
+        if status is not None and status >= 400:
+            tally.record.reason = reason or (
+                "the client went away" if status == 499 else "cut at drain_timeout")
         tally.record.duration_seconds = time.monotonic() - tally.started
         try:
             self._hook.request_finished(record=tally.record)
@@ -135,11 +153,16 @@ class Proxy:
 
     async def forward(self, call: Call, request: Request, dialect: Dialect) -> Response:
         placer = self._placer
-        tally = _Tally(call, dialect, getattr(request.state, "request_id", ""),
-                       request.scope.setdefault("state", {}))
+        tally = _Tally(call, dialect, request)
         try:
-            profile, _ = placer.resolve(call.model)
+            profile, loadable = placer.resolve(call.model)
             tally.record.model = profile.id
+            if call.path == "/v1/embeddings" and loadable and not profile.embeddings:
+                # Its neuron would refuse too, but only after a cold load that may evict
+                # another model just to say so.
+                raise UnsupportedFeature(f"model `{profile.id}` does not serve embeddings "
+                                         "(its profile does not set embeddings = true)",
+                                         param="model")
             placer.admit(profile)
             body = for_profile(call, profile.id, profile.max_tokens)
             key = None
@@ -147,7 +170,7 @@ class Proxy:
                 key = fingerprint(profile.id, call.path, body)
                 self._quarantine.check(key)
         except CortexError as exc:
-            self._finish(tally, exc.status)
+            self._finish(tally, exc.status, exc.message)
             return dialect.error_response(exc)
         attempt = self._taking_turns(call, body, profile, tally, key)
         if not call.stream:
@@ -174,10 +197,10 @@ class Proxy:
                  tally: _Tally) -> Response:
         exc = task.exception() if not task.cancelled() else Unavailable("request cancelled")
         if isinstance(exc, Answer):
-            self._finish(tally, exc.status)
+            self._finish(tally, exc.status, exc.error.message)
             return dialect.upstream_error(exc.status, exc.body, exc.error)
         if isinstance(exc, CortexError):
-            self._finish(tally, exc.status)
+            self._finish(tally, exc.status, exc.message)
             return dialect.error_response(exc)
         assert exc is not None
         raise exc
@@ -187,10 +210,10 @@ class Proxy:
         try:
             opened = await unless_disconnected(request, attempt)
         except Answer as answer:
-            self._finish(tally, answer.status)
+            self._finish(tally, answer.status, answer.error.message)
             return dialect.upstream_error(answer.status, answer.body, answer.error)
         except CortexError as exc:
-            self._finish(tally, exc.status)
+            self._finish(tally, exc.status, exc.message)
             return dialect.error_response(exc)
         except asyncio.CancelledError:
             self._finish(tally, cancelled_status(tally.state))
@@ -205,7 +228,7 @@ class Proxy:
 
     async def _stream(self, task: asyncio.Future[Opened], call: Call, dialect: Dialect,
                       tally: _Tally, state: dict[str, Opened]) -> AsyncIterator[bytes]:
-        status = 200
+        status, reason = 200, None
         try:
             while not task.done():
                 await asyncio.wait({task}, timeout=self._live.settings.keepalive_interval)
@@ -214,11 +237,11 @@ class Proxy:
             try:
                 opened = state["opened"] = task.result()
             except Answer as answer:
-                status = answer.status
+                status, reason = answer.status, answer.error.message
                 yield call.exchange.stream_error(answer.error)
                 return
             except CortexError as exc:
-                status = exc.status
+                status, reason = exc.status, exc.message
                 yield call.exchange.stream_error(exc)
                 return
             tally.opened(opened)
@@ -226,7 +249,7 @@ class Proxy:
                 async for chunk in call.exchange.relay(self._chunks(opened, tally)):
                     yield chunk
             except CortexError as exc:
-                status = exc.status
+                status, reason = exc.status, exc.message
                 log.warning("stream of %s from %s failed: %s", call.model, opened.node,
                             exc.message)
                 yield call.exchange.stream_error(exc)
@@ -234,17 +257,21 @@ class Proxy:
             status = cancelled_status(tally.state)
             raise
         finally:
-            self._finish(tally, status)
+            self._finish(tally, status, reason)
 
     async def _chunks(self, opened: Opened, tally: _Tally) -> AsyncIterator[bytes]:
         # Peek for usage before yielding: a client that leaves after the last chunk
         # closes this generator at its yield. A frame may begin in the previous chunk.
+        # Each data frame is about one token: counted as it passes (cortex.gateway.traffic).
         previous = opened.first
+        flow = self._traffic.flow(tally.record)
+        flow.add(previous.count(b"data: {"))
         if b'"usage"' in previous:
             tally.usage(_stream_usage(previous))
         yield previous
         try:
             async for chunk in opened.response.content.iter_any():
+                flow.add(chunk.count(b"data: {"))
                 if b'"usage"' in chunk:
                     tally.usage(_stream_usage(previous + chunk))
                 previous = chunk

@@ -1,8 +1,12 @@
 """Reconciler: the background loop that keeps the fleet as the configuration asks.
 
-Each pass loads pinned models that are resident nowhere, unloads models idle past
-their `ttl`, and defragments nodes after `defrag_after_cycles` load/unload cycles.
-What to do is decided by the pure Evictor functions over a snapshot.
+Each pass loads pinned models that are resident nowhere (and records the pin on the
+neuron of one that a request loaded first), unloads models idle past their `ttl`, and
+defragments nodes after `defrag_after_cycles` load/unload cycles: one node at a time
+(turning defrag on by a reload must not empty every node's idle models at once), and
+only once every model it would reload has sat idle for a few polls (a model loaded
+moments ago is not unloaded and loaded again). What to do is decided by the pure
+Evictor functions over a snapshot.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from cortex.errors import CortexError
 from cortex.evictor import DefragPlan
+from cortex.gateway.profiles import ProfileIndex
 
 if TYPE_CHECKING:
     from cortex.gateway.fleet import Fleet
@@ -26,6 +31,8 @@ __all__ = ["Reconciler"]
 
 log = logging.getLogger("cortex.gateway.reconciler")
 _PIN_BACKOFF = 10.0
+#: Polls a node's idle models must sit idle before a defragmentation reloads them.
+_DEFRAG_SETTLE_POLLS = 5
 
 
 class Reconciler:
@@ -78,21 +85,32 @@ class Reconciler:
                 with contextlib.suppress(CortexError):
                     await self._fleet.unload(expiry.node, expiry.model, reason="ttl")
         now = time.monotonic()
+        neurons = self._fleet.snapshot(ProfileIndex([]))  # the pins the neurons record
         for profile in live.profiles:
             if not profile.pinned or profile.id in self._pinning \
                     or self._pin_after.get(profile.id, 0.0) > now:
                 continue
-            resident = [m for node, m in snapshot.placements_of(profile.id)
+            resident = [(node.name, m) for node, m in snapshot.placements_of(profile.id)
                         if m.state in ("ready", "loading")
                         and (not profile.neurons or node.name in profile.neurons)]
             if not resident and loader.job(profile.id) is None:
                 self._pinning.add(profile.id)
                 self._spawn(self._pin(profile.id), f"pin:{profile.id}")
+            elif not any(m.pinned for n, m in neurons.placements_of(profile.id)):
+                # Loaded (by a request, say) but pinned on no neuron: record it there,
+                # so that every replica keeps it, not only those whose profile pins it.
+                ready = next((name for name, m in resident if m.ready), None)
+                if ready is not None:
+                    self._pinning.add(profile.id)
+                    self._spawn(self._record_pin(profile.id, ready), f"pin:{profile.id}")
+        settle = _DEFRAG_SETTLE_POLLS * live.settings.poll_interval
         for node in snapshot.nodes:
+            if self._defragging:  # one node at a time; the others keep their models
+                break
             if node.draining:  # it would refuse the reloads
                 continue
-            plan = live.router.evictor.defrag(node)
-            if plan is not None and node.name not in self._defragging:
+            plan = live.router.evictor.defrag(node, settle=settle)
+            if plan is not None:
                 self._defragging.add(node.name)
                 self._spawn(self._defrag(plan), f"defrag:{node.name}")
 
@@ -109,6 +127,13 @@ class Reconciler:
             log.warning("cannot load pinned model %s (trying again in %.0fs): %s", model,
                         _PIN_BACKOFF, exc.message)
             self._pin_after[model] = time.monotonic() + _PIN_BACKOFF
+        finally:
+            self._pinning.discard(model)
+
+    async def _record_pin(self, model: str, node: str) -> None:
+        try:
+            if not await self._fleet.pin(node, model, True):
+                self._pin_after[model] = time.monotonic() + _PIN_BACKOFF
         finally:
             self._pinning.discard(model)
 

@@ -10,20 +10,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Sequence
+import socket
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from cortex.config import split_listen
 from cortex.disconnects import CUT
 from cortex.errors import CortexError, Unavailable
+from cortex.gateway.configcheck import problems_of
 from cortex.loops import run, settle_heap
 from cortex.metrics import metrics_app
+from cortex.sockets import bind, cannot_listen, hypercorn_config
 
 if TYPE_CHECKING:
+    from hypercorn.config import Config
+
     from cortex.gateway.dialects import Dialects
     from cortex.gateway.state import LiveConfig
 
-__all__ = ["Served", "serve"]
+__all__ = ["CannotListen", "Served", "serve"]
 
 log = logging.getLogger("cortex.gateway.server")
 
@@ -33,11 +38,6 @@ class Served:
 
     def __init__(self, app: Any, listen: str, *, name: str) -> None:
         self.app, self.listen, self.name = app, listen, name
-
-
-def _bind(listen: str) -> str:
-    host, port = split_listen(listen)
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 async def _reachable(listen: str, timeout: float) -> bool:
@@ -169,14 +169,43 @@ async def _reload(live: LiveConfig) -> None:
     try:
         summary = await live.reload()
     except CortexError as exc:
-        log.error("SIGHUP: configuration not reloaded: %s", exc.message)
+        for problem in problems_of(exc):
+            log.error("SIGHUP: configuration not reloaded: %s", problem)
     else:
         log.info("SIGHUP: reloaded (%s)", summary)
 
 
-async def _serve(gateway: Served, before: Sequence[Served]) -> None:
+class CannotListen(Exception):
+    """A server's address could not be bound: the one line that says so."""
+
+
+def _bind_all(gateway: Served, before: Sequence[Served], metrics: Served | None
+              ) -> dict[str, socket.socket]:
+    """Every server's socket, bound before anything starts: a taken port is CannotListen
+    (nothing has started), but for metrics, which the API does not need."""
+    bound: dict[str, socket.socket] = {}
+    try:
+        for served in (*before, gateway):
+            try:
+                bound[served.name] = bind(served.listen)
+            except (OSError, ValueError) as exc:
+                raise CannotListen(cannot_listen(served.name, served.listen, exc)) from None
+    except CannotListen:
+        for sock in bound.values():
+            sock.close()
+        raise
+    if metrics is not None:
+        try:
+            bound[metrics.name] = bind(metrics.listen)
+        except (OSError, ValueError) as exc:
+            log.error("%s; the API is served without it",
+                      cannot_listen(metrics.name, metrics.listen, exc))
+    return bound
+
+
+async def _serve(gateway: Served, before: Sequence[Served], metrics: Served | None,
+                 bound: dict[str, socket.socket]) -> None:
     from hypercorn.asyncio import serve as hypercorn_serve
-    from hypercorn.config import Config
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -205,8 +234,7 @@ async def _serve(gateway: Served, before: Sequence[Served]) -> None:
             loop.add_signal_handler(sig, stop.set)
 
     def config(served: Served) -> Config:
-        hyper = Config()
-        hyper.bind = [_bind(served.listen)]
+        hyper = hypercorn_config(bound[served.name], served.listen)
         hyper.accesslog = None
         # hypercorn's own handler on top of ours printed each of its lines twice.
         hyper.errorlog = logging.getLogger("hypercorn.error")
@@ -228,24 +256,22 @@ async def _serve(gateway: Served, before: Sequence[Served]) -> None:
     tasks.append(asyncio.ensure_future(
         hypercorn_serve(api, config(gateway), shutdown_trigger=stop.wait)))
     log.info("cortex gateway listening on %s", gateway.listen)
-    metrics = getattr(state, "metrics", None)
-    if live is not None and metrics is not None:
-        served = Served(metrics_app(metrics.prometheus), live.settings.metrics_listen,
-                        name="metrics")
-        tasks.append(asyncio.ensure_future(_optional(
-            hypercorn_serve(served.app, config(served), shutdown_trigger=stop.wait), served)))
+    if metrics is not None and metrics.name in bound:
+        tasks.append(asyncio.ensure_future(
+            hypercorn_serve(metrics.app, config(metrics), shutdown_trigger=stop.wait)))
+        log.info("metrics on %s/metrics", metrics.listen)
     await asyncio.gather(*tasks)
 
 
-async def _optional(serving: Awaitable[None], served: Served) -> None:
-    """Serve something the API does not depend on: failing to bind is logged, not fatal."""
-    try:
-        await serving
-    except OSError as exc:
-        log.error("%s not served on %s: %s", served.name, served.listen, exc)
-
-
 def serve(gateway: Served, *, before: Sequence[Served] = (), loop: str = "auto") -> None:
-    """Run `before` (each once it accepts connections), then the gateway, until a signal."""
+    """Bind every address first (CannotListen, with nothing started, if one is taken),
+    then run `before` (each once it accepts connections) and the gateway until a signal;
+    the gateway's metrics go on `[gateway] metrics_listen`."""
+    state: Any = getattr(gateway.app, "state", None)
+    live: LiveConfig | None = getattr(state, "live", None)
+    prometheus = getattr(getattr(state, "metrics", None), "prometheus", None)
+    metrics = Served(metrics_app(prometheus), live.settings.metrics_listen, name="metrics") \
+        if live is not None and prometheus is not None else None
+    bound = _bind_all(gateway, before, metrics)
     settle_heap()
-    run(_serve(gateway, before), loop)
+    run(_serve(gateway, before, metrics, bound), loop)

@@ -19,50 +19,42 @@ from collections.abc import Callable, Sequence
 from cortex.config import GatewayConfig, GatewaySection, ModelProfile
 from cortex.dialect import Dialect
 from cortex.errors import Conflict
-from cortex.evictor import Evictor
-from cortex.gateway.auth import KeyRing
+from cortex.gateway.configcheck import NAMES, Files, prepare
 from cortex.gateway.profiles import ProfileIndex
-from cortex.plugins import Plugins, build_options
-from cortex.router import Router
+from cortex.plugins import Plugins
 
 __all__ = ["LiveConfig", "Reloader"]
 
 log = logging.getLogger("cortex.gateway")
 
-#: Re-reads configuration for SIGHUP and POST /admin/reload.
+#: Re-reads configuration for SIGHUP and POST /admin/reload; `cortex serve`'s runs the
+#: whole check (cortex.gateway.configcheck.check_file), raising ConfigError.
 Reloader = Callable[[], tuple[GatewayConfig, list[ModelProfile]]]
 
 
 class LiveConfig:
     def __init__(self, config: GatewayConfig, profiles: Sequence[ModelProfile],
-                 plugins: Plugins, *, reloader: Reloader | None = None) -> None:
+                 plugins: Plugins, *, reloader: Reloader | None = None,
+                 files: Files = NAMES) -> None:
         self._plugins = plugins
         self._reloader = reloader
+        self._files = files
         self._pins: dict[str, bool] = {}
         self._base_profiles = list(profiles)
         self._changed = asyncio.Event()
         self._on_reload: list[Callable[[GatewayConfig], None]] = []
         self.version = 0
         self.config = config
-        self.keys = KeyRing(config.auth)  # a keys file that lost its keys refuses start
+        # A keys file that lost its keys, or an unknown plugin, refuses the start.
+        prepared = prepare(config, plugins, files=files)
+        self.keys = prepared.keys
         self.profiles = ProfileIndex(self._base_profiles)
-        self.router = self._router(config)
-        self.dialect_options: dict[str, Dialect.Options] = plugins.dialect_options(
-            config.dialects)
+        self.router = prepared.router
+        self.dialect_options: dict[str, Dialect.Options] = prepared.dialect_options
 
     @property
     def settings(self) -> GatewaySection:
         return self.config.gateway
-
-    def _router(self, config: GatewayConfig) -> Router:
-        strategy_cls = self._plugins.routing_strategy(config.routing.strategy)
-        policy_cls = self._plugins.eviction_policy(config.eviction.strategy)
-        strategy = strategy_cls(build_options(strategy_cls, config.routing.options,
-                                              where="cortex.toml: routing.options"))
-        policy = policy_cls(build_options(policy_cls, config.eviction.options,
-                                          where="cortex.toml: eviction.options"))
-        return Router(strategy, Evictor(policy,
-                                        defrag_after_cycles=config.eviction.defrag_after_cycles))
 
     def on_reload(self, apply: Callable[[GatewayConfig], None]) -> None:
         """Have `apply` called with each reloaded config, before `reload()` returns."""
@@ -84,25 +76,35 @@ class LiveConfig:
         if self._reloader is None:
             raise Conflict("this gateway runs an embedded configuration: nothing to reload")
         config, profiles = await asyncio.to_thread(self._reloader)
-        # Keys first: a keys file emptied or unreadable refuses the reload, old keys kept.
-        keys = await asyncio.to_thread(KeyRing, config.auth)
-        router = self._router(config)
-        dialect_options = self._plugins.dialect_options(config.dialects)
-        if config.gateway.listen != self.config.gateway.listen:
-            log.warning("gateway.listen changed: restart the gateway to move it")
+        # Keys read again: a keys file emptied or unreadable refuses the reload, and the
+        # old keys stay in force (as everything else does when any of it is refused).
+        prepared = await asyncio.to_thread(prepare, config, self._plugins, files=self._files)
+        for key in ("listen", "metrics_listen"):
+            if getattr(config.gateway, key) != getattr(self.config.gateway, key):
+                log.warning("gateway.%s changed: restart the gateway to move it", key)
         self.config = config
-        self.keys = keys
-        keys.announce(config.gateway.listen)
+        self.keys = prepared.keys
+        prepared.keys.announce(config.gateway.listen)
         self._base_profiles = list(profiles)
         self.profiles = ProfileIndex(self._base_profiles, self._pins)
-        self.router = router
-        self.dialect_options = dialect_options
+        self.router = prepared.router
+        self.dialect_options = prepared.dialect_options
         for apply in self._on_reload:
             apply(config)
         self._change()
         summary = f"{len(config.neurons)} neurons, {len(profiles)} models"
         log.info("configuration reloaded: %s", summary)
         return summary
+
+    def adopt_pin(self, model: str, pinned: bool) -> None:
+        """Follow a pin set or cleared on a neuron (Fleet.on_pin): the neuron's flag is
+        the fleet's one truth, so a replica that pinned a model stops reloading it once
+        another unpins it, and one that sees a pin reloads the model if it is lost."""
+        profile = self.profiles.get(model)
+        if profile is not None and profile.pinned != pinned:
+            log.info("model %s was %s on a neuron: following it", model,
+                     "pinned" if pinned else "unpinned")
+            self.set_pin(model, pinned)
 
     def set_pin(self, model: str, pinned: bool) -> ModelProfile:
         """Pin or unpin a profile in this gateway until it restarts (the admin API)."""

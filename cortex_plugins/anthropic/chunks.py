@@ -37,6 +37,7 @@ class _Choice(msgspec.Struct):
     index: int = 0
     delta: _Delta | None = None
     finish_reason: str | None = None
+    stop_cause: str | None = None  # cortex's, with `length`: "max_tokens" or "context"
 
 
 class _PromptDetails(msgspec.Struct):

@@ -70,15 +70,20 @@ class ToolIds:
         return tool_id
 
 
-def stop_reason(finish_reason: str | None, *, tool_use: bool,
-                stop_sequence: str | None) -> StopReason:
+def stop_reason(finish_reason: str | None, *, tool_use: bool, stop_sequence: str | None,
+                stop_cause: str | None = None) -> StopReason:
     """§6.3: `length` wins, then any tool call, then a matched stop sequence; else end_turn.
 
-    `stop` (EOS), `content_filter`, and unknown or missing reasons all read `end_turn`,
-    never null or a value outside the enum.
+    A `length` whose `stop_cause` (the neuron's) is `context` filled the context window:
+    `model_context_window_exceeded`, which Claude Code files as a full context ("reached
+    its context window limit", room to be made), not as its own output maximum exceeded,
+    as `max_tokens` would have it say. Any other `length` is an output limit, the
+    client's `max_tokens` or the profile's cap ("or the model's maximum", as the API
+    documents it): `max_tokens`. `stop` (EOS), `content_filter`, and unknown or missing
+    reasons all read `end_turn`, never null or a value outside the enum.
     """
     if finish_reason == "length":
-        return "max_tokens"
+        return "model_context_window_exceeded" if stop_cause == "context" else "max_tokens"
     if tool_use:
         return "tool_use"
     if stop_sequence is not None:
@@ -125,7 +130,7 @@ def from_openai(resp: ChatCompletion, *, model: str, stop_sequences: Sequence[st
     drops what followed, and is reported. Tool arguments that are not a JSON object even
     after repair fail the turn (UpstreamError) rather than become `{}`, which makes
     Claude Code loop on "Invalid tool parameters" (§6.2); a call cut off by `length` is
-    dropped instead, since `max_tokens` already says why.
+    dropped instead, since the stop reason already says why.
     """
     if not resp.choices:
         raise UpstreamError("the backend answered without a choice")
@@ -134,6 +139,7 @@ def from_openai(resp: ChatCompletion, *, model: str, stop_sequences: Sequence[st
     text = choice.message.content or ""
     calls = list(choice.message.tool_calls or ())
     finish = choice.finish_reason
+    cause = choice.stop_cause if isinstance(choice.stop_cause, str) else None
     head, hit = StopMatcher(stop_sequences).feed(text)
     if hit is not None:
         text, calls, finish = head, [], None
@@ -150,7 +156,8 @@ def from_openai(resp: ChatCompletion, *, model: str, stop_sequences: Sequence[st
                                     input=args))
     tool_use = any(isinstance(block, ToolUseBlock) for block in content)
     return Message(id=message_id, model=model, content=content,
-                   stop_reason=stop_reason(finish, tool_use=tool_use, stop_sequence=hit),
+                   stop_reason=stop_reason(finish, tool_use=tool_use, stop_sequence=hit,
+                                           stop_cause=cause),
                    stop_sequence=hit,
                    usage=anthropic_usage(resp.usage.prompt_tokens, resp.usage.completion_tokens))
 

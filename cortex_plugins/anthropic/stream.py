@@ -104,6 +104,7 @@ class StreamTranslator:
         self._whitespace = ""
         self._late: list[str] = []
         self._finish: str | None = None
+        self._cause: str | None = None  # the neuron's `stop_cause` of a `length` finish
         self._stop_sequence: str | None = None
         self._usage: BackendUsage | None = None
         self._pieces = 0  # chunks that carried output: the token count when none is reported
@@ -176,7 +177,7 @@ class StreamTranslator:
                     break
                 events += self._tool_delta(call, position)
         if choice.finish_reason and not self.stopped:
-            self._finish = choice.finish_reason
+            self._finish, self._cause = choice.finish_reason, choice.stop_cause
         return events
 
     def finish(self, usage: OpenAIUsage | None = None) -> list[StreamEvent]:
@@ -194,7 +195,7 @@ class StreamTranslator:
         if not self.stopped:
             events += self._emit_text(self._scan.flush())
         named = sorted((t for t in self._tools.values() if t.name), key=lambda t: t.index)
-        if self._finish != "length":  # truncated arguments are expected with max_tokens
+        if self._finish != "length":  # a cut reply may hold truncated arguments
             for tool in named:
                 if tool.args.strip() and not is_object(tool.args):
                     return events + self._fail("api_error", f"the backend's arguments for tool "
@@ -212,7 +213,8 @@ class StreamTranslator:
                 MessageDeltaEvent(
                     delta=MessageDelta(stop_reason=stop_reason(
                         self._finish, tool_use=self._tool_started,
-                        stop_sequence=self._stop_sequence), stop_sequence=self._stop_sequence),
+                        stop_sequence=self._stop_sequence, stop_cause=self._cause),
+                        stop_sequence=self._stop_sequence),
                     usage=self._final_usage(usage)),
                 MessageStopEvent()]
 

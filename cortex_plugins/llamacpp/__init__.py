@@ -27,7 +27,7 @@ from cortex import (
 
 from .gguf import MetadataCache, estimate_memory, kv_bytes_per_token
 from .grammar import llama_log
-from .render import BuiltinRenderer, JinjaRenderer, Renderer
+from .render import BuiltinRenderer, JinjaRenderer, Renderer, unknown_format
 
 if TYPE_CHECKING:
     from .engine import LlamaEngine
@@ -74,6 +74,11 @@ class LlamaCppHarness(Harness):
     def __init__(self, options: Options) -> None:
         super().__init__(options)
         self.metadata = MetadataCache()
+
+    @classmethod
+    def check_profile(cls, profile: ModelProfile) -> list[tuple[str, str]]:
+        wrong = unknown_format(profile.chat_format) if profile.chat_format else None
+        return [("chat_format", wrong)] if wrong else []
 
     def estimate(self, profile: ModelProfile, model: ResolvedModel,
                  overhead: int) -> MemoryEstimate:

@@ -12,9 +12,34 @@ import ctypes
 import json
 from typing import Any
 
-from cortex import ChatMessage, Tool, UnsupportedFeature
+from cortex import ChatMessage, Tool, UnsupportedFeature, did_you_mean
 
-__all__ = ["BuiltinRenderer", "JinjaRenderer", "Prompt", "Renderer", "builtin_formats"]
+__all__ = ["CHAT_FORMATS", "BuiltinRenderer", "JinjaRenderer", "Prompt", "Renderer",
+           "builtin_formats"]
+
+#: llama.cpp's built-in chat formats (`chat_format = NAME`), as llama-cpp-python 0.3.36
+#: lists them (`llama_chat_builtin_templates`, from LLM_CHAT_TEMPLATES in llama.cpp's
+#: src/llama-chat.cpp). Written out so a gateway without llama.cpp can check profiles;
+#: tests/plugins/test_engine.py compares it with the installed llama.cpp's own list.
+CHAT_FORMATS = (
+    "bailing", "bailing-think", "bailing2", "chatglm3", "chatglm4", "chatml", "command-r",
+    "deepseek", "deepseek-ocr", "deepseek2", "deepseek3", "exaone-moe", "exaone3",
+    "exaone4", "falcon3", "gemma", "gigachat", "glmedge", "gpt-oss", "granite",
+    "granite-4.0", "granite-4.1", "grok-2", "hunyuan-dense", "hunyuan-moe", "hunyuan-vl",
+    "kimi-k2", "llama2", "llama2-sys", "llama2-sys-bos", "llama2-sys-strip", "llama3",
+    "llama4", "megrez", "minicpm", "mistral-v1", "mistral-v3", "mistral-v3-tekken",
+    "mistral-v7", "mistral-v7-tekken", "monarch", "openchat", "orion", "pangu-embedded",
+    "phi3", "phi4", "rwkv-world", "seed_oss", "smolvlm", "solar-open", "vicuna",
+    "vicuna-orca", "yandex", "zephyr",
+)
+
+
+def unknown_format(name: str, known: tuple[str, ...] | list[str] = CHAT_FORMATS) -> str | None:
+    """Why `name` is no chat format llama.cpp knows, with the nearest one; None if it is."""
+    if name in known:
+        return None
+    return (f"unknown chat format `{name}`{did_you_mean(name, known)}; llama.cpp knows: "
+            f"{', '.join(known)} (or give a chat_template)")
 
 
 class Prompt:
@@ -101,10 +126,9 @@ class BuiltinRenderer(Renderer):
     """One of llama.cpp's built-in formats, by name; these take no tools."""
 
     def __init__(self, name: str) -> None:
-        known = builtin_formats()
-        if name not in known:
-            raise UnsupportedFeature(
-                f"unknown chat_format `{name}`; llama.cpp knows: {', '.join(known)}")
+        wrong = unknown_format(name, builtin_formats())
+        if wrong is not None:
+            raise UnsupportedFeature(wrong)
         self.name = name
         self.description = f"chat_format {name}"
 

@@ -10,6 +10,7 @@ import signal
 import sys
 from typing import Any
 
+import click
 import pytest
 
 from cortex.cli.status import bar, render
@@ -144,7 +145,8 @@ def gpu_fleet() -> dict[str, Any]:
         "gpus": [H100, {**H100, "index": 1, "memory_used": 80 * 2**30, "utilization": None}],
         "budget_bytes": 150 * 2**30, "reserved_bytes": 75 * 2**30,
         "models": [{"id": "llama-70b", "state": "ready", "n_ctx": 8192, "slots": 4,
-                    "estimate": {"total": 75 * 2**30}, "in_flight": 2, "queued": 1}],
+                    "estimate": {"total": 75 * 2**30}, "in_flight": 2, "queued": 1,
+                    "idle_seconds": 0.0, "ttl": 600.0, "expires_in": 600.0}],
         "in_flight": {"llama-70b": 2}, "loading": [], "unloading": []}],
         "loads": [], "routing": "affinity", "eviction": "lru",
         "traffic": {"window_seconds": 60, "requests_per_second": 0.5,
@@ -164,8 +166,62 @@ def test_table_draws_a_memory_bar_per_gpu() -> None:
     node = next(line for line in lines if line.startswith("gpu-1 "))
     assert bar(75, 150) in node and "75.00/150.00 GiB" in node
     model_row = next(line for line in lines if line.startswith("llama-70b "))
-    assert model_row.split()[-1] == "42.5"
+    assert model_row.split()[-3:] == ["42.5", "-", "10m00s"]  # TOK/S, IDLE (busy), UNTIL
     assert "0.50 req/s, 42.5 tokens/s out" in render(gpu_fleet())
+
+
+def wide_fleet() -> dict[str, Any]:
+    """gpu_fleet with long names, an idle model, a pinned one, one without a TTL, and a
+    node that is down."""
+    fleet = gpu_fleet()
+    node = fleet["nodes"][0]
+    node["name"] = "gpu-node-in-rack-seven"
+    node["endpoint"] = "http://gpu-node-in-rack-seven.example.internal:13131"
+    base = node["models"][0]
+    node["models"] = [
+        {**base, "id": "meta-llama-3.1-70b-instruct-q4_k_m", "in_flight": 0, "queued": 0,
+         "idle_seconds": 75.0, "expires_in": 525.0},
+        {**base, "id": "pinned-model", "in_flight": 0, "queued": 0, "pinned": True,
+         "idle_seconds": 4000.0, "expires_in": None},
+        {**base, "id": "no-ttl", "in_flight": 0, "queued": 0, "idle_seconds": 30.0,
+         "ttl": None, "expires_in": None}]
+    fleet["nodes"].append({
+        **node, "name": "gpu-2", "endpoint": "http://10.0.0.2:13131", "up": False,
+        "last_error": "cannot connect to neuron gpu-2 at http://10.0.0.2:13131: "
+                      "Connection refused", "gpus": [], "cpu_only": None, "models": [],
+        "in_flight": {}, "reserved_bytes": 0, "budget_bytes": 0})
+    return fleet
+
+
+@pytest.mark.parametrize("width", [80, 100, 132])
+def test_the_table_fits_the_terminal_down_to_80_columns(width: int) -> None:
+    unbounded = render(wide_fleet())
+    assert max(len(line) for line in unbounded.splitlines()) > width  # there is work to do
+    text = render(wide_fleet(), width=width)
+    assert max(len(line) for line in text.splitlines()) <= width, text
+    rows = text.splitlines()
+    idle = next(line for line in rows if line.startswith("meta-llam"))
+    assert idle.split()[-2:] == ["1m15s", "8m45s"]  # IDLE, UNTIL survive every width
+    assert next(line for line in rows if line.startswith("pinned-model")).endswith("pinned")
+    no_ttl = next(line for line in rows if line.startswith("no-ttl"))
+    assert no_ttl.split()[-2:] == ["30s", "-"]
+    assert any(line.startswith("gpu-2 ") and "DOWN" in line for line in rows)
+    assert any(line.startswith("gpu-2 is down: cannot connect") for line in rows)
+
+
+def test_status_fits_columns_from_the_environment() -> None:
+    from click.testing import CliRunner
+
+    from cortex.cli.status import show
+
+    runner = CliRunner(env={"COLUMNS": "80"})
+
+    @click.command()
+    def once() -> None:
+        show(wide_fleet, url="http://gateway", as_json=False, watch=None, count=None)
+
+    out = runner.invoke(once).output
+    assert "UNTIL" in out and max(len(line) for line in out.splitlines()) <= 80, out
 
 
 def test_bars_are_proportional_and_fall_back_to_ascii() -> None:
@@ -178,6 +234,37 @@ def test_bars_are_proportional_and_fall_back_to_ascii() -> None:
 def record(model: str, tokens: int, node: str | None = "a") -> RequestRecord:
     return RequestRecord(request_id="r", model=model, node=node, dialect="openai",
                          status=200, stream=False, prompt_tokens=3, completion_tokens=tokens)
+
+
+def test_a_stream_counts_while_it_runs_and_its_usage_corrects_the_count() -> None:
+    now = [100.0]
+    traffic = Traffic(window=10.0, clock=lambda: now[0])
+    running = record("m", 0)
+    flow = traffic.flow(running)  # first byte: the request counts from here
+    now[0] = 102.0
+    flow.add(6)
+    now[0] = 104.0
+    stats = traffic.describe()
+    assert stats["requests_total"] == 0  # not finished
+    assert stats["requests_per_second"] == 0.25 and stats["output_tokens_per_second"] == 1.5
+    assert stats["models"]["m"]["output_tokens_per_second"] == 1.5
+    assert traffic.rates() == {"m": 0.25}  # the cost policy sees the stream's demand now
+    running.completion_tokens = 8  # the neuron's usage: 8, where 6 frames were seen
+    traffic.request_finished(running)
+    stats = traffic.describe()
+    assert stats["requests_total"] == 1 and stats["output_tokens_total"] == 8
+    assert stats["requests_per_second"] == 0.25 and stats["output_tokens_per_second"] == 2.0
+    assert traffic.rates() == {"m": 0.25}  # counted once
+
+
+def test_tokens_nobody_looked_at_for_a_while_spread_over_the_time_they_took() -> None:
+    now = [0.0]
+    traffic = Traffic(window=10.0, clock=lambda: now[0])
+    flow = traffic.flow(record("m", 0))
+    now[0] = 99.5
+    flow.add(1000)  # ten tokens a second for 100 seconds, first looked at now
+    rate = traffic.describe()["models"]["m"]["output_tokens_per_second"]
+    assert rate == pytest.approx(10.0, rel=0.15)  # not 1000 tokens in the last 10 s
 
 
 def test_traffic_averages_over_the_window_and_keeps_totals() -> None:

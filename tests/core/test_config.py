@@ -34,7 +34,7 @@ def test_wrong_type_in_nested_table(tmp_path: Path) -> None:
                                           'n_ctx = "big"\n')
     with pytest.raises(ConfigError) as err:
         load_neuron_config(path)
-    assert str(err.value) == f"{path}: preload[0].n_ctx: Expected int, got str"
+    assert str(err.value) == f"{path}: preload[a].n_ctx: Expected int, got str"
 
 
 def test_semantic_errors_carry_the_key(tmp_path: Path) -> None:
@@ -43,10 +43,10 @@ def test_semantic_errors_carry_the_key(tmp_path: Path) -> None:
         load_neuron_config(bad_listen)
     both = write(tmp_path, "b.toml", '[[preload]]\nid = "a"\nsource = "x"\n'
                                      'chat_format = "gemma"\nchat_template = "{{x}}"\n')
-    with pytest.raises(ConfigError, match=r"b\.toml: preload\[0\]: .*not both"):
+    with pytest.raises(ConfigError, match=r"b\.toml: preload\[a\]: .*not both"):
         load_neuron_config(both)
     small = write(tmp_path, "c.toml", '[[preload]]\nid = "a"\nsource = "x"\nn_ctx = 0\n')
-    with pytest.raises(ConfigError, match=r"c\.toml: preload\[0\]\.n_ctx: Expected `int` >= 1"
+    with pytest.raises(ConfigError, match=r"c\.toml: preload\[a\]\.n_ctx: Expected `int` >= 1"
                        .replace("`", "")):
         load_neuron_config(small)
 
@@ -89,7 +89,7 @@ def test_config_check_refuses_an_n_batch_no_node_could_load(tmp_path: Path) -> N
     check = subprocess.run([sys.executable, "-m", "cortex.cli", "config", "check", str(path)],
                            capture_output=True, text=True, timeout=60)
     assert check.returncode != 0
-    assert f"{tmp_path / 'models.toml'}: models[0].n_batch: Expected int <= 65536" in \
+    assert f"{tmp_path / 'models.toml'}: models[a].n_batch: Expected int <= 65536" in \
         check.stdout + check.stderr
     write(tmp_path, "models.toml", '[[models]]\nid = "a"\nsource = "bundled:gemma3-270m"\n'
                                    'n_batch = 65536\n')
@@ -102,6 +102,6 @@ def test_a_profile_cannot_ask_more_threads_than_ggml_has(tmp_path: Path) -> None
                                           'n_threads = 100000\n')
     with pytest.raises(ConfigError) as err:
         load_neuron_config(path)
-    assert str(err.value) == f"{path}: preload[0].n_threads: Expected int <= 512"
+    assert str(err.value) == f"{path}: preload[a].n_threads: Expected int <= 512"
     path.write_text('[[preload]]\nid = "a"\nsource = "x"\nn_threads = 512\n')
     assert load_neuron_config(path).preload[0].n_threads == 512

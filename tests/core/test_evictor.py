@@ -78,3 +78,15 @@ def test_defrag_waits_for_loads_and_unloads_to_finish() -> None:
     loading = msgspec.structs.replace(node, models=(
         *node.models, msgspec.structs.replace(node.models[0], id="new", state="loading")))
     assert Evictor(policy("lru"), defrag_after_cycles=1).defrag(loading) is None
+
+
+def test_defrag_waits_until_every_idle_model_has_settled() -> None:
+    def idle(*seconds: float) -> NodeView:  # for `a`, `b` and `c`, the idle unpinned ones
+        node = small()
+        settled = [msgspec.structs.replace(m, idle_for=s)
+                   for m, s in zip(node.models[:3], seconds, strict=True)]
+        return msgspec.structs.replace(node, models=(*settled, *node.models[3:]))
+
+    evictor = Evictor(policy("lru"), defrag_after_cycles=1)
+    assert evictor.defrag(idle(600, 600, 600), settle=60) is not None
+    assert evictor.defrag(idle(600, 0.2, 600), settle=60) is None  # loaded 0.2 s ago

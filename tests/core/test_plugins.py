@@ -84,7 +84,7 @@ def test_dialect_options_come_from_their_tables(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("tables, message", [
     ({"anthropc": {}}, r"cortex.toml: dialects.anthropc: no dialect is named `anthropc` "
-                       r"\(available: anthropic, openai\)"),
+                       r"\(did you mean `anthropic`\?\) \(available: anthropic, openai\)"),
     ({"anthropic": {"match_stop": False}}, r"cortex.toml: dialects.anthropic: .*match_stop"),
     ({"anthropic": {"match_stops": "no"}}, r"cortex.toml: dialects.anthropic: Expected `bool`"),
     ({"openai": {"anything": 1}}, r"cortex.toml: dialects.openai: .*anything"),

@@ -10,7 +10,7 @@ against real neurons (tests/gateway/test_gateway_*.py)."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -40,10 +40,13 @@ def profile(model_id: str, **fields: Any) -> ModelProfile:
 
 
 def live_config(snapshot: FleetSnapshot, profiles: Iterable[ModelProfile], *,
-                reloader: Reloader | None = None, **settings: Any) -> LiveConfig:
-    """A LiveConfig naming the fixture's nodes, with the default plugins' router."""
+                reloader: Reloader | None = None, eviction: dict[str, Any] | None = None,
+                **settings: Any) -> LiveConfig:
+    """A LiveConfig naming the fixture's nodes, with the default plugins' router;
+    `eviction` is the `[eviction]` table."""
     config = msgspec.convert({
         "gateway": settings,
+        "eviction": eviction or {},
         "neurons": [{"name": n.name, "endpoint": n.endpoint} for n in snapshot.nodes],
         "auth": {"open": True},
     }, GatewayConfig)
@@ -85,7 +88,8 @@ class FixtureFleet:
     def has(self, name: str) -> bool:
         return name in self.names
 
-    def snapshot(self, profiles: ProfileIndex) -> FleetSnapshot:
+    def snapshot(self, profiles: ProfileIndex,
+                 rates: Mapping[str, float] | None = None) -> FleetSnapshot:
         return self.view
 
     def backlog(self, model_id: str) -> int:

@@ -31,8 +31,11 @@ from cortex.errors import AuthenticationFailed, ConfigError, PermissionDenied, R
 from cortex.gateway import create_app
 from cortex.gateway.auth import KeyRing
 
-from ..conftest import ROOT
+from ..conftest import ROOT, free_port
 from ..serve_support import GatewayProcess, served
+
+#: A neuron that is never up: `cortex serve` needs at least one in its config.
+ABSENT = [{"name": "absent", "endpoint": f"http://127.0.0.1:{free_port()}"}]
 
 
 def test_keyring_accepts_config_file_and_environment(tmp_path: Path,
@@ -182,14 +185,15 @@ def test_an_empty_neuron_secret_is_refused(tmp_path: Path) -> None:
         load_neuron_config(neuron)
     gateway = tmp_path / "cortex.toml"
     gateway.write_text('[[neurons]]\nname = "a"\nendpoint = "http://a:13131"\nsecret = " "\n')
-    with pytest.raises(ConfigError, match=r"neurons\[0\]: secret is empty"):
+    with pytest.raises(ConfigError, match=r"neurons\[a\]: secret is empty"):
         load_gateway_config(gateway)
 
 
 def test_config_check_reads_the_keys_file(tmp_path: Path) -> None:
     keys = tmp_path / "keys.txt"
     config = tmp_path / "cortex.toml"
-    config.write_text(f'[auth]\napi_keys_file = "{keys}"\n')
+    neuron = '[[neurons]]\nname = "n"\nendpoint = "http://127.0.0.1:1"\n'
+    config.write_text(f'[auth]\napi_keys_file = "{keys}"\n{neuron}')
     runner = CliRunner()
     missing = runner.invoke(main, ["config", "check", str(config)])
     assert missing.exit_code == 1 and "cannot read it" in missing.output, missing.output
@@ -199,14 +203,14 @@ def test_config_check_reads_the_keys_file(tmp_path: Path) -> None:
     keys.write_text("a-key\n")
     fine = runner.invoke(main, ["config", "check", str(config)])
     assert fine.exit_code == 0 and "keys required" in fine.output, fine.output
-    config.write_text("")
+    config.write_text(neuron)
     assert "OPEN: no keys" in runner.invoke(main, ["config", "check", str(config)]).output
 
 
 def test_serve_refuses_to_start_on_an_empty_keys_file(tmp_path: Path) -> None:
     keys = tmp_path / "keys.txt"
     keys.write_text("# emptied by mistake\n")
-    gateway = GatewayProcess.configured(tmp_path, [], auth={"api_keys_file": str(keys)})
+    gateway = GatewayProcess.configured(tmp_path, ABSENT, auth={"api_keys_file": str(keys)})
     try:
         assert gateway.proc.wait(60) != 0
     finally:
@@ -219,7 +223,8 @@ def test_a_reload_that_would_lose_the_keys_is_refused_and_the_old_keys_stay(
     keys = tmp_path / "keys.txt"
     keys.write_text("client-key\n")
     env = {**os.environ, "CORTEX_ADMIN_KEY": "admin-key"}
-    with served(tmp_path, [], auth={"api_keys_file": str(keys), "admin_keys": ["admin-key"]}
+    with served(tmp_path, ABSENT, up=0,
+                auth={"api_keys_file": str(keys), "admin_keys": ["admin-key"]}
                 ) as gw, httpx.Client(base_url=gw.url, timeout=30) as client:
         keyed = {"authorization": "Bearer client-key"}
         assert client.get("/v1/models", headers=keyed).status_code == 200
@@ -245,11 +250,11 @@ def test_a_reload_that_would_lose_the_keys_is_refused_and_the_old_keys_stay(
 
 
 def test_an_open_gateway_says_so_at_start_and_at_every_reload(tmp_path: Path) -> None:
-    with served(tmp_path, []) as gw:
+    with served(tmp_path, ABSENT, up=0) as gw:
         gw.wait(lambda _: gw.log().count("the gateway is OPEN") == 1, "the start warns")
         gw.proc.send_signal(signal.SIGHUP)
         gw.wait(lambda _: gw.log().count("the gateway is OPEN") == 2, "the reload warns")
-    with served(tmp_path, [], auth={"open": True}) as gw:
+    with served(tmp_path, ABSENT, up=0, auth={"open": True}) as gw:
         gw.proc.send_signal(signal.SIGHUP)
         gw.wait(lambda _: "SIGHUP: reloaded" in gw.log(), "the reload")
         assert "the gateway is OPEN" not in gw.log()

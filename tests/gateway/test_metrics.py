@@ -303,7 +303,8 @@ def test_request_line_is_logfmt_with_every_field() -> None:
     line = request_line(record(prompt_tokens=5, completion_tokens=9, ttft_seconds=0.25,
                                duration_seconds=1.5, queue_seconds=0.125, retries=1))
     fields = dict(part.split("=", 1) for part in line.split(" "))
-    assert fields == {"request_id": "r1", "model": "m", "node": "a", "dialect": "openai",
+    assert fields == {"request_id": "r1", "method": "POST", "path": "-", "model": "m",
+                      "node": "a", "dialect": "openai",
                       "status": "200", "stream": "true", "tokens_in": "5", "tokens_out": "9",
                       "ttft": "0.250", "duration": "1.500", "queue": "0.125", "retries": "1"}
     spaced = request_line(record(model="my model", node=None, ttft_seconds=None))

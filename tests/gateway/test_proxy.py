@@ -27,6 +27,7 @@ from cortex.gateway.client import Severed
 from cortex.gateway.prefixes import PrefixTable
 from cortex.gateway.proxy import Proxy
 from cortex.gateway.quarantine import Quarantine
+from cortex.gateway.traffic import Traffic
 from cortex_plugins.openai import OpenAIDialect
 
 from .fixture_fleet import FixtureFleet, fixture, live_config, placer_over, profile
@@ -125,7 +126,7 @@ async def served(request: pytest.FixtureRequest) -> AsyncIterator[Served]:
     quarantine = Quarantine(lambda: live.settings)
     finished = Finished()
     proxy = Proxy(placer, fleet.as_fleet(), live=live, fair=fair, prefixes=PrefixTable(),
-                  quarantine=quarantine, hook=finished)
+                  quarantine=quarantine, hook=finished, traffic=Traffic())
     app = Starlette(routes=list(OpenAIDialect().routes(Forwarding(proxy))))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                  base_url="http://gateway") as client:

@@ -151,6 +151,9 @@ def test_a_key_past_max_concurrent_requests_gets_429_in_its_dialect(
                      "the capped key's third request is refused", timeout=20)
         reply = client.post("/v1/chat/completions", json=chat, headers=capped)
         assert reply.status_code == 429 and reply.headers["retry-after"] == "1"
+        # Refused before its body was read: the connection closes and says so, so the
+        # client opens a new one for the next request instead of racing that close.
+        assert reply.headers["connection"] == "close"
         error = reply.json()["error"]
         assert (error["type"], error["code"]) == ("rate_limit_error", "rate_limit_exceeded")
         assert "max_concurrent_requests" in error["message"]

@@ -76,3 +76,31 @@ async def test_a_request_that_ends_while_a_poll_answer_travels_leaves_its_model_
     finally:
         await fleet.close()
 
+
+
+async def test_this_replicas_own_use_counts_for_lru_before_the_next_poll(
+        neuron: NeuronProcess) -> None:
+    """Two models, `old` used before `new`; then a request on `old` ends. With no poll
+    since (the interval is an hour), the snapshot must already show `old` as the more
+    recently used, or LRU evicts the model that was just used."""
+    fleet = Fleet(GatewaySection(poll_interval=3600.0),
+                  build_plugin_manager(entry_points=False).hook)
+    fleet.configure([NeuronEntry(name="a", endpoint=neuron.url)])
+    old = ModelProfile(id="old", source="synthetic:tokens=2", harness="synthetic", n_ctx=64)
+    new = ModelProfile(id="new", source="synthetic:tokens=2", harness="synthetic", n_ctx=64)
+    try:
+        client = fleet.client("a")
+
+        async def up() -> bool:
+            return fleet.snapshot(ProfileIndex([])).nodes[0].up
+
+        await wait_until(up, timeout=30, what="the neuron is up")
+        for model in (old, new):
+            fleet.apply_model("a", await client.load(model))
+        await fleet.refresh("a")
+        with fleet.using("a", old.id):
+            pass
+        seen = {m.id: m.last_used for m in fleet.snapshot(ProfileIndex([old, new])).nodes[0].models}
+        assert seen["old"] > seen["new"], seen
+    finally:
+        await fleet.close()

@@ -14,10 +14,12 @@ from typing import Any
 import httpx
 import pytest
 
+from cortex import ModelProfile
 from cortex.defaults import BUNDLED_GEMMA
 
 from ..conftest import ROOT, NeuronProcess
-from ..gateway_support import complete, neuron_models, reset, running_gateway
+from ..gateway_support import complete, neuron_models, reset, running_gateway, wait_until
+from ..serve_support import synthetic_neuron
 
 pytestmark = pytest.mark.anyio
 
@@ -186,5 +188,141 @@ async def test_gpu_nodes_get_a_memory_bar_per_gpu(browser: Any) -> None:
         await expect(page.locator("#tps-out")).to_have_text("42.5")
         row = page.locator('#loaded tr[data-model="llama-70b"]')
         await expect(row).to_contain_text("42.5")
+        # Busy: not idle, and the TTL's whole span ahead (as `cortex status` shows it).
+        await expect(row.locator('[data-testid="idle"]')).to_have_text("\u2013")
+        await expect(row.locator('[data-testid="until"]')).to_have_text("10m00s")
         ARTIFACTS.mkdir(exist_ok=True)
         await page.screenshot(path=str(ARTIFACTS / "ui-gpus.png"), full_page=True)
+
+
+# --- activity log and playground, over a synthetic neuron (a token stream, no model) ------
+
+SYN = ModelProfile(id="syn", source="synthetic:rate=100,tokens=24", harness="synthetic",
+                   n_ctx=2048)
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NeuronProcess]:
+    process = synthetic_neuron(tmp_path_factory.mktemp("ui-synthetic"), name="s")
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+async def test_activity_log_lists_recent_requests_with_their_numbers(
+        synthetic: NeuronProcess, browser: Any) -> None:
+    from playwright.async_api import expect
+
+    async with running_gateway([("s", synthetic)], [SYN]) as gw:
+        assert (await complete(gw.client, "syn", max_tokens=5)).status_code == 200
+        missing = await gw.client.post("/v1/chat/completions", json={
+            "model": "ghost", "messages": [{"role": "user", "content": "Hi"}]})
+        assert missing.status_code == 404
+        served, refused = sorted(gw.recorder.records, key=lambda r: r.status)
+        page, problems = await open_page(browser, f"{gw.url}/ui/?interval=0.3#activity")
+
+        log = page.locator("#activity")
+        await expect(log).to_be_visible(timeout=WAIT_MS)
+        await expect(page.locator("#view-fleet")).to_be_hidden()
+        row = log.locator(f'tr[data-request-id="{served.request_id}"]')
+        await expect(row).to_contain_text("syn", timeout=WAIT_MS)
+        cells = await row.locator("td").all_inner_texts()
+        assert cells[1:7] == ["syn", "s", "openai", "200", str(served.prompt_tokens),
+                              str(served.completion_tokens)]
+        assert cells[7] == "\u2013" and cells[8].endswith(" s")  # no TTFT: not streamed
+        bad = log.locator(f'tr[data-request-id="{refused.request_id}"]')
+        await expect(bad.locator('[data-testid="status"]')).to_have_text("404")
+        await expect(bad).to_contain_text("ghost")
+        assert await bad.locator('[data-testid="status"]').get_attribute("class") \
+            == "status-bad"
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.screenshot(path=str(ARTIFACTS / "ui-activity.png"), full_page=True)
+
+        # GET /admin/requests is what the page shows: newest first.
+        listed = (await gw.client.get("/admin/requests?limit=1")).json()["requests"]
+        assert [r["request_id"] for r in listed] == [refused.request_id]
+        assert (await gw.client.get("/admin/requests?limit=0")).status_code == 400
+        assert problems == []
+
+
+async def test_playground_streams_a_conversation_and_shows_ttft_and_tokens_per_second(
+        synthetic: NeuronProcess, browser: Any) -> None:
+    from playwright.async_api import expect
+
+    async with running_gateway([("s", synthetic)], [SYN]) as gw:
+        page, problems = await open_page(browser, f"{gw.url}/ui/?interval=0.3")
+        await page.click('nav a[data-view="playground"]')
+        await expect(page.locator("#view-playground")).to_be_visible(timeout=WAIT_MS)
+        await expect(page.locator("#view-fleet")).to_be_hidden()
+        await expect(page.locator('#pg-model option[value="syn"]')).to_have_count(
+            1, timeout=WAIT_MS)
+        await page.select_option("#pg-model", "syn")
+        await page.fill("#pg-max", "12")
+
+        answers = page.locator('#pg-log [data-role="assistant"]')
+        await page.fill("#pg-input", "Hello there")
+        await page.press("#pg-input", "Enter")
+        await expect(answers).to_have_count(1, timeout=WAIT_MS)
+        await expect(page.locator("#pg-send")).to_be_enabled(timeout=WAIT_MS)
+        stats = page.locator("#pg-stats")
+        await expect(stats).to_contain_text("TTFT")
+        await expect(stats).to_contain_text("tokens/s")
+        await expect(stats).to_contain_text("12 tokens")
+        first = await answers.nth(0).locator("span").inner_text()
+        assert len(first.split()) >= 5
+
+        await page.fill("#pg-input", "Tell me more")
+        await page.click("#pg-send")
+        await expect(answers).to_have_count(2, timeout=WAIT_MS)
+        await expect(page.locator("#pg-send")).to_be_enabled(timeout=WAIT_MS)
+
+        async def both() -> bool:
+            return len(gw.recorder.records) == 2
+
+        await wait_until(both, timeout=30, what="the gateway records both turns")
+        await expect(page.locator('#pg-log [data-role="user"]').nth(1)).to_contain_text(
+            "Tell me more")
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.screenshot(path=str(ARTIFACTS / "ui-playground.png"), full_page=True)
+
+        one, two = gw.recorder.records
+        assert one.stream and two.stream and one.completion_tokens == 12
+        # The second request carried the first question and its answer.
+        assert two.prompt_tokens > one.prompt_tokens + one.completion_tokens
+        # Both show up in the activity log, with a TTFT (streamed).
+        await page.click('nav a[data-view="activity"]')
+        row = page.locator(f'#activity tr[data-request-id="{two.request_id}"]')
+        await expect(row).to_contain_text("syn", timeout=WAIT_MS)
+        assert (await row.locator("td").nth(7).inner_text()).endswith(" s")
+        assert problems == []
+
+
+async def test_dashboard_works_under_a_mount_prefix(synthetic: NeuronProcess,
+                                                    browser: Any) -> None:
+    """Behind a proxy that mounts the gateway at /llm, the page's calls stay under /llm."""
+    from playwright.async_api import expect
+
+    async with running_gateway([("s", synthetic)], [SYN], mount="/llm") as gw:
+        assert gw.url.endswith("/llm")
+        page, problems = await open_page(browser, f"{gw.url}/ui?interval=0.3")
+        assert page.url == f"{gw.url}/ui/?interval=0.3"  # the redirect kept the prefix
+        await expect(page.locator("#summary")).to_contain_text("1/1 nodes up",
+                                                               timeout=WAIT_MS)
+        await expect(page.locator('#catalogue tr[data-model="syn"]')).to_contain_text(
+            "syn")
+        await page.click('nav a[data-view="playground"]')
+        await page.select_option("#pg-model", "syn")
+        await page.fill("#pg-max", "8")
+        await page.fill("#pg-input", "Hi")
+        await page.press("#pg-input", "Enter")
+        await expect(page.locator("#pg-send")).to_be_enabled(timeout=WAIT_MS)
+        await expect(page.locator("#pg-stats")).to_contain_text("8 tokens")
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.screenshot(path=str(ARTIFACTS / "ui-mounted.png"), full_page=True)
+
+        async def recorded() -> bool:
+            return len(gw.recorder.records) == 1
+
+        await wait_until(recorded, timeout=30, what="the gateway records the chat")
+        assert problems == []

@@ -636,6 +636,40 @@ def test_stop_reason_mapping(finish: str | None, tools: bool, hit: str | None,
     assert stop_reason(finish, tool_use=tools, stop_sequence=hit) == expected
 
 
+@pytest.mark.parametrize(("cause", "tools", "expected"), [
+    ("context", False, "model_context_window_exceeded"),
+    ("context", True, "model_context_window_exceeded"),
+    ("max_tokens", False, "max_tokens"),  # the client's max_tokens, or the profile's cap
+    (None, False, "max_tokens"),  # a backend that does not say why
+    ("something_new", False, "max_tokens"),
+])
+def test_a_full_context_is_told_apart_from_an_output_limit(cause: str | None, tools: bool,
+                                                           expected: str) -> None:
+    """The neuron's `stop_cause` on a `length` finish: a full context window reads
+    `model_context_window_exceeded`, not `max_tokens` (docs/clients.md says what Claude
+    Code does with each)."""
+    assert stop_reason("length", tool_use=tools, stop_sequence=None,
+                       stop_cause=cause) == expected
+    # The cause of any other finish is not read.
+    assert stop_reason("stop", tool_use=False, stop_sequence=None,
+                       stop_cause=cause) == "end_turn"
+
+
+@pytest.mark.parametrize(("cause", "expected"), [
+    ("context", "model_context_window_exceeded"), ("max_tokens", "max_tokens")])
+def test_a_whole_and_a_streamed_reply_read_the_stop_cause(cause: str, expected: str) -> None:
+    whole = completion("Once upon", finish="length")
+    whole.choices[0].stop_cause = cause
+    assert from_openai(whole, model="m").stop_reason == expected
+    finish = json.loads(chunk(finish="length", usage={
+        "prompt_tokens": 60, "completion_tokens": 4, "total_tokens": 64}))
+    finish["choices"][0]["stop_cause"] = cause
+    events = stream([chunk("Once upon"), json.dumps(finish).encode(), b"[DONE]"])
+    assert wire(events)[-2]["delta"] == {"stop_reason": expected, "stop_sequence": None}
+    assert_well_formed(events)
+    assert assemble(events).stop_reason == expected  # a whole reply from a stream
+
+
 def test_length_drops_a_tool_call_cut_off_mid_arguments() -> None:
     message = from_openai(completion("Writing.", finish="length", tool_calls=[
         fn("c1", "write", '{"path": "a.txt", "content": "HEL')]), model="m")

@@ -1,5 +1,7 @@
 """The /ui dashboard: a static page (HTML, JS, CSS shipped as package data, no build step)
-that polls /admin/fleet and /v1/models and calls the admin API from the browser.
+that polls /admin/fleet, /v1/models and /admin/requests, calls the admin API from the
+browser, and chats with a model in its playground. Every path the page uses is relative,
+so it works unchanged behind a proxy that mounts the gateway under a prefix.
 
 The page itself is open and holds no secret: when the gateway has keys, it asks for an
 admin key and keeps it in the tab's sessionStorage, and every API call carries it, so
@@ -23,6 +25,7 @@ UI_PREFIX = "/ui"
 ASSETS = {
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
+    "playground.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
 }
 # Scripts and styles from this origin only, calls to this origin only: an injected
@@ -43,7 +46,9 @@ def _read(name: str) -> bytes:
 
 def ui_routes() -> list[BaseRoute]:
     async def redirect(request: Request) -> Response:
-        return RedirectResponse(f"{UI_PREFIX}/", status_code=307)
+        # Relative (`ui/` from `.../ui`), so a proxy's mount prefix is kept; so is the query.
+        query = f"?{request.url.query}" if request.url.query else ""
+        return RedirectResponse(f"{UI_PREFIX[1:]}/{query}", status_code=307)
 
     async def asset(request: Request) -> Response:
         name = request.path_params.get("name") or "index.html"

@@ -1,5 +1,8 @@
-// The cortex dashboard: polls /admin/fleet (nodes, GPUs, models, traffic) and /v1/models
-// (the catalogue), and calls POST /admin/models/{id}/{action} for the buttons.
+// The cortex dashboard: polls /admin/fleet (nodes, GPUs, models, traffic), /v1/models
+// (the catalogue) and /admin/requests (the activity log), calls POST
+// /admin/models/{id}/{action} for the buttons, and streams the playground's chats from
+// /v1/chat/completions. Paths are relative to the gateway's root, one level above this
+// page, so the page works where a proxy mounts the gateway under a prefix.
 // The admin key, when the gateway needs one, lives in this tab's sessionStorage only.
 // Everything data-derived is written with textContent, never parsed as HTML.
 "use strict";
@@ -7,6 +10,7 @@
 const KEY = "cortex-admin-key";
 const params = new URLSearchParams(location.search);
 const INTERVAL_MS = Math.max(250, 1000 * (Number(params.get("interval")) || 2));
+const ROOT = new URL("../", location.href); // the page is ROOT/ui/
 const $ = (id) => document.getElementById(id);
 
 let timer = null;
@@ -18,18 +22,27 @@ class HttpError extends Error {
   constructor(status, message) { super(message); this.status = status; }
 }
 
-async function api(path, options = {}) {
-  const headers = { "content-type": "application/json" };
-  if (key()) headers.authorization = `Bearer ${key()}`;
-  const reply = await fetch(path, { ...options, headers, cache: "no-store" });
+function headers() {
+  const out = { "content-type": "application/json" };
+  if (key()) out.authorization = `Bearer ${key()}`;
+  return out;
+}
+
+async function failure(reply) {
   const text = await reply.text();
   let body = null;
   try { body = text ? JSON.parse(text) : null; } catch { body = null; }
-  if (!reply.ok) {
-    const message = (body && body.error && body.error.message) || reply.statusText;
-    throw new HttpError(reply.status, `${reply.status}: ${message}`);
-  }
-  return body;
+  const message = (body && body.error && body.error.message) || reply.statusText;
+  return new HttpError(reply.status, `${reply.status}: ${message}`);
+}
+
+// `path` has no leading slash: it is resolved against the gateway's root.
+async function api(path, options = {}) {
+  const reply = await fetch(new URL(path, ROOT), { ...options, headers: headers(),
+    cache: "no-store" });
+  if (!reply.ok) throw await failure(reply);
+  const text = await reply.text();
+  return text ? JSON.parse(text) : null;
 }
 
 function el(tag, attrs = {}, ...children) {
@@ -47,6 +60,16 @@ function el(tag, attrs = {}, ...children) {
     }
   }
   return node;
+}
+
+// `42s`, `4m10s`, `2h05m`, as `cortex status` writes them.
+function duration(seconds) {
+  if (seconds === undefined || seconds === null) return "–";
+  const whole = Math.floor(seconds);
+  const pad = (n) => String(n).padStart(2, "0");
+  if (whole < 60) return `${whole}s`;
+  if (whole < 3600) return `${Math.floor(whole / 60)}m${pad(whole % 60)}s`;
+  return `${Math.floor(whole / 3600)}h${pad(Math.floor((whole % 3600) / 60))}m`;
 }
 
 const gib = (bytes) => `${((bytes || 0) / 2 ** 30).toFixed(2)} GiB`;
@@ -84,7 +107,7 @@ function button(action, model, node, label) {
     type: "button", "data-action": action, "data-model": model, "data-node": node,
     disabled: busy.has(id) ? "" : null, text: label,
     onclick: () => act(id, `${action} ${model}${node ? ` on ${node}` : ""}`,
-      `/admin/models/${encodeURIComponent(model)}/${action}`, node ? { node } : {}),
+      `admin/models/${encodeURIComponent(model)}/${action}`, node ? { node } : {}),
   });
 }
 
@@ -95,7 +118,7 @@ function nodeButton(node) {
     type: "button", "data-action": action, "data-node": node.name,
     disabled: busy.has(id) ? "" : null, text: action,
     onclick: () => act(id, `${action} ${node.name}`,
-      `/admin/nodes/${encodeURIComponent(node.name)}/${action}`, {}),
+      `admin/nodes/${encodeURIComponent(node.name)}/${action}`, {}),
   });
 }
 
@@ -165,6 +188,10 @@ function renderLoaded(fleet, catalogue) {
         el("td", { text: String(m.in_flight ?? 0) }),
         el("td", { text: String(m.queued ?? 0) }),
         el("td", { text: rate(rates[m.id] && rates[m.id].output_tokens_per_second) }),
+        el("td", { "data-testid": "idle", text: m.in_flight || m.queued || m.state !== "ready"
+          ? "–" : duration(m.idle_seconds) }),
+        el("td", { "data-testid": "until", text: m.pinned ? "pinned"
+          : duration(m.expires_in) }),
         actions));
     }
   }
@@ -210,11 +237,34 @@ function render(data) {
   renderCatalogue(catalogue);
 }
 
+const seconds = (value) => (value === undefined || value === null ? "–"
+  : `${value.toFixed(2)} s`);
+
+function renderActivity(requests) {
+  $("activity").tBodies[0].replaceChildren(...requests.map((r) => el("tr", {
+    "data-request-id": r.request_id, "data-model": r.model },
+  el("td", { text: new Date(r.finished_at * 1000).toLocaleTimeString() }),
+  el("td", { text: r.model }),
+  el("td", { text: r.node || "–" }),
+  el("td", { text: r.dialect }),
+  el("td", { class: r.status < 400 ? "status-ok" : "status-bad", "data-testid": "status",
+    text: String(r.status) }),
+  el("td", { text: String(r.prompt_tokens) }),
+  el("td", { "data-testid": "tokens-out", text: String(r.completion_tokens) }),
+  el("td", { text: seconds(r.ttft_seconds) }),
+  el("td", { text: seconds(r.duration_seconds) }),
+  el("td", { class: "muted", text: r.request_id }))));
+  $("no-activity").hidden = requests.length > 0;
+}
+
 async function refresh() {
   clearTimeout(timer);
   try {
-    const [fleet, models] = await Promise.all([api("/admin/fleet"), api("/v1/models")]);
+    const [fleet, models, activity] = await Promise.all([api("admin/fleet"),
+      api("v1/models"), api("admin/requests?limit=50")]);
     render({ fleet, catalogue: models.data });
+    renderActivity(activity.requests);
+    renderModelChoice(models.data);
     $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
     document.body.dataset.ready = "true";
   } catch (error) {
@@ -241,5 +291,20 @@ $("key-forget").addEventListener("click", () => {
   askForKey("Key forgotten.");
 });
 $("key-button").addEventListener("click", () => askForKey("Enter the gateway's admin key."));
+
+const VIEWS = ["fleet", "activity", "playground"];
+
+function showView() {
+  const name = location.hash.slice(1);
+  const shown = VIEWS.includes(name) ? name : "fleet";
+  for (const view of document.querySelectorAll("main[data-view]")) {
+    view.hidden = view.dataset.view !== shown;
+  }
+  for (const link of document.querySelectorAll("nav a")) {
+    link.classList.toggle("current", link.dataset.view === shown);
+  }
+}
+window.addEventListener("hashchange", showView);
+showView();
 
 refresh();
