@@ -26,6 +26,7 @@ from cortex.dialect import (
     Operation,
     SSEReader,
     decode_body,
+    loading_comment,
     prefix_hashes,
     sse_frame,
 )
@@ -147,6 +148,7 @@ __all__ = [
     "hookimpl",
     "load_gateway_config",
     "load_neuron_config",
+    "loading_comment",
     "log_value",
     "parse_bytes",
     "prefix_hashes",

@@ -39,6 +39,7 @@ __all__ = [
     "Operation",
     "SSEReader",
     "decode_body",
+    "loading_comment",
     "prefix_hashes",
     "sse_frame",
 ]
@@ -127,7 +128,7 @@ class CatalogueEntry(msgspec.Struct, kw_only=True):
     """One model in the catalogue (`/v1/models`): what a dialect lists for clients."""
 
     id: str
-    state: Literal["ready", "loading", "available"]
+    state: Literal["ready", "loading", "available", "unservable"]
     loaded_on: list[str] = []
     loading_on: list[str] = []
     aliases: list[str] = []
@@ -138,6 +139,8 @@ class CatalogueEntry(msgspec.Struct, kw_only=True):
     ttl: float | None = None
     neurons: list[str] = []
     configured: bool = True
+    # Why no node can ever hold it (state `unservable`), node by node.
+    reason: str | None = None
 
 
 class Exchange:
@@ -161,6 +164,17 @@ class Exchange:
     def stream_error(self, exc: CortexError) -> bytes:
         """The frame that ends a stream that failed after it started."""
         return sse_frame(exc.openai_envelope())
+
+    def loading(self, model: str, node: str, progress: float) -> bytes:
+        """Sent instead of a keep-alive while a stream waits for its model's load, each
+        time the neuron's progress moves: an SSE comment clients ignore and people read."""
+        return loading_comment(model, node, progress)
+
+
+def loading_comment(model: str, node: str, progress: float) -> bytes:
+    """`: loading MODEL on NODE 45%`, as an SSE comment (names cannot break the frame)."""
+    text = f"loading {model} on {node} {round(progress * 100)}%"
+    return b": " + text.replace("\r", " ").replace("\n", " ").encode() + b"\n\n"
 
 
 class Call(msgspec.Struct, kw_only=True):
@@ -198,12 +212,14 @@ class GatewayAPI(Protocol):
         """Route, load if needed, proxy and answer; errors come back through `dialect`."""
         ...
 
-    def catalogue(self) -> list[CatalogueEntry]:
-        """Every model the fleet can serve now."""
+    def catalogue(self, request: Request | None = None) -> list[CatalogueEntry]:
+        """Every model the fleet can serve now; with `request`, only those its key may
+        use (a key's `models` allow-list)."""
         ...
 
-    def catalogue_entry(self, model: str) -> CatalogueEntry:
-        """One catalogue entry by id or alias; raises ModelNotFound."""
+    def catalogue_entry(self, model: str, request: Request | None = None) -> CatalogueEntry:
+        """One catalogue entry by id or alias (with `request`: one its key may use);
+        raises ModelNotFound."""
         ...
 
     def check_stops(self, stops: str | Sequence[str] | msgspec.Raw | None,

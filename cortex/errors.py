@@ -12,7 +12,8 @@ the OpenAI `type` or `code` it carries::
     ├── InvalidRequest               400 invalid_request_error
     │   ├── ContextLengthExceeded    400 context_length_exceeded
     │   ├── UnsupportedFeature       400 (e.g. chat on a model with no chat template)
-    │   └── Quarantined              400 (a body a neuron died holding: not sent again for now)
+    │   ├── Quarantined              400 (a body a neuron died holding: not sent again for now)
+    │   └── Unservable               400 model_unservable (no node can ever hold the model)
     ├── AuthenticationFailed         401 authentication_error
     ├── PermissionDenied             403 permission_error
     ├── NotFound                     404 not_found
@@ -55,6 +56,7 @@ __all__ = [
     "Timeout",
     "Unavailable",
     "Unreachable",
+    "Unservable",
     "UnsupportedFeature",
     "UpstreamError",
     "from_openai_envelope",
@@ -120,6 +122,17 @@ class Quarantined(InvalidRequest):
     sending it to another node would likely kill that one too."""
 
     code = "request_quarantined"
+
+
+class Unservable(InvalidRequest):
+    """No node the profile allows can ever hold the model (its estimate is over every
+    budget, or every neuron refused its source): retrying cannot help, so this is a 4xx
+    the SDKs do not retry, unlike the 503 of a fleet that is only busy."""
+
+    code = "model_unservable"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, param="model")
 
 
 class AuthenticationFailed(CortexError):

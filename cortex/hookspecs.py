@@ -67,4 +67,6 @@ def request_finished(record: RequestRecord) -> None:
 
 @hookspec
 def fleet_event(event: FleetEvent) -> None:
-    """Observe a lifecycle event: loaded, unloaded, evicted, load_failed, node_up, node_down."""
+    """Observe a lifecycle event: load_started, load_progress (often: keep it cheap),
+    loaded, unloaded, evicted, load_failed, pinned, unpinned, node_up, node_down,
+    draining, undrained."""

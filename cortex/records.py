@@ -9,7 +9,7 @@ from typing import Literal
 
 import msgspec
 
-__all__ = ["MAX_LOGGED", "FleetEvent", "RequestRecord", "log_value"]
+__all__ = ["MAX_LOGGED", "FleetEvent", "FleetEventKind", "RequestRecord", "log_value"]
 
 #: Characters of client text a log line keeps (a model name may be megabytes of JSON).
 MAX_LOGGED = 128
@@ -45,11 +45,26 @@ class RequestRecord(msgspec.Struct, kw_only=True):
     path: str = ""
     # Why a 4xx or 5xx: the error's message as the client got it (None for 2xx).
     reason: str | None = None
+    # `tokenize`: a token count (Anthropic's count_tokens), not an inference request;
+    # metrics and the traffic rates leave it out, the request log keeps it.
+    kind: Literal["inference", "tokenize"] = "inference"
 
 
-class FleetEvent(msgspec.Struct, kw_only=True):
-    kind: Literal["loaded", "unloaded", "evicted", "load_failed", "node_up", "node_down"]
+FleetEventKind = Literal["load_started", "load_progress", "loaded", "unloaded", "evicted",
+                         "load_failed", "pinned", "unpinned", "node_up", "node_down",
+                         "draining", "undrained"]
+
+
+class FleetEvent(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One change in the fleet, as GET /admin/events streams it (docs/gateway.md)."""
+
+    kind: FleetEventKind
     node: str
     model: str | None = None
     reason: str | None = None
     seconds: float | None = None
+    # load_started: the estimate (bytes) and the models evicted for it.
+    bytes: int | None = None
+    victims: tuple[str, ...] = ()
+    # load_progress: the neuron's fraction loaded, 0 to 1.
+    progress: float | None = None

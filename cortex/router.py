@@ -38,6 +38,9 @@ class RouteRequest(msgspec.Struct, frozen=True, kw_only=True):
     prefix_node: str | None = None
     exclude: frozenset[str] = frozenset()
     load_seconds: float | None = None
+    # Why nodes refused the profile itself (a missing file, an unknown source), by node:
+    # no estimate there, and none to come (cortex.gateway.estimates).
+    refusals: dict[str, str] = {}
     # Router.spill adds no copy once the fleet holds this many (the profile's max_copies).
     max_copies: int | None = None
 
@@ -72,7 +75,8 @@ class Verdict(msgspec.Struct, frozen=True):
 
 class Decision(msgspec.Struct, frozen=True, kw_only=True):
     """serve: the model is ready on `node`; join: it is loading there; load: load it there
-    after unloading `victims`; none: nowhere (see `reason` and `candidates`)."""
+    after unloading `victims`; none: nowhere (see `reason` and `candidates`), and when
+    `unservable`, never: every node the profile allows is up and can never hold it."""
 
     action: Literal["serve", "join", "load", "none"]
     model: str
@@ -89,6 +93,7 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
     # nodes considered, first to go first (what `route --explain` shows).
     policy: str = ""
     ranking: tuple[ModelView, ...] = ()
+    unservable: bool = False
 
 
 class RoutingStrategy:
@@ -114,6 +119,13 @@ class RoutingStrategy:
 
 def _gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB"
+
+
+def _never(request: RouteRequest, snapshot: FleetSnapshot, never: dict[str, str]) -> bool:
+    """Whether no node can ever hold the model: each node the profile allows is up and
+    can never hold it. A node down, draining or set aside for this request may yet."""
+    named = [n for n in snapshot.nodes if not request.affinity or n.name in request.affinity]
+    return bool(named) and all(n.name in never for n in named)
 
 
 class Router:
@@ -164,16 +176,20 @@ class Router:
         position = {(m.node, m.id): i for i, m in enumerate(ranking)}
         policy, ranked = self.evictor.policy.name, tuple(ranking)
         placements: list[Placement] = []
+        never: dict[str, str] = {}  # nodes that can never hold it, and why
         for node in allowed:
             resident = node.model(request.model)
             needs = request.estimates.get(node.name)
             if resident is not None:
                 verdicts.append(Verdict(node.name, f"model is {resident.state} here"))
+            elif needs is None and node.name in request.refusals:
+                never[node.name] = f"cannot serve it: {request.refusals[node.name]}"
+                verdicts.append(Verdict(node.name, never[node.name]))
             elif needs is None:
                 verdicts.append(Verdict(node.name, "no memory estimate (source not servable)"))
             elif needs > node.budget:
-                verdicts.append(Verdict(node.name, f"needs {_gib(needs)}, budget is only "
-                                                   f"{_gib(node.budget)}"))
+                never[node.name] = f"needs {_gib(needs)}, budget is only {_gib(node.budget)}"
+                verdicts.append(Verdict(node.name, never[node.name]))
             else:
                 victims = self.evictor.victims(node, needs, ranking)
                 if victims is None:
@@ -185,6 +201,10 @@ class Router:
                     placements.append(Placement(node=node, needs=needs, victims=victims,
                                                 rank=rank))
         if not placements:
+            if _never(request, snapshot, never):
+                return Decision(action="none", model=request.model, unservable=True,
+                                reason=f"no neuron can ever serve `{request.model}`",
+                                candidates=tuple(verdicts), policy=policy, ranking=ranked)
             return Decision(action="none", model=request.model,
                             reason=f"no live neuron can serve `{request.model}` now",
                             candidates=tuple(verdicts), policy=policy, ranking=ranked)

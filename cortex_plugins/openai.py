@@ -98,10 +98,11 @@ class OpenAIDialect(Dialect):
 
         async def models(request: Request) -> Response:
             return JSONResponse({"object": "list",
-                                 "data": [_model(e) for e in gateway.catalogue()]})
+                                 "data": [_model(e) for e in gateway.catalogue(request)]})
 
         async def model(request: Request) -> Response:
-            return JSONResponse(_model(gateway.catalogue_entry(request.path_params["model"])))
+            entry = gateway.catalogue_entry(request.path_params["model"], request)
+            return JSONResponse(_model(entry))
 
         return [
             Route("/v1/chat/completions", chat, methods=["POST"]),

@@ -275,9 +275,11 @@ class SyntheticHarness(Harness):
     def load(self, profile: ModelProfile, model: ResolvedModel,
              progress: Callable[[float], None]) -> SyntheticEngine:
         settings = self._settings(profile.source)
-        if settings.load_ms:
-            time.sleep(settings.load_ms / 1000)  # load() runs on a worker thread
-        progress(1.0)
+        steps = 10  # progress as llama.cpp reports it: fractions along the way
+        for step in range(1, steps + 1):
+            if settings.load_ms:
+                time.sleep(settings.load_ms / 1000 / steps)  # load() runs on a worker thread
+            progress(step / steps)
         return SyntheticEngine(profile, settings, die_on=self.options.die_on,
                                script=self.options.script)
 

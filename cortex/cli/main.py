@@ -7,6 +7,7 @@ import logging
 import sys
 import time
 import urllib.parse
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -14,7 +15,14 @@ import click
 import cortex
 from cortex.cli.chat import chat
 from cortex.cli.launch import launch
-from cortex.cli.remote import KEY_HELP, URL_HELP, Globals, gateway_options, request
+from cortex.cli.remote import (
+    KEY_HELP,
+    URL_HELP,
+    Globals,
+    admin_key,
+    gateway_options,
+    request,
+)
 from cortex.cli.serve import config, serve
 from cortex.cli.status import gib, table
 from cortex.cli.validate import validate
@@ -69,8 +77,15 @@ def status(url: str, as_json: bool, watch: float | None, count: int | None) -> N
         raise click.BadParameter("must be more than 0 seconds", param_hint="--watch")
     if count is not None and watch is None:
         raise click.UsageError("--count needs --watch")
+    pause: Callable[[float], None] = time.sleep
+    if watch is not None:  # redraw when the fleet changes too, not only every `watch`
+        from cortex.cli.watch import EventFeed
+
+        feed = EventFeed(url, bearer=admin_key())
+        if feed.start(timeout=2.0):
+            pause = feed.pause
     show(lambda: _request(url, "/admin/fleet", timeout=30.0), url=url, as_json=as_json,
-         watch=watch, count=count)
+         watch=watch, count=count, pause=pause)
 
 
 @main.command()
@@ -101,8 +116,19 @@ def _model_action(url: str, model: str, action: str, node: str | None,
 @click.argument("model")
 @click.option("--node", help="load it on this neuron")
 def load(url: str, model: str, node: str | None) -> None:
-    """Load a model now (placing and evicting as a request would)."""
-    reply = _model_action(url, model, "load", node)
+    """Load a model now (placing and evicting as a request would), showing its progress."""
+    from cortex.cli.watch import EventFeed, LoadProgress
+
+    try:  # events name the profile's id, which an alias is not
+        name = _request(url, f"/v1/models/{_quote(model)}", timeout=30.0)["id"]
+    except (click.ClickException, KeyError, TypeError):
+        name = model
+    progress = LoadProgress(name)
+    EventFeed(url, bearer=admin_key(), on_event=progress).start()
+    try:
+        reply = _model_action(url, model, "load", node)
+    finally:
+        progress.close()
     click.echo(f"{reply['model']} is ready on {reply['node']}")
 
 
@@ -172,13 +198,16 @@ def explain_text(data: dict[str, Any]) -> str:
     action, model, node = data["action"], data["model"], data.get("node")
     head = {"serve": f"serve on {node}", "join": f"wait for the load under way on {node}",
             "load": f"load on {node}", "none": "cannot be served now"}[action]
+    if data.get("unservable"):
+        head = "unservable: no node can ever hold it"
     lines = [f"{model}: {head} ({data.get('reason') or action})"]
     if data.get("victims"):
         lines.append(f"  evict: {', '.join(data['victims'])}")
     if data.get("needs") is not None:
         lines.append(f"  needs: {gib(data['needs'])} GiB, "
                      f"free after: {gib(data.get('free_after'))} GiB")
-    lines.append(f"  expected wait: {data.get('expected_wait', 0):.1f}s")
+    if action != "none":
+        lines.append(f"  expected wait: {data.get('expected_wait', 0):.1f}s")
     if "spill" in data:
         spill = data["spill"]
         lines.append(f"  another copy (spill_after): load on {spill['node']}" if spill
@@ -215,13 +244,16 @@ def _ranking_lines(data: dict[str, Any], shown: int = 10) -> list[str]:
 @click.option("--json", "as_json", is_flag=True)
 @click.argument("model")
 def route(url: str, explain: bool, node: str | None, as_json: bool, model: str) -> None:
-    """Where a request for MODEL would go now: node, victims, expected wait."""
+    """Where a request for MODEL would go now: node, victims, expected wait. Exits 1
+    when it cannot be served now, 2 when it never can (unservable)."""
     query = f"?model={_quote(model)}" + (f"&node={_quote(node)}" if node else "")
     data = _request(url, f"/admin/route{query}")
     if as_json:
         _echo_json(data)
     else:
         click.echo(explain_text(data))
+    if data["action"] == "none":
+        sys.exit(2 if data.get("unservable") else 1)
 
 
 @main.command()

@@ -192,7 +192,7 @@ def _frame(fetch: Fetch, *, as_json: bool, unicode: bool) -> str:
 
 
 def show(fetch: Fetch, *, url: str, as_json: bool, watch: float | None,
-         count: int | None) -> None:
+         count: int | None, pause: Callable[[float], None] = time.sleep) -> None:
     """Print the fleet once, or every `watch` seconds until Ctrl-C or `count` frames.
 
     While watching, a gateway that stops answering is shown as an error frame and asked
@@ -206,8 +206,8 @@ def show(fetch: Fetch, *, url: str, as_json: bool, watch: float | None,
     shown = 0
     try:
         while count is None or shown < count:
-            if shown:
-                time.sleep(watch)
+            if shown:  # `pause` may end early: cortex.cli.watch wakes it on fleet events
+                pause(watch)
             try:
                 fleet = fetch()
                 # With --json, one compact document a line (JSON Lines).

@@ -1,6 +1,9 @@
 """Admin API: fleet state, routing explanations, manual lifecycle and config reload.
 
-    GET  /admin/fleet                           nodes, models, loads, in-flight, traffic, turns
+    GET  /admin/fleet                           nodes, models, loads, in-flight, traffic, turns,
+                                                unservable models
+    GET  /admin/events                          SSE: loads (with progress), evictions, pins,
+                                                nodes (cortex.gateway.events)
     GET  /admin/route?model=ID[&node=NAME]      the routing decision, not acted upon
     POST /admin/models/{id}/load|unload|pin|unpin   optional {"node": ..., "force": ...}
     POST /admin/nodes/{name}/drain|undrain      new work goes elsewhere; in flight finishes
@@ -86,13 +89,16 @@ def admin_routes(placer: Placer, fleet: Fleet, loader: Loader, live: LiveConfig,
         return JSONResponse({
             "nodes": _with_idle(fleet.describe(), placer.snapshot()),
             "loads": [{"model": j.model, "node": j.node, "waiters": j.waiters,
-                       "seconds": round(now - j.started, 3), "keep": j.keep}
+                       "seconds": round(now - j.started, 3), "keep": j.keep,
+                       "progress": round(j.progress, 3)}
                       for j in loader.jobs],
             "routing": live.router.strategy.name,
             "eviction": live.router.evictor.policy.name,
             "traffic": traffic.describe(),
             # Per busy model: requests let through, and those waiting for their turn.
             "turns": turns.describe(),
+            # Models no node can ever hold, each with why (state `unservable`).
+            "unservable": placer.unservable(),
         })
 
     async def route(request: Request) -> Response:

@@ -17,7 +17,7 @@ Each part is handed the parts it uses, never a bag of everything:
 
 `app.state` carries the parts for `cortex serve`, embedding apps and tests: `live`,
 `placer`, `fleet`, `loader`, `fair`, `prefixes`, `quarantine`, `traffic`, `activity`,
-`dialects`, and `metrics` (None when its plugin is blocked).
+`dialects`, `events` (GET /admin/events) and `metrics` (None when its plugin is blocked).
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ from cortex.gateway.admin import admin_routes
 from cortex.gateway.auth import AuthGuard, allowed_models
 from cortex.gateway.catalogue import build_catalogue
 from cortex.gateway.dialects import Dialects
+from cortex.gateway.events import EVENTS_PLUGIN, EventStream
 from cortex.gateway.fairshare import FairShare
 from cortex.gateway.fleet import Fleet
 from cortex.gateway.limits import BodyLimits, HeadLimit
@@ -106,11 +107,20 @@ class _DialectAPI:
             raise PermissionDenied(f"this API key may not use model `{call.model}`")
         return await self._proxy.forward(call, request, dialect)
 
-    def catalogue(self) -> list[CatalogueEntry]:
-        return build_catalogue(self._live.profiles, self._placer.snapshot())
+    def catalogue(self, request: Request | None = None) -> list[CatalogueEntry]:
+        entries = build_catalogue(self._live.profiles, self._placer.snapshot(),
+                                  self._placer.unservable())
+        allowed = allowed_models(request.scope) if request is not None else None
+        if allowed is None:
+            return entries
+        ids = set()  # the key's list may name aliases: what profiles they mean
+        for name in allowed:
+            with contextlib.suppress(CortexError):
+                ids.add(self._placer.resolve(name)[0].id)
+        return [e for e in entries if e.id in ids or e.id in allowed]
 
-    def catalogue_entry(self, model: str) -> CatalogueEntry:
-        entries = self.catalogue()
+    def catalogue_entry(self, model: str, request: Request | None = None) -> CatalogueEntry:
+        entries = self.catalogue(request)
         for entry in entries:
             if model == entry.id or model in entry.aliases:
                 return entry
@@ -219,6 +229,8 @@ def create_app(config: GatewayConfig, plugin_manager: pluggy.PluginManager, *,
     plugin_manager.register(traffic, name=TRAFFIC_PLUGIN)
     activity = Activity()  # the last requests, for the dashboard's activity log
     plugin_manager.register(activity, name=ACTIVITY_PLUGIN)
+    events = EventStream()  # GET /admin/events
+    plugin_manager.register(events, name=EVENTS_PLUGIN)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -234,6 +246,8 @@ def create_app(config: GatewayConfig, plugin_manager: pluggy.PluginManager, *,
             await fleet.close()
             plugin_manager.unregister(traffic)
             plugin_manager.unregister(activity)
+            events.close()
+            plugin_manager.unregister(events)
             if metrics is not None:
                 plugin_manager.unregister(metrics)
                 metrics.close()
@@ -253,6 +267,7 @@ def create_app(config: GatewayConfig, plugin_manager: pluggy.PluginManager, *,
         routes.extend(dialect.routes(api))
     routes.extend(admin_routes(placer, fleet, loader, live, traffic=traffic, turns=fair))
     routes.extend(activity_routes(activity))
+    routes.append(events.route(lambda: live.settings.keepalive_interval))
     routes.extend(ui_routes())
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers=_error_handlers(dialects))
@@ -260,6 +275,7 @@ def create_app(config: GatewayConfig, plugin_manager: pluggy.PluginManager, *,
     app.state.loader, app.state.fair, app.state.prefixes = loader, fair, prefixes
     app.state.quarantine, app.state.traffic, app.state.dialects = quarantine, traffic, dialects
     app.state.activity = activity
+    app.state.events = events
     # Served on [gateway] metrics_listen by cortex.gateway.server (None when blocked).
     app.state.metrics = metrics
     refuse = dialects.refusal

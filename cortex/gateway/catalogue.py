@@ -2,11 +2,13 @@
 
 A profile is listed when its affinity includes a live node (an empty `neurons` list
 means any node); a model a neuron holds without a profile here (a neuron's own
-preload) is listed too, servable where it is loaded.
+preload) is listed too, servable where it is loaded. A profile no node can ever hold
+is listed as `unservable`, with the reason.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal
 
 from cortex.aliases import is_pattern
@@ -22,7 +24,10 @@ def _state(loaded: list[str], loading: list[str]) -> Literal["ready", "loading",
     return "ready" if loaded else "loading" if loading else "available"
 
 
-def build_catalogue(profiles: ProfileIndex, snapshot: FleetSnapshot) -> list[CatalogueEntry]:
+def build_catalogue(profiles: ProfileIndex, snapshot: FleetSnapshot,
+                    unservable: Mapping[str, str] | None = None) -> list[CatalogueEntry]:
+    """`unservable`: why each profile no node can ever hold cannot be (Placer.unservable)."""
+    never = unservable or {}
     live = [n for n in snapshot.nodes if n.up]
     entries: list[CatalogueEntry] = []
     for profile in profiles:
@@ -30,8 +35,11 @@ def build_catalogue(profiles: ProfileIndex, snapshot: FleetSnapshot) -> list[Cat
             continue
         loaded = [n.name for n in live if (m := n.model(profile.id)) and m.ready]
         loading = [n.name for n in live if (m := n.model(profile.id)) and m.state == "loading"]
+        state = _state(loaded, loading)
+        reason = never.get(profile.id) if state == "available" else None
         entries.append(CatalogueEntry(
-            id=profile.id, state=_state(loaded, loading), loaded_on=loaded, loading_on=loading,
+            id=profile.id, state="unservable" if reason else state, reason=reason,
+            loaded_on=loaded, loading_on=loading,
             # Patterns (`claude-*`) name no model: listing them would offer them as ids.
             aliases=[a for a in profile.aliases if not is_pattern(a)], n_ctx=profile.n_ctx,
             slots=profile.slots,

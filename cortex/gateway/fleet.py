@@ -16,7 +16,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
-from typing import Any, Literal
+from typing import Any
 
 from cortex.config import GatewaySection, NeuronEntry
 from cortex.errors import CortexError, Unavailable
@@ -25,13 +25,13 @@ from cortex.gateway.estimates import Estimates
 from cortex.gateway.nodes import Lost, Node, active
 from cortex.gateway.profiles import ProfileIndex
 from cortex.records import FleetEvent
+from cortex.records import FleetEventKind as EventKind
 from cortex.snapshot import FleetSnapshot
 from cortex.types import ModelStatus, NodeStatus
 
 __all__ = ["Fleet"]
 
 log = logging.getLogger("cortex.gateway.fleet")
-EventKind = Literal["loaded", "unloaded", "evicted", "load_failed", "node_up", "node_down"]
 class Fleet:
     def __init__(self, settings: GatewaySection, hook: Any) -> None:
         self.settings = settings
@@ -182,6 +182,8 @@ class Fleet:
         the next poll, and a request for a model that needs its room would be refused."""
         now = time.monotonic()
         previous = node.models
+        if node.status is not None and node.status.draining != status.draining:
+            self.emit("draining" if status.draining else "undrained", node.entry.name)
         node.status = status
         node.models = {m.id: m for m in status.models}
         node.active_at_poll = Counter(node.active) | (asked or Counter())
@@ -192,6 +194,7 @@ class Fleet:
                 node.idle_since[model.id] = now
             self.estimates.loaded(model.id, model.load_seconds)
             self._saw_pin(before, model)
+            self._noticed(node.entry.name, before, model)
         for gone in set(node.idle_since) - set(node.models):
             del node.idle_since[gone]
         for gone in set(node.used_at) - set(node.models):
@@ -274,10 +277,16 @@ class Fleet:
         node = self._nodes.get(name)
         if node is None:
             return
+        self._noticed(name, node.models.get(status.id), status)
         self._saw_pin(node.models.get(status.id), status)
         node.models[status.id] = status
         node.idle_since[status.id] = time.monotonic()
         self.estimates.loaded(status.id, status.load_seconds)
+
+    def _noticed(self, name: str, before: ModelStatus | None, after: ModelStatus) -> None:
+        """Tell of a pin or an unpin seen in a neuron's answer (any replica's)."""
+        if before is not None and before.pinned != after.pinned:
+            self.emit("pinned" if after.pinned else "unpinned", name, model=after.id)
 
     def drop_model(self, name: str, model: str) -> None:
         node = self._nodes.get(name)
@@ -344,11 +353,10 @@ class Fleet:
 
     # --- views ----------------------------------------------------------------------------------
 
-    def emit(self, kind: EventKind, node: str, *, model: str | None = None,
-             reason: str | None = None, seconds: float | None = None) -> None:
+    def emit(self, kind: EventKind, node: str, **fields: Any) -> None:
+        """Tell the fleet_event observers; `fields` are FleetEvent's own."""
         try:
-            self._hook.fleet_event(event=FleetEvent(kind=kind, node=node, model=model,
-                                                    reason=reason, seconds=seconds))
+            self._hook.fleet_event(event=FleetEvent(kind=kind, node=node, **fields))
         except Exception:
             log.exception("a fleet_event observer failed")
 

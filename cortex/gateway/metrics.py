@@ -110,6 +110,8 @@ class GatewayMetrics:
 
     @hookimpl
     def request_finished(self, record: RequestRecord) -> None:
+        if record.kind != "inference":
+            return
         model = record.model if record.node is not None or self._known(record.model) else ""
         self._series.observe(
             (record.dialect, model, record.node or "", str(record.status)),
@@ -131,7 +133,7 @@ class GatewayMetrics:
             self._unloads.add(1, reason)
             if event.kind == "evicted" or event.reason not in _NOT_EVICTIONS:
                 self._evictions.add(1, reason)
-        else:
+        elif event.kind in ("node_up", "node_down"):
             self._node_changes.add(1, {"node": event.node,
                                        "state": "up" if event.kind == "node_up" else "down"})
 

@@ -29,6 +29,7 @@ from cortex.errors import (
     Timeout,
     Unavailable,
     Unreachable,
+    Unservable,
 )
 from cortex.gateway.catalogue import unconfigured_profile
 from cortex.gateway.fairshare import FairShare
@@ -41,6 +42,12 @@ from cortex.snapshot import FleetSnapshot
 __all__ = ["Placer"]
 
 log = logging.getLogger("cortex.gateway")
+
+
+def _explained(decision: Decision) -> str:
+    """A decision's reason with each node's verdict: what a refused client is told."""
+    detail = "; ".join(f"{v.node}: {v.verdict}" for v in decision.candidates)
+    return decision.reason + (f" ({detail})" if detail else "")
 
 
 def _usable(job: LoadJob | None, exclude: frozenset[str], only: str | None) -> LoadJob | None:
@@ -62,11 +69,37 @@ class Placer:
         self._fair = fair
         self._waiting: Counter[str] = Counter()
         self._spills: dict[str, asyncio.Task[None]] = {}
+        self._asking: dict[str, asyncio.Task[dict[str, int]]] = {}
 
     def close(self) -> None:
-        """Stop starting the copies `spill_after` asked for."""
-        for task in list(self._spills.values()):
+        """Stop starting the copies `spill_after` asked for, and asking for estimates."""
+        for task in [*self._spills.values(), *self._asking.values()]:
             task.cancel()
+
+    def _asked_of(self, model: str) -> Callable[[object], None]:
+        def forget(_: object) -> None:
+            self._asking.pop(model, None)
+        return forget
+
+    def unservable(self) -> dict[str, str]:
+        """The profiles no node can ever hold, each with why (the catalogue's state
+        `unservable`), from what the neurons said of them already; a profile whose
+        nodes were not asked yet is asked in the background, for the next look."""
+        snapshot, found = self.snapshot(), {}
+        for profile in self._live.profiles:
+            request = self._route_request(profile, prefix_node=None, exclude=frozenset(),
+                                          only=None)
+            names = [n.name for n in snapshot.nodes if request.allows(n)]
+            sizes, refusals = self._estimates.known(profile, names)
+            if len(sizes) + len(refusals) < len(names) and profile.id not in self._asking:
+                task = asyncio.ensure_future(self._estimates.of(profile, names))
+                self._asking[profile.id] = task
+                task.add_done_callback(self._asked_of(profile.id))
+            decision = self._live.router.decide(
+                msgspec.structs.replace(request, estimates=sizes, refusals=refusals), snapshot)
+            if decision.unservable:
+                found[profile.id] = _explained(decision)
+        return found
 
     def snapshot(self) -> FleetSnapshot:
         """The fleet as the router sees it, under the live profiles."""
@@ -129,19 +162,42 @@ class Placer:
             return decision
         names = [n.name for n in self.snapshot().nodes if request.allows(n)]
         estimates = await self._estimates.of(profile, names)
-        return self._live.router.decide(msgspec.structs.replace(request, estimates=estimates),
-                                        self.snapshot())
+        refusals = self._estimates.refusals(profile, names)
+        return self._live.router.decide(
+            msgspec.structs.replace(request, estimates=estimates, refusals=refusals),
+            self.snapshot())
+
+    def retry_after(self, profile: ModelProfile, decision: Decision | None = None) -> float:
+        """Seconds a client refused for now should wait: a load's expected time (the
+        decision's, else the model's last, else a guess from its smallest known
+        estimate), once per `slots` requests already waiting for the model, within
+        [1, load_timeout]."""
+        if decision is not None and decision.expected_wait:
+            expected = decision.expected_wait
+        else:
+            request = self._route_request(profile, prefix_node=None, exclude=frozenset(),
+                                          only=None)
+            sizes = self._estimates.known(profile, [n.name for n in self.snapshot().nodes])[0]
+            needs = decision.needs if decision is not None and decision.needs else \
+                min(sizes.values(), default=None)
+            expected = self._live.router.expected_load_seconds(request, needs)
+        queued = self._waiting[profile.id] + self._fleet.backlog(profile.id) \
+            + self._fair.waiting(profile.id)
+        rounds = 1 + queued // max(1, profile.slots)
+        return min(max(1.0, expected * rounds), max(1.0, self._live.settings.load_timeout))
 
     async def place(self, profile: ModelProfile, *, loadable: bool = True,
                     prefix_node: str | None = None, exclude: frozenset[str] = frozenset(),
-                    deadline: float, keep: bool = False, only: str | None = None) -> str:
-        """A node where the model is ready, loading it first (one load per model) if needed."""
+                    deadline: float, keep: bool = False, only: str | None = None,
+                    on_load: Callable[[LoadJob], None] | None = None) -> str:
+        """A node where the model is ready, loading it first (one load per model) if needed;
+        `on_load` is told of each load the caller waits for (a stream shows its progress)."""
         refusals = 0
         failed: CortexError | None = None  # the last load that failed on a node now excluded
         while True:
             if time.monotonic() >= deadline:
                 raise Timeout(f"model `{profile.id}` could not be placed before the deadline",
-                              retry_after=5)
+                              retry_after=self.retry_after(profile))
             request = self._route_request(profile, prefix_node=prefix_node, exclude=exclude,
                                           only=only)
             quick = self._live.router.decide(request, self.snapshot())
@@ -153,7 +209,8 @@ class Placer:
                 decision = await self.decide(profile, loadable=loadable, prefix_node=prefix_node,
                                              exclude=exclude, only=only)
                 job = _usable(self._loader.job(profile.id), exclude, only)
-                if job is None and decision.action == "none" and refusals:
+                if job is None and decision.action == "none" and refusals \
+                        and not decision.unservable:
                     # A neuron refused our load because another gateway took the room:
                     # its model becomes evictable once ready and idle, so wait for that
                     # (up to the deadline) rather than fail a request that fits the fleet.
@@ -169,6 +226,8 @@ class Placer:
                         return decision.node
             if keep:
                 job.keep = True
+            if on_load is not None:
+                on_load(job)
             try:
                 await self._loader.wait(job, deadline - time.monotonic())
                 return job.node
@@ -193,12 +252,15 @@ class Placer:
         if decision.action == "serve":
             return None
         if decision.action == "none" or decision.node is None:
-            detail = "; ".join(f"{v.node}: {v.verdict}" for v in decision.candidates)
-            raise Unavailable(decision.reason + (f" ({detail})" if detail else ""),
-                              retry_after=5)
+            message = _explained(decision)
+            if decision.unservable:
+                log.info("%s is unservable: %s", profile.id, message)
+                raise Unservable(message)
+            raise Unavailable(message, retry_after=self.retry_after(profile, decision))
         if not loadable:
             raise Unavailable(f"model `{profile.id}` is {decision.action}ing on "
-                              f"`{decision.node}`; retry shortly", retry_after=2)
+                              f"`{decision.node}`; retry shortly",
+                              retry_after=self.retry_after(profile, decision))
         keep = keep or profile.pinned  # a pinned model's load is never abandoned
         if decision.action == "join":
             return self._loader.join(profile, decision.node, keep=keep)

@@ -18,7 +18,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-import msgspec
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
@@ -36,14 +35,15 @@ from cortex.gateway.limits import for_profile
 from cortex.gateway.quarantine import fingerprint
 from cortex.gateway.requestlog import RECORDED
 from cortex.gateway.upstream import READ_ERRORS, Answer, Dropped, Opened, Retry, first_bytes
+from cortex.gateway.usage import Counts, stream_usage, usage_of
 from cortex.records import RequestRecord
-from cortex.types import Usage
 
 if TYPE_CHECKING:
     from cortex.config import ModelProfile
     from cortex.dialect import Call, Dialect
     from cortex.gateway.fairshare import FairShare
     from cortex.gateway.fleet import Fleet
+    from cortex.gateway.loader import LoadJob
     from cortex.gateway.placement import Placer
     from cortex.gateway.prefixes import PrefixTable
     from cortex.gateway.quarantine import Quarantine
@@ -56,29 +56,6 @@ log = logging.getLogger("cortex.gateway.proxy")
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 #: Neuron routes that take no slot, so no turn (Anthropic's count_tokens).
 _UNGATED = frozenset({"/tokenize"})
-
-
-class _UsageView(msgspec.Struct):
-    usage: Usage | None = None
-
-
-_usage_decoder = msgspec.json.Decoder(_UsageView)
-
-
-def _usage(data: bytes) -> Usage | None:
-    try:
-        return _usage_decoder.decode(data).usage
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return None
-
-
-def _stream_usage(chunk: bytes) -> Usage | None:
-    """Usage from the SSE frames of one chunk, if one carries it (the last ones do)."""
-    found = None
-    for frame in chunk.split(b"\n\n"):
-        if frame.startswith(b"data: {") and b'"usage":{' in frame:
-            found = _usage(frame[6:]) or found
-    return found
 
 
 class _Relay(StreamingResponse):
@@ -109,6 +86,14 @@ class _Tally:
             request_id=getattr(request.state, "request_id", ""), model=call.model, node=None,
             dialect=dialect.name, status=200, stream=call.stream, method=request.method,
             path=request.url.path)
+        self.record.kind = "tokenize" if call.path in _UNGATED else "inference"
+        # The load this request waits for, once it waits for one (a stream shows it).
+        self.load: LoadJob | None = None
+        self.loading = asyncio.Event()
+
+    def waits_for(self, job: LoadJob) -> None:
+        self.load = job
+        self.loading.set()
 
     def opened(self, opened: Opened) -> None:
         self.record.node = opened.node
@@ -116,7 +101,7 @@ class _Tally:
         if self.record.stream:  # a whole answer's first byte is its last: no TTFT
             self.record.ttft_seconds = opened.opened_at - self.started
 
-    def usage(self, usage: Usage | None) -> None:
+    def usage(self, usage: Counts | None) -> None:
         if usage is not None:
             self.record.prompt_tokens = usage.prompt_tokens
             self.record.completion_tokens = usage.completion_tokens
@@ -151,6 +136,12 @@ class Proxy:
         except Exception:
             log.exception("a request_finished observer failed")
 
+    def _refused(self, tally: _Tally, response: Response, reason: str) -> Response:
+        """Record a request answered with an error as the client sees it (Anthropic's
+        529 for a 503), and answer it."""
+        self._finish(tally, response.status_code, reason)
+        return response
+
     async def forward(self, call: Call, request: Request, dialect: Dialect) -> Response:
         placer = self._placer
         tally = _Tally(call, dialect, request)
@@ -170,14 +161,20 @@ class Proxy:
                 key = fingerprint(profile.id, call.path, body)
                 self._quarantine.check(key)
         except CortexError as exc:
-            self._finish(tally, exc.status, exc.message)
-            return dialect.error_response(exc)
+            return self._refused(tally, dialect.error_response(exc), exc.message)
         attempt = self._taking_turns(call, body, profile, tally, key)
         if not call.stream:
             return await self._whole(request, call, dialect, attempt, tally)
 
         task = asyncio.ensure_future(attempt)
-        await asyncio.wait({task}, timeout=self._live.settings.keepalive_interval)
+        # Errors found before a load starts (or within one interval) are plain HTTP
+        # errors; a cold load answers at once, so the client sees the wait begin.
+        load = asyncio.ensure_future(tally.loading.wait())
+        try:
+            await asyncio.wait({task, load}, timeout=self._live.settings.keepalive_interval,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            load.cancel()
         if task.done() and (task.cancelled() or task.exception() is not None):
             return self._failure(task, dialect, tally)
         state: dict[str, Opened] = {}
@@ -197,11 +194,10 @@ class Proxy:
                  tally: _Tally) -> Response:
         exc = task.exception() if not task.cancelled() else Unavailable("request cancelled")
         if isinstance(exc, Answer):
-            self._finish(tally, exc.status, exc.error.message)
-            return dialect.upstream_error(exc.status, exc.body, exc.error)
+            return self._refused(tally, dialect.upstream_error(exc.status, exc.body,
+                                                               exc.error), exc.error.message)
         if isinstance(exc, CortexError):
-            self._finish(tally, exc.status, exc.message)
-            return dialect.error_response(exc)
+            return self._refused(tally, dialect.error_response(exc), exc.message)
         assert exc is not None
         raise exc
 
@@ -210,17 +206,16 @@ class Proxy:
         try:
             opened = await unless_disconnected(request, attempt)
         except Answer as answer:
-            self._finish(tally, answer.status, answer.error.message)
-            return dialect.upstream_error(answer.status, answer.body, answer.error)
+            return self._refused(tally, dialect.upstream_error(
+                answer.status, answer.body, answer.error), answer.error.message)
         except CortexError as exc:
-            self._finish(tally, exc.status, exc.message)
-            return dialect.error_response(exc)
+            return self._refused(tally, dialect.error_response(exc), exc.message)
         except asyncio.CancelledError:
             self._finish(tally, cancelled_status(tally.state))
             raise
         try:
             tally.opened(opened)
-            tally.usage(_usage(opened.first))
+            tally.usage(usage_of(opened.first))
             return call.exchange.reply(opened.first)
         finally:
             opened.close()
@@ -230,10 +225,8 @@ class Proxy:
                       tally: _Tally, state: dict[str, Opened]) -> AsyncIterator[bytes]:
         status, reason = 200, None
         try:
-            while not task.done():
-                await asyncio.wait({task}, timeout=self._live.settings.keepalive_interval)
-                if not task.done():
-                    yield call.exchange.keepalive()
+            async for frame in self._waiting(task, call, tally):
+                yield frame
             try:
                 opened = state["opened"] = task.result()
             except Answer as answer:
@@ -259,6 +252,29 @@ class Proxy:
         finally:
             self._finish(tally, status, reason)
 
+    async def _waiting(self, task: asyncio.Future[Opened], call: Call,
+                       tally: _Tally) -> AsyncIterator[bytes]:
+        """What a stream sends until its first bytes: a frame at once, then the load's
+        progress as it moves (Exchange.loading), else a keep-alive each interval."""
+        shown: float | None = None
+        quiet = True  # nothing sent for an interval (or ever): say something now
+        while not task.done():
+            job = tally.load
+            if job is not None and job.progress != shown and not job.future.done():
+                shown = job.progress
+                yield call.exchange.loading(job.model, job.node, job.progress)
+            elif quiet:
+                yield call.exchange.keepalive()
+            event = job.moved if job is not None else tally.loading
+            change: asyncio.Future[Any] = asyncio.ensure_future(event.wait())
+            try:
+                done, _ = await asyncio.wait([task, change],
+                                             timeout=self._live.settings.keepalive_interval,
+                                             return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                change.cancel()
+            quiet = not done
+
     async def _chunks(self, opened: Opened, tally: _Tally) -> AsyncIterator[bytes]:
         # Peek for usage before yielding: a client that leaves after the last chunk
         # closes this generator at its yield. A frame may begin in the previous chunk.
@@ -267,13 +283,13 @@ class Proxy:
         flow = self._traffic.flow(tally.record)
         flow.add(previous.count(b"data: {"))
         if b'"usage"' in previous:
-            tally.usage(_stream_usage(previous))
+            tally.usage(stream_usage(previous))
         yield previous
         try:
             async for chunk in opened.response.content.iter_any():
                 flow.add(chunk.count(b"data: {"))
                 if b'"usage"' in chunk:
-                    tally.usage(_stream_usage(previous + chunk))
+                    tally.usage(stream_usage(previous + chunk))
                 previous = chunk
                 yield chunk
         except READ_ERRORS as exc:
@@ -320,7 +336,8 @@ class Proxy:
                 with placer.waiting(model):
                     node = await placer.place(profile, loadable=loadable,
                                               prefix_node=prefix_node,
-                                              exclude=frozenset(exclude), deadline=deadline)
+                                              exclude=frozenset(exclude), deadline=deadline,
+                                              on_load=tally.waits_for)
             except CortexError as exc:
                 if last is None:
                     raise

@@ -217,6 +217,9 @@ async def _serve(gateway: Served, before: Sequence[Served], metrics: Served | No
         drain = api = _Drain(gateway.app, state.dialects)
 
         async def drain_then_stop() -> None:
+            events = getattr(state, "events", None)
+            if events is not None:  # /admin/events streams never end by themselves
+                events.close()
             await drain.drain(live.settings.drain_timeout)
             stop.set()
 

@@ -98,6 +98,8 @@ class Traffic:
 
     @hookimpl
     def request_finished(self, record: RequestRecord) -> None:
+        if record.kind != "inference":  # a token count is no request served
+            return
         now = self._clock()
         flow = self._flows.pop(id(record), None)
         self.requests_total += 1

@@ -36,6 +36,7 @@ from cortex import (
     TokenizeResponse,
     UpstreamError,
     hookimpl,
+    loading_comment,
     prefix_hashes,
 )
 
@@ -141,6 +142,11 @@ class MessagesExchange(AnthropicExchange):
     def stream_error(self, exc: CortexError) -> bytes:
         return _frames(self.translator.error(exc))
 
+    def loading(self, model: str, node: str, progress: float) -> bytes:
+        """A `ping` event (what Anthropic clients expect while they wait), after the same
+        progress comment the OpenAI dialect sends, which the SDKs skip."""
+        return loading_comment(model, node, progress) + self.keepalive()
+
 
 class _AnthropicRoute(Route):
     """Matches only requests carrying an Anthropic header, so the same path answers each
@@ -216,14 +222,14 @@ class AnthropicDialect(Dialect):
                 request, self)
 
         async def models(request: Request) -> Response:
-            items = [_model_info(name, entry) for entry in gateway.catalogue()
+            items = [_model_info(name, entry) for entry in gateway.catalogue(request)
                      for name in (entry.id, *entry.aliases)]
             return JSONResponse(_page(items, request))
 
         async def model(request: Request) -> Response:
             name = request.path_params["model"]
             try:
-                return JSONResponse(_model_info(name, gateway.catalogue_entry(name)))
+                return JSONResponse(_model_info(name, gateway.catalogue_entry(name, request)))
             except CortexError as exc:  # the path alone would pick the OpenAI envelope
                 return self.error_response(exc)
 

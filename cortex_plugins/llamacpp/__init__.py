@@ -124,7 +124,9 @@ class LlamaCppHarness(Harness):
         model_params = llama_cpp.llama_model_default_params()
         model_params.n_gpu_layers = 0x7FFFFFFF if profile.n_gpu_layers < 0 \
             else profile.n_gpu_layers
-        model_params.use_mmap = self.options.use_mmap
+        if not self.options.use_mmap:  # else llama.cpp's choice: it maps a file on a CPU
+            # llama.cpp replaced use_mmap with load_mode; ctypes took the old name silently.
+            model_params.load_mode = llama_cpp.LLAMA_LOAD_MODE_NONE
 
         @llama_cpp.llama_progress_callback
         def on_progress(fraction: float, user_data: Any) -> bool:
@@ -165,14 +167,17 @@ class LlamaCppHarness(Harness):
                                  f"(n_ctx {profile.n_ctx} x {slots} slots): {exc}") from None
         measured = int(llama_cpp.llama_model_size(llama_model.model)) + \
             ctx.n_ctx() * kv_bytes_per_token(meta)
+        from .engine import LlamaEngine, longest_token
+
+        longest = self.metadata.longest_token(model.path, lambda: longest_token(llama_model))
         progress(1.0)
-        from .engine import LlamaEngine
 
         try:
             return LlamaEngine(
                 model=llama_model, ctx=ctx, profile=profile, slots=slots,
                 n_ctx=ctx.n_ctx() // slots, n_batch=n_batch,
                 prefill_chunk=self.options.prefill_chunk, measured_bytes=measured,
+                longest=longest,
                 renderer_for=lambda p: self._renderer(p, model, llama_model, meta))
         except UnsupportedFeature:  # a chat_format llama.cpp does not know, a broken template
             ctx.close()

@@ -33,7 +33,7 @@ from .render import Prompt, Renderer
 from .schema import grammar_text
 from .tools import ToolCallParser
 
-__all__ = ["LlamaEngine", "Sampling"]
+__all__ = ["LlamaEngine", "Sampling", "longest_token"]
 
 T = TypeVar("T")
 #: Profile fields a loaded model takes in place (reconfigure); any other change reloads it.
@@ -71,7 +71,7 @@ class Sampling:
         self.grammar: Grammar | None = None
 
 
-def _longest_token(model: Any) -> int:
+def longest_token(model: Any) -> int:
     """Bytes in the vocabulary's longest token text: no text of B bytes tokenizes to
     fewer than B / this many tokens (a token's text is never shorter than its piece)."""
     import llama_cpp
@@ -88,8 +88,9 @@ class LlamaEngine(Engine):
     def __init__(self, *, model: Any, ctx: Any, profile: ModelProfile, slots: int, n_ctx: int,
                  n_batch: int, prefill_chunk: int,
                  renderer_for: Callable[[ModelProfile], tuple[Renderer | None, str]],
-                 measured_bytes: int | None) -> None:
-        """`renderer_for`: the profile's chat template renderer, or None and why not."""
+                 measured_bytes: int | None, longest: int) -> None:
+        """`renderer_for`: the profile's chat template renderer, or None and why not;
+        `longest`: bytes in the vocabulary's longest token text (longest_token)."""
         self._model = model
         self._ctx = ctx
         self._profile = profile
@@ -101,7 +102,7 @@ class LlamaEngine(Engine):
         self._cap = profile.max_tokens
         self._measured = measured_bytes
         # Text longer than this many bytes cannot fit the context, whatever it says.
-        self._max_prompt_bytes = n_ctx * _longest_token(model)
+        self._max_prompt_bytes = n_ctx * longest
         self.embeddings = embeddings = profile.embeddings
         self.chat_supported = self._renderer is not None and not embeddings
         self._scheduler = Scheduler(model=model, ctx=ctx, slots=slots, n_ctx_slot=n_ctx,

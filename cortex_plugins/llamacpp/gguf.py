@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from cortex import MemoryEstimate
@@ -43,7 +44,9 @@ class MetadataCache:
     def __init__(self, limit: int = 64) -> None:
         self._limit = limit
         self._entries: dict[tuple[str, int, int], tuple[dict[str, str], int]] = {}
+        self._longest: dict[tuple[str, int, int], int] = {}
         self.reads = 0  # files really read: what the cache saves is visible to tests
+        self.measures = 0  # vocabularies really scanned for their longest token
 
     @staticmethod
     def _key(path: str) -> tuple[str, int, int]:
@@ -63,6 +66,20 @@ class MetadataCache:
     def put(self, path: str, meta: tuple[dict[str, str], int]) -> None:
         """Remember what a full load read, so the next estimate of the file is free."""
         self._store(self._key(path), meta)
+
+    def longest_token(self, path: str, measure: Callable[[], int]) -> int:
+        """Bytes in the file's longest token text, measured (`measure`) once per file:
+        a pass over the vocabulary through ctypes, 0.3 to 0.8 s for Gemma 3's 262k
+        tokens, was a third of every swap."""
+        key = self._key(path)
+        longest = self._longest.pop(key, None)
+        if longest is None:
+            longest = measure()
+            self.measures += 1
+        self._longest[key] = longest
+        while len(self._longest) > self._limit:
+            del self._longest[next(iter(self._longest))]
+        return longest
 
     def _store(self, key: tuple[str, int, int], meta: tuple[dict[str, str], int]) -> None:
         self._entries.pop(key, None)

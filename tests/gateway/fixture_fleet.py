@@ -68,6 +68,13 @@ class FixedEstimates:
         self.asked.append(profile.id)
         return {name: self.estimates[name] for name in names if name in self.estimates}
 
+    def refusals(self, profile: ModelProfile, names: Iterable[str]) -> dict[str, str]:
+        return {}
+
+    def known(self, profile: ModelProfile, names: Iterable[str]
+              ) -> tuple[dict[str, int], dict[str, str]]:
+        return {name: self.estimates[name] for name in names if name in self.estimates}, {}
+
 
 class FixtureFleet:
     """A Fleet whose view is `snapshot` and whose answers are recorded in `calls`;
@@ -101,7 +108,7 @@ class FixtureFleet:
         return sum(m.slots for m in copies), len(copies)
 
     def describe(self) -> list[dict[str, Any]]:
-        return [{"name": n.name, "up": n.up} for n in self.view.nodes]
+        return [{"name": n.name, "up": n.up, "models": []} for n in self.view.nodes]
 
     async def first_round(self, timeout: float) -> None:
         self.calls.append(("first_round",))

@@ -92,10 +92,10 @@ class Forwarding:
     async def forward(self, call: Call, request: Request, dialect: Dialect) -> Response:
         return await self.proxy.forward(call, request, dialect)
 
-    def catalogue(self) -> list[CatalogueEntry]:
+    def catalogue(self, request: Request | None = None) -> list[CatalogueEntry]:
         raise NotImplementedError
 
-    def catalogue_entry(self, model: str) -> CatalogueEntry:
+    def catalogue_entry(self, model: str, request: Request | None = None) -> CatalogueEntry:
         raise NotImplementedError
 
     def check_stops(self, stops: str | Sequence[str] | msgspec.Raw | None,

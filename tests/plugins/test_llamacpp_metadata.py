@@ -1,4 +1,5 @@
-"""The llama.cpp harness reads a GGUF's metadata once per file, not before every load."""
+"""The llama.cpp harness reads a GGUF's metadata, and measures its vocabulary, once per file,
+not before every load."""
 
 from __future__ import annotations
 
@@ -43,6 +44,21 @@ def test_a_load_leaves_the_metadata_for_the_next_estimate(gemma_path: Path) -> N
         assert llama.metadata.reads == 0
     finally:
         asyncio.run(engine.close())
+
+
+def test_loads_of_one_file_measure_its_vocabulary_once(gemma_path: Path) -> None:
+    """The longest token bounds the prompts worth tokenizing; scanning 262k tokens
+    through ctypes was a third of every swap back to a model."""
+    llama = harness()
+    model = resolved(gemma_path)
+    limits = []
+    for n_ctx in (256, 512):
+        engine = llama.load(ModelProfile(id="a", source="x", n_ctx=n_ctx), model,
+                            lambda fraction: None)
+        limits.append(engine._max_prompt_bytes)
+        asyncio.run(engine.close())
+    assert llama.metadata.measures == 1
+    assert limits[1] == 2 * limits[0] > 512  # the cached length still bounds the prompt
 
 
 def test_a_changed_file_is_read_again(gemma_path: Path, tmp_path: Path) -> None:

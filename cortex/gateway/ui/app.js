@@ -198,8 +198,8 @@ function renderLoaded(fleet, catalogue) {
   $("loaded").tBodies[0].replaceChildren(...rows);
   $("no-loaded").hidden = rows.length > 0;
   $("loads").replaceChildren(...(fleet.loads || []).map((load) => el("li", {
-    text: `loading ${load.model} on ${load.node} for ${load.seconds.toFixed(1)} s `
-      + `(${load.waiters} waiting)` })));
+    text: `loading ${load.model} on ${load.node} for ${load.seconds.toFixed(1)} s, `
+      + `${Math.round((load.progress || 0) * 100)}% (${load.waiters} waiting)` })));
 }
 
 function renderCatalogue(catalogue) {
@@ -207,13 +207,14 @@ function renderCatalogue(catalogue) {
     const actions = el("td", { class: "actions" });
     if (m.configured !== false) {
       if (m.state === "available") actions.append(button("load", m.id, null, "Load"));
-      actions.append(m.pinned ? button("unpin", m.id, null, "Unpin")
-        : button("pin", m.id, null, "Pin"));
+      // An unservable model (no node can ever hold it) offers nothing to do: its reason shows.
+      if (m.state !== "unservable" || m.pinned) actions.append(m.pinned
+        ? button("unpin", m.id, null, "Unpin") : button("pin", m.id, null, "Pin"));
     }
     return el("tr", { "data-model": m.id },
       el("td", { text: m.id }),
-      el("td", { class: `state-${m.state}`, text: m.state }),
-      el("td", { text: (m.loaded_on || []).join(", ") || "–" }),
+      el("td", { class: `state-${m.state}`, text: m.state, title: m.reason || "" }),
+      el("td", { text: (m.loaded_on || []).join(", ") || m.reason || "–" }),
       el("td", { text: String(m.n_ctx ?? "") }),
       el("td", { text: String(m.priority ?? "") }),
       el("td", { text: m.pinned ? "yes" : "" }),
