@@ -36,6 +36,7 @@ __all__ = [
     "Dialect",
     "Exchange",
     "GatewayAPI",
+    "LoadProgress",
     "Operation",
     "SSEReader",
     "decode_body",
@@ -139,8 +140,22 @@ class CatalogueEntry(msgspec.Struct, kw_only=True):
     ttl: float | None = None
     neurons: list[str] = []
     configured: bool = True
+    # A profile that serves embeddings; the memory one loaded copy takes (0: none loaded).
+    embeddings: bool = False
+    bytes: int = 0
     # Why no node can ever hold it (state `unservable`), node by node.
     reason: str | None = None
+
+
+class LoadProgress(msgspec.Struct, frozen=True, kw_only=True):
+    """How far a load asked through `GatewayAPI.load` has come, as the neuron reports it:
+    `fraction` of the weights read, on `node`, for a copy of `bytes`."""
+
+    model: str
+    state: Literal["loading", "ready"]
+    node: str | None = None
+    fraction: float = 0.0
+    bytes: int = 0
 
 
 class Exchange:
@@ -226,6 +241,22 @@ class GatewayAPI(Protocol):
                     field: str) -> None:
         """Refuse (InvalidRequest naming `field`) a stop list over the gateway's caps
         (`max_stop_strings`, `max_stop_bytes`); raw JSON is checked before decoding."""
+        ...
+
+    def load(self, model: str, request: Request) -> AsyncIterator[LoadProgress]:
+        """Make `model` ready on a node (a load that finishes even if the client leaves,
+        as the admin API's), yielding its progress while it loads; the last is `ready`.
+        Raises CortexError (unknown model, a key that may not use it, a failed load)."""
+        ...
+
+    async def unload(self, model: str, request: Request) -> list[str]:
+        """Unload every copy of `model` now (requests in flight finish first); the nodes
+        it left. A pinned model is a Conflict."""
+        ...
+
+    def set_ttl(self, model: str, ttl: float | None, request: Request) -> None:
+        """Unload `model` after `ttl` idle seconds from now on (None: never), in place of
+        its profile's `ttl`, in this gateway until it restarts (as a runtime pin)."""
         ...
 
 

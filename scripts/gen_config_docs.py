@@ -168,6 +168,8 @@ DESCRIPTIONS: dict[str, str] = {
                                            "least recently used out first; 0 keeps none",
     "ResponsesDialect.Options.store_bytes": "the most bytes those kept responses take; a "
                                             "response over it is not kept",
+    "OllamaDialect.Options.version": "what `/api/version` answers; clients gate features "
+                                     "on it (Codex `--oss` needs 0.13.4 or later)",
     # harness plugins' Options ([harness.NAME] in neuron.toml)
     "LlamaCppHarness.Options.n_threads": "CPU threads; unset: physical cores (a profile's "
                                          "`n_threads` wins)",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -75,6 +76,16 @@ class NeuronProcess:
                 time.sleep(0.1)
         raise TimeoutError(f"neuron did not start:\n{self.log()}")
 
+    def wait_preloaded(self, timeout: float) -> None:
+        """Wait until a model of its [[preload]] is ready (after wait_ready)."""
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while not any(m["state"] == "ready"
+                      for m in httpx.get(f"{self.url}/models").json()["models"]):
+            assert time.monotonic() < deadline, self.log()
+            time.sleep(0.2)
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
@@ -87,6 +98,21 @@ class NeuronProcess:
                 self.proc.kill()
                 self.proc.wait(5)
         self._log.close()
+
+
+@contextlib.contextmanager
+def running_neuron(config: dict[str, Any], tmp: Path, *,
+                   preloaded_within: float | None = None) -> Iterator[NeuronProcess]:
+    """A ready neuron for the block's length, stopped after it (also when it never got
+    ready); `preloaded_within`: wait that long for its [[preload]] model too."""
+    neuron = NeuronProcess(config, tmp)
+    try:
+        neuron.wait_ready()
+        if preloaded_within is not None:
+            neuron.wait_preloaded(preloaded_within)
+        yield neuron
+    finally:
+        neuron.stop()
 
 
 @pytest.fixture

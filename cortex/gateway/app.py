@@ -39,7 +39,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, ExceptionHandler, Message, Receive, Scope, Send
 
 from cortex.config import GatewayConfig, ModelProfile
-from cortex.dialect import Call, CatalogueEntry, Dialect
+from cortex.dialect import Call, CatalogueEntry, Dialect, LoadProgress
 from cortex.errors import (
     ConfigError,
     CortexError,
@@ -56,6 +56,7 @@ from cortex.gateway.dialects import Dialects
 from cortex.gateway.events import EVENTS_PLUGIN, EventStream
 from cortex.gateway.fairshare import FairShare
 from cortex.gateway.fleet import Fleet
+from cortex.gateway.lifecycle import Lifecycle
 from cortex.gateway.limits import BodyLimits, HeadLimit
 from cortex.gateway.loader import Loader
 from cortex.gateway.metrics import METRICS_PLUGIN, GatewayMetrics
@@ -92,20 +93,38 @@ def _profiles_of(config: GatewayConfig, profiles: Sequence[ModelProfile] | None
 
 
 class _DialectAPI:
-    """cortex.dialect.GatewayAPI for the dialects' routes: forward a call (after the key's
-    model allow-list), the catalogue, and the caps on stop lists."""
+    """cortex.dialect.GatewayAPI for the dialects' routes: forward a call, load, unload
+    and keep a model (each after the key's model allow-list), the catalogue, and the
+    caps on stop lists."""
 
-    def __init__(self, live: LiveConfig, placer: Placer, proxy: Proxy) -> None:
+    def __init__(self, live: LiveConfig, placer: Placer, proxy: Proxy,
+                 lifecycle: Lifecycle) -> None:
         self._live = live
         self._placer = placer
         self._proxy = proxy
+        self._lifecycle = lifecycle
+
+    def _allow(self, model: str, request: Request) -> None:
+        allowed = allowed_models(request.scope)
+        if allowed is not None and model not in allowed \
+                and self._placer.resolve(model)[0].id not in allowed:
+            raise PermissionDenied(f"this API key may not use model `{model}`")
 
     async def forward(self, call: Call, request: Request, dialect: Dialect) -> Response:
-        allowed = allowed_models(request.scope)
-        if allowed is not None and call.model not in allowed \
-                and self._placer.resolve(call.model)[0].id not in allowed:
-            raise PermissionDenied(f"this API key may not use model `{call.model}`")
+        self._allow(call.model, request)
         return await self._proxy.forward(call, request, dialect)
+
+    def load(self, model: str, request: Request) -> AsyncIterator[LoadProgress]:
+        self._allow(model, request)
+        return self._lifecycle.load(model)
+
+    async def unload(self, model: str, request: Request) -> list[str]:
+        self._allow(model, request)
+        return await self._lifecycle.unload(model)
+
+    def set_ttl(self, model: str, ttl: float | None, request: Request) -> None:
+        self._allow(model, request)
+        self._lifecycle.set_ttl(model, ttl)
 
     def catalogue(self, request: Request | None = None) -> list[CatalogueEntry]:
         entries = build_catalogue(self._live.profiles, self._placer.snapshot(),
@@ -261,7 +280,7 @@ def create_app(config: GatewayConfig, plugin_manager: pluggy.PluginManager, *,
     async def openapi(request: Request) -> Response:
         return JSONResponse(document)
 
-    api = _DialectAPI(live, placer, proxy)
+    api = _DialectAPI(live, placer, proxy, Lifecycle(placer, fleet, loader, live))
     routes: list[BaseRoute] = [Route("/health", health), Route("/openapi.json", openapi)]
     for dialect in dialects:
         routes.extend(dialect.routes(api))

@@ -47,7 +47,9 @@ def build_catalogue(profiles: ProfileIndex, snapshot: FleetSnapshot,
             pinned=profile.pinned or any(m.pinned for n in live
                                          if (m := n.model(profile.id)) is not None),
             priority=profile.priority, ttl=profile.ttl,
-            neurons=list(profile.neurons)))
+            neurons=list(profile.neurons), embeddings=profile.embeddings,
+            bytes=max((m.bytes for n in live if (m := n.model(profile.id)) and m.ready),
+                      default=0)))
     extra: dict[str, CatalogueEntry] = {}
     for node in live:
         for model in node.models:
@@ -55,7 +57,7 @@ def build_catalogue(profiles: ProfileIndex, snapshot: FleetSnapshot,
                 continue
             entry = extra.setdefault(model.id, CatalogueEntry(
                 id=model.id, state="available", n_ctx=model.n_ctx, slots=model.slots,
-                configured=False))
+                configured=False, bytes=model.bytes))
             (entry.loaded_on if model.ready else entry.loading_on).append(node.name)
             entry.state = _state(entry.loaded_on, entry.loading_on)
             entry.neurons = entry.loaded_on + entry.loading_on

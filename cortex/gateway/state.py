@@ -40,6 +40,7 @@ class LiveConfig:
         self._reloader = reloader
         self._files = files
         self._pins: dict[str, bool] = {}
+        self._ttls: dict[str, float | None] = {}
         self._base_profiles = list(profiles)
         self._changed = asyncio.Event()
         self._on_reload: list[Callable[[GatewayConfig], None]] = []
@@ -86,7 +87,7 @@ class LiveConfig:
         self.keys = prepared.keys
         prepared.keys.announce(config.gateway.listen)
         self._base_profiles = list(profiles)
-        self.profiles = ProfileIndex(self._base_profiles, self._pins)
+        self.profiles = ProfileIndex(self._base_profiles, self._pins, self._ttls)
         self.router = prepared.router
         self.dialect_options = prepared.dialect_options
         for apply in self._on_reload:
@@ -110,6 +111,16 @@ class LiveConfig:
         """Pin or unpin a profile in this gateway until it restarts (the admin API)."""
         profile = self.profiles.resolve(model)
         self._pins[profile.id] = pinned
-        self.profiles = ProfileIndex(self._base_profiles, self._pins)
+        self.profiles = ProfileIndex(self._base_profiles, self._pins, self._ttls)
         self._change()
+        return self.profiles.resolve(profile.id)
+
+    def set_ttl(self, model: str, ttl: float | None) -> ModelProfile:
+        """Set a profile's idle `ttl` in this gateway until it restarts (a client's
+        keep-alive); None keeps it loaded."""
+        profile = self.profiles.resolve(model)
+        if profile.id not in self._ttls or self._ttls[profile.id] != ttl:  # once per change
+            self._ttls[profile.id] = ttl
+            self.profiles = ProfileIndex(self._base_profiles, self._pins, self._ttls)
+            self._change()
         return self.profiles.resolve(profile.id)

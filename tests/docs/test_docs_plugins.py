@@ -197,13 +197,13 @@ async def test_dialect_example_is_mounted_by_the_gateway() -> None:
         entry_points=False, extra=[example("register_dialects")]))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                  base_url="http://localhost") as client:
-        tags = await client.get("/api/tags")
-        missing = await client.get("/api/nothing")
+        listed = await client.get("/api/v0/models")
+        missing = await client.get("/api/v0/nothing")
         document = (await client.get("/openapi.json")).json()
-    assert tags.status_code == 200 and tags.json() == {"models": []}
+    assert listed.status_code == 200 and listed.json() == {"object": "list", "data": []}
     assert missing.status_code == 404
     # Its own operation is in the document, tagged with its name, beside the defaults'.
-    assert document["paths"]["/api/tags"]["get"]["tags"] == ["ollama-tags"]
+    assert document["paths"]["/api/v0/models"]["get"]["tags"] == ["lmstudio-models"]
     assert document["paths"]["/v1/messages"]["post"]["tags"] == ["anthropic"]
 
 

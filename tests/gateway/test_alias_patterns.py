@@ -139,3 +139,15 @@ async def test_claude_code_s_model_names_reach_the_bundled_profile(
                                           messages=[{"role": "user", "content": "Hi"}])
     finally:
         neuron.stop()
+
+
+def test_ollamas_latest_tag_names_the_untagged_model() -> None:
+    """`gemma:latest` (what Ollama's clients say) is `gemma`, unless a name has the tag
+    whole; the tag does not extend to patterns or other tags."""
+    index = ProfileIndex([_profile("gemma", "g"), _profile("pinned", "g:latest")])
+    assert index.resolve("gemma:latest").id == "gemma"
+    assert index.resolve("g:latest").id == "pinned"  # the exact name wins
+    with pytest.raises(ModelNotFound):
+        index.resolve("gemma:2b")
+    with pytest.raises(ModelNotFound):
+        ProfileIndex([_profile("big", "claude-*")]).resolve("claude:latest")

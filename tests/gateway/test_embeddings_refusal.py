@@ -13,7 +13,7 @@ import pytest
 
 from cortex import ModelProfile
 
-from ..conftest import NeuronProcess
+from ..conftest import NeuronProcess, running_neuron
 from ..gateway_support import complete, neuron_models, running_gateway
 
 pytestmark = [pytest.mark.anyio]
@@ -30,12 +30,8 @@ PROFILES = [synthetic("resident"), synthetic("chat-only"), synthetic("embedder",
 
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[NeuronProcess]:
-    neuron = NeuronProcess({"name": "n", "memory_budget": "3GiB"}, tmp_path)
-    try:
-        neuron.wait_ready()
+    with running_neuron({"name": "n", "memory_budget": "3GiB"}, tmp_path) as neuron:
         yield neuron
-    finally:
-        neuron.stop()
 
 
 async def test_embeddings_of_a_chat_model_are_refused_without_loading_it(

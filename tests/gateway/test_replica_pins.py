@@ -12,7 +12,7 @@ import pytest
 
 from cortex import ModelProfile
 
-from ..conftest import NeuronProcess
+from ..conftest import NeuronProcess, running_neuron
 from ..gateway_support import RunningGateway, neuron_models, running_gateway, wait_until
 
 pytestmark = [pytest.mark.anyio]
@@ -25,12 +25,8 @@ CHAT = {"max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]}
 
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[NeuronProcess]:
-    neuron = NeuronProcess({"name": "n", "memory_budget": "3GiB"}, tmp_path)
-    try:
-        neuron.wait_ready()
+    with running_neuron({"name": "n", "memory_budget": "3GiB"}, tmp_path) as neuron:
         yield neuron
-    finally:
-        neuron.stop()
 
 
 async def _seen_pinned(gw: RunningGateway, pinned: bool) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from cortex import ModelProfile
 
-from ..conftest import NeuronProcess
+from ..conftest import NeuronProcess, running_neuron
 from ..gateway_support import running_gateway
 from .test_ui import WAIT_MS, browser, open_page
 
@@ -30,12 +30,8 @@ PROFILES = [
 
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[NeuronProcess]:
-    neuron = NeuronProcess({"name": "a", "memory_budget": "3GiB"}, tmp_path)
-    try:
-        neuron.wait_ready()
+    with running_neuron({"name": "a", "memory_budget": "3GiB"}, tmp_path) as neuron:
         yield neuron
-    finally:
-        neuron.stop()
 
 
 async def test_unservable_has_its_reason_and_no_load_button_and_loads_show_progress(

@@ -23,7 +23,7 @@ import pytest
 
 from cortex import ModelProfile
 
-from ..conftest import ROOT, NeuronProcess
+from ..conftest import ROOT, NeuronProcess, running_neuron
 from ..gateway_support import RunningGateway, running_gateway, wait_until
 
 pytestmark = [pytest.mark.anyio]
@@ -43,12 +43,8 @@ KEEPALIVE = 5.0
 
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[NeuronProcess]:
-    neuron = NeuronProcess({"name": "a", "memory_budget": "3GiB"}, tmp_path)
-    try:
-        neuron.wait_ready()
+    with running_neuron({"name": "a", "memory_budget": "3GiB"}, tmp_path) as neuron:
         yield neuron
-    finally:
-        neuron.stop()
 
 
 @contextlib.asynccontextmanager

@@ -5,7 +5,6 @@ the OpenAI SDK where a client would see it)."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from ..conftest import NeuronProcess
+from ..conftest import NeuronProcess, running_neuron
 
 pytestmark = pytest.mark.model
 
@@ -28,18 +27,9 @@ MESSAGES: Any = [{"role": "user", "content": PROMPT}]
 @pytest.fixture(scope="module")
 def neuron(tmp_path_factory: pytest.TempPathFactory, gemma_path: Path,
            cache_dir: Path) -> Iterator[NeuronProcess]:
-    process = NeuronProcess({"cache_dir": str(cache_dir), "preload": [PROFILE]},
-                            tmp_path_factory.mktemp("neuron-finish"))
-    try:
-        process.wait_ready()
-        deadline = time.monotonic() + 120
-        while not any(m["state"] == "ready"
-                      for m in httpx.get(f"{process.url}/models").json()["models"]):
-            assert time.monotonic() < deadline, process.log()
-            time.sleep(0.2)
+    with running_neuron({"cache_dir": str(cache_dir), "preload": [PROFILE]},
+                        tmp_path_factory.mktemp("neuron-finish"), preloaded_within=120) as process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ nonsense otherwise), "none" leaves them out."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import pytest
 
 from cortex.defaults import BUNDLED_GEMMA
 
-from ..conftest import NeuronProcess
+from ..conftest import NeuronProcess, running_neuron
 
 pytestmark = pytest.mark.model
 
@@ -42,18 +41,9 @@ ASK = [{"role": "system", "content": "You are a helpful assistant."},
 @pytest.fixture(scope="module")
 def neuron(tmp_path_factory: pytest.TempPathFactory, gemma_path: Path,
            cache_dir: Path) -> Iterator[NeuronProcess]:
-    process = NeuronProcess({"cache_dir": str(cache_dir), "preload": [PROFILE]},
-                            tmp_path_factory.mktemp("neuron-tools"))
-    try:
-        process.wait_ready()
-        deadline = time.monotonic() + 120
-        while not any(m["state"] == "ready"
-                      for m in httpx.get(f"{process.url}/models").json()["models"]):
-            assert time.monotonic() < deadline, process.log()
-            time.sleep(0.2)
+    with running_neuron({"cache_dir": str(cache_dir), "preload": [PROFILE]},
+                        tmp_path_factory.mktemp("neuron-tools"), preloaded_within=120) as process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture
