@@ -179,6 +179,11 @@ DESCRIPTIONS: dict[str, str] = {
                                             "reads `stop_reason: stop_sequence`; `false` "
                                             "sends them to the neuron as `stop`, and a hit "
                                             "reads `end_turn`",
+    "ResponsesDialect.Options.store_size": "responses kept for `previous_response_id` and "
+                                           "`GET /v1/responses/{id}`, per gateway replica, "
+                                           "least recently used out first; 0 keeps none",
+    "ResponsesDialect.Options.store_bytes": "the most bytes those kept responses take; a "
+                                            "response over it is not kept",
     "OllamaDialect.Options.version": "what `/api/version` answers; clients gate features "
                                      "on it (Codex `--oss` needs 0.13.4 or later)",
     # discovery plugins' Options ([discovery.options] in cortex.toml)
