@@ -77,14 +77,14 @@ def test_dialect_options_come_from_their_tables(tmp_path: Path) -> None:
     path.write_text("[dialects.anthropic]\nmatch_stops = false\n")
     config, _ = load_gateway_config(path)
     options = plugins.dialect_options(config.dialects)
-    assert set(options) == {"anthropic", "ollama", "openai"}
+    assert set(options) == {"anthropic", "ollama", "openai", "responses"}
     assert options["anthropic"].match_stops is False  # type: ignore[attr-defined]
     assert plugins.dialect_options({})["anthropic"].match_stops is True  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("tables, message", [
     ({"anthropc": {}}, r"cortex.toml: dialects.anthropc: no dialect is named `anthropc` "
-                       r"\(did you mean `anthropic`\?\) \(available: anthropic, ollama, openai\)"),
+                       r"\(did you mean `anthropic`\?\) \(available: anthropic, ollama, openai, responses\)"),
     ({"anthropic": {"match_stop": False}}, r"cortex.toml: dialects.anthropic: .*match_stop"),
     ({"anthropic": {"match_stops": "no"}}, r"cortex.toml: dialects.anthropic: Expected `bool`"),
     ({"openai": {"anything": 1}}, r"cortex.toml: dialects.openai: .*anything"),
