@@ -84,7 +84,8 @@ def test_dialect_options_come_from_their_tables(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("tables, message", [
     ({"anthropc": {}}, r"cortex.toml: dialects.anthropc: no dialect is named `anthropc` "
-                       r"\(did you mean `anthropic`\?\) \(available: anthropic, ollama, openai, responses\)"),
+                       r"\(did you mean `anthropic`\?\) "
+                       r"\(available: anthropic, ollama, openai, responses\)"),
     ({"anthropic": {"match_stop": False}}, r"cortex.toml: dialects.anthropic: .*match_stop"),
     ({"anthropic": {"match_stops": "no"}}, r"cortex.toml: dialects.anthropic: Expected `bool`"),
     ({"openai": {"anything": 1}}, r"cortex.toml: dialects.openai: .*anything"),
