@@ -432,7 +432,7 @@ def test_neuron_models_command_lists_what_is_loaded(neuron: NeuronProcess) -> No
     out = subprocess.run([sys.executable, "-m", "cortex_neuron.cli", "models", "--url",
                           neuron.url], capture_output=True, text=True, check=True).stdout
     line = next(line for line in out.splitlines() if line.startswith("gemma "))
-    assert "ready" in line and "n_ctx 1024" in line
+    assert line.split()[1:3] == ["ready", "1024"], out  # MODEL STATE N_CTX ...
     gone = subprocess.run([sys.executable, "-m", "cortex_neuron.cli", "models", "--url",
                            "http://127.0.0.1:9"], capture_output=True, text=True)
     assert gone.returncode == 1 and "http://127.0.0.1:9" in gone.stderr
