@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal, Protocol, TypeVar
 import msgspec
 from starlette.responses import JSONResponse, Response
 
+from cortex.chunks import BackendChunk, BackendError, BackendUsage, ToolCallDelta, decode_chunk
 from cortex.errors import CortexError, InvalidRequest
 
 if TYPE_CHECKING:
@@ -31,6 +32,9 @@ if TYPE_CHECKING:
     from starlette.routing import BaseRoute
 
 __all__ = [
+    "BackendChunk",
+    "BackendError",
+    "BackendUsage",
     "Call",
     "CatalogueEntry",
     "Dialect",
@@ -39,7 +43,9 @@ __all__ = [
     "LoadProgress",
     "Operation",
     "SSEReader",
+    "ToolCallDelta",
     "decode_body",
+    "decode_chunk",
     "loading_comment",
     "prefix_hashes",
     "sse_frame",

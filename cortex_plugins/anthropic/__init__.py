@@ -39,8 +39,8 @@ from cortex import (
     loading_comment,
     prefix_hashes,
 )
+from cortex.dialect import decode_chunk
 
-from .chunks import decode_chunk
 from .errors import anthropic_error, anthropic_error_type, anthropic_status
 from .reply import assemble, from_openai
 from .request import to_openai, to_tokenize

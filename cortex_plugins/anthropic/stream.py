@@ -12,8 +12,8 @@ from typing import Literal
 
 from cortex import CortexError, StopMatcher, sse_frame
 from cortex import Usage as OpenAIUsage
+from cortex.dialect import BackendChunk, BackendError, BackendUsage, ToolCallDelta
 
-from .chunks import BackendChunk, BackendError, BackendUsage, ToolCallDelta
 from .errors import anthropic_error
 from .reply import ToolIds, anthropic_usage, is_object, new_message_id, stop_reason
 from .types import (

@@ -37,8 +37,8 @@ from cortex import (
     hookimpl,
     prefix_hashes,
 )
+from cortex.dialect import decode_chunk
 
-from .chunks import decode_chunk
 from .errors import error_response, upstream_response
 from .reply import Draft, from_openai
 from .request import ToolSet, check_supported, input_items, to_openai

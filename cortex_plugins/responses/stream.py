@@ -16,8 +16,8 @@ from __future__ import annotations
 import msgspec
 
 from cortex import CortexError, sse_frame
+from cortex.dialect import BackendChunk, BackendError, BackendUsage, ToolCallDelta
 
-from .chunks import BackendChunk, BackendError, BackendUsage, ToolCallDelta
 from .errors import error_code
 from .reply import CallIds, ContextFilled, Draft, response_usage
 from .request import new_id

@@ -30,9 +30,9 @@ from cortex import (
     TokenizeRequest,
     build_plugin_manager,
 )
+from cortex.dialect import decode_chunk
 from cortex.errors import CortexError, InvalidRequest, UpstreamError
 from cortex.gateway.openapi import openapi_document
-from cortex_plugins.anthropic.chunks import decode_chunk
 from cortex_plugins.anthropic.reply import assemble, from_openai
 from cortex_plugins.anthropic.request import to_openai, to_tokenize
 from cortex_plugins.anthropic.stream import StreamTranslator

@@ -17,6 +17,7 @@ import msgspec
 import pytest
 
 from cortex import ChatCompletion, ChatCompletionRequest, Usage
+from cortex.dialect import BackendChunk, decode_chunk
 from cortex.errors import (
     ContextLengthExceeded,
     CortexError,
@@ -27,7 +28,6 @@ from cortex.errors import (
     Unavailable,
     UpstreamError,
 )
-from cortex_plugins.anthropic.chunks import BackendChunk, decode_chunk
 from cortex_plugins.anthropic.errors import anthropic_error, anthropic_error_type, anthropic_status
 from cortex_plugins.anthropic.reply import assemble, from_openai, new_message_id, stop_reason
 from cortex_plugins.anthropic.request import to_openai, to_tokenize
@@ -1282,7 +1282,7 @@ def test_overflow_from_max_tokens_asks_for_fewer() -> None:
 def test_all_is_complete_and_imports_stay_public() -> None:
     import importlib
 
-    names = ("chunks", "errors", "reply", "request", "stream", "types")
+    names = ("errors", "reply", "request", "stream", "types")
     for module in [importlib.import_module(f"cortex_plugins.anthropic.{n}") for n in names]:
         assert all(hasattr(module, name) for name in module.__all__)
         path = ROOT / "cortex_plugins" / "anthropic" / f"{module.__name__.rsplit('.', 1)[1]}.py"

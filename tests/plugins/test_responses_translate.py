@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cortex import ChatCompletion, InvalidRequest
-from cortex_plugins.responses.chunks import decode_chunk
+from cortex.dialect import decode_chunk
 from cortex_plugins.responses.errors import PreviousResponseNotFound, ResponseNotFound, envelope
 from cortex_plugins.responses.reply import Draft, from_openai
 from cortex_plugins.responses.request import ToolSet, input_items, to_openai

@@ -1,15 +1,17 @@
-"""The neuron's OpenAI stream, read tolerantly: one `data:` payload at a time.
+"""The neuron's OpenAI stream, read tolerantly: one `data:` payload at a time (for the
+dialects that translate it: Anthropic, Responses).
 
 Not cortex's ChatCompletionChunk: llama-cpp-python sends explicit nulls (`"content":
-null`, `"name": null`) that the canonical types reject, and the cache and error fields
-the translation reads are not in them.
+null`, `"tool_calls": null`, `"name": null`) that the canonical types reject, and the
+reasoning, cache and error fields the translation needs are not in them. Raw dicts
+would leave the state machine untyped.
 """
 
 from __future__ import annotations
 
 import msgspec
 
-from cortex import UpstreamError
+from cortex.errors import UpstreamError
 
 __all__ = ["BackendChunk", "BackendError", "BackendUsage", "ToolCallDelta", "decode_chunk"]
 
@@ -27,6 +29,8 @@ class ToolCallDelta(msgspec.Struct):
 
 class _Delta(msgspec.Struct):
     content: str | None = None
+    reasoning_content: str | None = None
+    reasoning: str | None = None
     tool_calls: list[ToolCallDelta] | None = None
 
 
@@ -34,11 +38,12 @@ class _Choice(msgspec.Struct):
     index: int = 0
     delta: _Delta | None = None
     finish_reason: str | None = None
-    stop_cause: str | None = None  # cortex's: with `length`, "max_tokens" or "context"
+    stop_cause: str | None = None  # cortex's, with `length`: "max_tokens" or "context"
 
 
 class _PromptDetails(msgspec.Struct):
     cached_tokens: int | None = None
+    cache_write_tokens: int | None = None
 
 
 class BackendUsage(msgspec.Struct):
