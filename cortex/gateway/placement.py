@@ -210,11 +210,15 @@ class Placer:
                                              conversation=conversation, exclude=exclude,
                                              only=only)
                 job = _usable(self._loader.job(profile.id), exclude, only)
-                if job is None and decision.action == "none" and refusals \
-                        and not decision.unservable:
-                    # A neuron refused our load because another gateway took the room:
-                    # its model becomes evictable once ready and idle, so wait for that
-                    # (up to the deadline) rather than fail a request that fits the fleet.
+                unloading = self._unloading(profile.id)
+                if job is None and decision.action == "none" and not decision.unservable \
+                        and (refusals or unloading):
+                    # A neuron refused our load because another gateway took the room (its
+                    # model becomes evictable once ready and idle), or the model is on its
+                    # way out of a node (keep_alive 0, an unload, a TTL): both pass, so
+                    # wait (up to the deadline) rather than fail a request that fits.
+                    for node in unloading:
+                        self._fleet.poke(node)
                     await asyncio.sleep(min(self._live.settings.poll_interval,
                                             max(0.0, deadline - time.monotonic())))
                     continue
@@ -247,6 +251,11 @@ class Placer:
                 failed = exc
                 exclude = exclude | {job.node}
                 self._fleet.poke(job.node)
+
+    def _unloading(self, model: str) -> list[str]:
+        """The nodes where `model` is being unloaded now."""
+        return [node.name for node, m in self.snapshot().placements_of(model)
+                if m.state == "unloading"]
 
     def _act(self, profile: ModelProfile, decision: Decision, *, loadable: bool,
              keep: bool) -> LoadJob | None:

@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import anthropic
+import msgspec
 import openai
 import pytest
 
-from cortex import ModelProfile
+from cortex import FleetSnapshot, ModelProfile
 from cortex.router import Decision
 
 from ..conftest import ROOT, NeuronProcess
@@ -161,3 +163,29 @@ async def test_retry_after_is_the_expected_load_once_per_slots_waiting() -> None
     assert placer.retry_after(new, loading) == 30.0
     placer, _, _ = placer_over(fleet, live_config(snapshot, [new], load_timeout=5.0))
     assert placer.retry_after(new, loading) == 5.0  # never past the load deadline
+
+
+async def test_a_model_on_its_way_out_is_waited_for_not_refused() -> None:
+    """A request for a model being unloaded from the only node it may use (keep_alive 0,
+    an unload, a TTL) waits for that to pass instead of answering 503: the Ollama SDK's
+    request right after a `keep_alive=0` answer did get 503 while the neuron finished."""
+    mixed = fixture("fleet_mixed.json")
+    a = mixed.nodes[0]
+
+    def with_qwen(state: str) -> FleetSnapshot:
+        models = tuple(msgspec.structs.replace(m, state=state) if m.id == "qwen2.5-7b" else m
+                       for m in a.models)
+        return msgspec.structs.replace(
+            mixed, nodes=(msgspec.structs.replace(a, models=models), *mixed.nodes[1:]))
+
+    fleet = FixtureFleet(with_qwen("unloading"), estimates={"gpu-a": 6 * GiB})
+    qwen = fixture_profile("qwen2.5-7b", neurons=["gpu-a"])
+    placer, _, _ = placer_over(fleet, live_config(fleet.view, [qwen], poll_interval=0.05))
+    placed = asyncio.ensure_future(placer.place(qwen, deadline=time.monotonic() + 60))
+    async def looked_twice() -> bool:
+        return fleet.made("poke").count(("gpu-a",)) >= 2
+
+    await wait_until(looked_twice, timeout=30, what="the placer looks again at gpu-a")
+    assert not placed.done()  # still waiting, not refused
+    fleet.view = with_qwen("ready")  # (here another replica loaded it again)
+    assert await asyncio.wait_for(placed, 30) == "gpu-a"
