@@ -4,7 +4,10 @@ Streams carry usage as OpenAI's spec says: only when the client asks with
 `stream_options.include_usage`, then as `usage: null` on every chunk and the counts on
 one extra last chunk whose `choices` is empty. `finish_usage` (asked by a gateway with
 `x-cortex-usage: finish`, see app.py) also puts the counts on the finish chunk, as
-every stream did before, for gateways that read them there.
+every stream did before, for gateways that read them there. `admitted` (given when the
+gateway asks with `stream_options.prompt_usage`) adds one chunk with the prompt's
+counts and no choices before any content, so its Anthropic dialect can open
+`message_start` with the prompt's size.
 
 A `length` finish says why in `stop_cause` on the choice, a cortex extension: OpenAI
 clients ignore it, and the gateway's Anthropic dialect tells a full context from a
@@ -20,7 +23,7 @@ from collections.abc import AsyncIterator
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from cortex import Done, GenerationEvent, TextDelta, ToolCalls
+from cortex import Admitted, Done, GenerationEvent, TextDelta, ToolCalls
 from cortex.errors import CortexError, Unavailable
 from cortex.types import (
     ChatChoice,
@@ -57,6 +60,12 @@ def _usage(done: Done) -> Usage:
                  prompt_tokens_details=PromptTokensDetails(cached_tokens=done.cached_tokens))
 
 
+def _prompt_usage(admitted: Admitted) -> Usage:
+    return Usage(prompt_tokens=admitted.prompt_tokens, completion_tokens=0,
+                 total_tokens=admitted.prompt_tokens,
+                 prompt_tokens_details=PromptTokensDetails(cached_tokens=admitted.cached_tokens))
+
+
 def _finish(done: Done) -> str:
     return "length" if done.finish_reason == "length" else "stop"
 
@@ -89,8 +98,8 @@ async def chat_completion(model: str, events: AsyncIterator[GenerationEvent]) ->
 
 
 async def chat_stream(model: str, first: GenerationEvent, events: AsyncIterator[GenerationEvent],
-                      *, include_usage: bool, finish_usage: bool = False
-                      ) -> AsyncIterator[bytes]:
+                      *, include_usage: bool, finish_usage: bool = False,
+                      admitted: Admitted | None = None) -> AsyncIterator[bytes]:
     """SSE frames; usage as the module's docstring says."""
     chunk_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
@@ -106,6 +115,8 @@ async def chat_stream(model: str, first: GenerationEvent, events: AsyncIterator[
         return _frame(out)
 
     yield chunk(Delta(role="assistant", content=""))
+    if admitted is not None:
+        yield chunk(Delta(), usage=_prompt_usage(admitted), choices=False)
     tools_sent = False
     event: GenerationEvent | None = first
     try:
@@ -151,8 +162,8 @@ async def completion(model: str, events: AsyncIterator[GenerationEvent]) -> Comp
 
 async def completion_stream(model: str, first: GenerationEvent,
                             events: AsyncIterator[GenerationEvent], *,
-                            include_usage: bool, finish_usage: bool = False
-                            ) -> AsyncIterator[bytes]:
+                            include_usage: bool, finish_usage: bool = False,
+                            admitted: Admitted | None = None) -> AsyncIterator[bytes]:
     chunk_id = f"cmpl-{uuid.uuid4().hex}"
     created = int(time.time())
 
@@ -166,6 +177,8 @@ async def completion_stream(model: str, first: GenerationEvent,
             out.usage = usage
         return _frame(out)
 
+    if admitted is not None:
+        yield chunk("", usage=_prompt_usage(admitted), choices=False)
     event: GenerationEvent | None = first
     try:
         while event is not None:
