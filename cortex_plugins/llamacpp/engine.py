@@ -13,7 +13,6 @@ from cortex import (
     ChatCompletionRequest,
     CompletionRequest,
     ContextLengthExceeded,
-    Done,
     Engine,
     EngineStats,
     GenerationEvent,
@@ -21,7 +20,6 @@ from cortex import (
     ModelProfile,
     TextDelta,
     TokenizeRequest,
-    ToolCalls,
     UnsupportedFeature,
 )
 
@@ -31,7 +29,7 @@ from .forced import forced_tools, tool_call_grammar
 from .grammar import Grammar, make_grammar
 from .render import Prompt, Renderer
 from .schema import grammar_text
-from .tools import ToolCallParser
+from .tools import with_tool_calls
 
 __all__ = ["LlamaEngine", "Sampling", "longest_token"]
 
@@ -241,18 +239,7 @@ class LlamaEngine(Engine):
             async for event in events:
                 yield event
             return
-        parser = ToolCallParser()
-        async for event in events:
-            if isinstance(event, TextDelta):
-                if text := parser.feed(event.text):
-                    yield TextDelta(text)
-                continue
-            if isinstance(event, Done):
-                rest, calls = parser.finish(truncated=event.finish_reason == "length")
-                if rest:
-                    yield TextDelta(rest)
-                if calls:
-                    yield ToolCalls(calls)
+        async for event in with_tool_calls(events):
             yield event
 
     async def complete(self, request: CompletionRequest

@@ -11,18 +11,29 @@ While streaming, text is passed through until a marker appears; from then on the
 is held and parsed when generation ends. Text that does not parse is returned as text,
 except a reply cut off by its token budget (max_tokens or a full context): there the
 calls that came complete stand and the last, unfinished one is dropped.
+
+While text is held, `with_tool_calls` passes an empty delta at once and then every
+HEARTBEAT_SECONDS: the neuron's response starts when the first token is out rather than
+when held text is let go, and the gateway, which gives up on a neuron silent for
+`request_timeout`, sees it alive (a base model that opens with `{` may write thousands of
+tokens that are held to the end).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from cortex import ToolCall, ToolCallFunction
+from cortex import Done, GenerationEvent, TextDelta, ToolCall, ToolCallFunction, ToolCalls
 
-__all__ = ["ToolCallParser"]
+__all__ = ["HEARTBEAT_SECONDS", "ToolCallParser", "with_tool_calls"]
+
+#: Most seconds between deltas while text is held (far below any request_timeout).
+HEARTBEAT_SECONDS = 5.0
 
 _MARKERS = ("<tool_call>", "[TOOL_CALLS]")
 _HERMES = re.compile(r"<tool_call>\s*(.*?)\s*(</tool_call>|$)", re.S)
@@ -133,3 +144,30 @@ class ToolCallParser:
         if not self._holding:
             return held, []
         return parse_tool_calls(held, truncated=truncated)
+
+
+async def with_tool_calls(events: AsyncIterator[GenerationEvent], *,
+                          heartbeat: float = HEARTBEAT_SECONDS,
+                          clock: Callable[[], float] = time.monotonic
+                          ) -> AsyncIterator[GenerationEvent]:
+    """`events` with tool calls parsed out of their text (ToolCalls before Done), and an
+    empty TextDelta while text is held: at once, then every `heartbeat` seconds."""
+    parser = ToolCallParser()
+    shown: float | None = None  # when a delta last went out
+    async for event in events:
+        if isinstance(event, TextDelta):
+            now = clock()
+            if text := parser.feed(event.text):
+                shown = now
+                yield TextDelta(text)
+            elif shown is None or now - shown >= heartbeat:
+                shown = now
+                yield TextDelta("")
+            continue
+        if isinstance(event, Done):
+            rest, calls = parser.finish(truncated=event.finish_reason == "length")
+            if rest:
+                yield TextDelta(rest)
+            if calls:
+                yield ToolCalls(calls)
+        yield event

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 
 import pytest
 
-from cortex_plugins.llamacpp.tools import ToolCallParser, parse_tool_calls
+from cortex import Done, GenerationEvent, TextDelta, ToolCalls
+from cortex_plugins.llamacpp.tools import ToolCallParser, parse_tool_calls, with_tool_calls
 
 
 def stream(pieces: list[str]) -> tuple[str, list[tuple[str, dict[str, object]]]]:
@@ -94,3 +96,41 @@ def test_a_broken_complete_call_before_a_cut_is_still_text() -> None:
 def test_a_cut_off_lone_call_is_text() -> None:
     text = '<tool_call>{"name": "f", "argu'
     assert parse_tool_calls(text, truncated=True) == (text, [])
+
+
+@pytest.mark.anyio
+async def test_held_text_sends_a_heartbeat_at_once_then_every_interval() -> None:
+    """A reply that may be one JSON tool call is held to its end; meanwhile an empty delta
+    goes out at the first token (the neuron's response starts) and then once per
+    heartbeat, so a gateway waiting on the neuron sees it alive. The clock is a list of
+    times, one per token: deterministic."""
+    pieces = ['{"name": "add", ', '"arguments": ', '{"a": 1, ', '"b": 2}', "}"]
+    times = iter([0.0, 1.0, 5.5, 6.0, 11.0])
+    done = Done(finish_reason="stop", prompt_tokens=3, completion_tokens=5)
+
+    async def events() -> AsyncIterator[GenerationEvent]:
+        for piece in pieces:
+            yield TextDelta(piece)
+        yield done
+
+    out = [e async for e in with_tool_calls(events(), heartbeat=5.0,
+                                            clock=lambda: next(times))]
+    assert out[:3] == [TextDelta(""), TextDelta(""), TextDelta("")]  # at 0.0, 5.5, 11.0
+    assert isinstance(out[3], ToolCalls) and out[4] is done and len(out) == 5
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in out[3].calls] \
+        == [("add", {"a": 1, "b": 2})]
+
+
+@pytest.mark.anyio
+async def test_text_shown_as_it_comes_needs_no_heartbeat() -> None:
+    times = iter([0.0, 10.0, 20.0])
+    done = Done(finish_reason="stop", prompt_tokens=3, completion_tokens=3)
+
+    async def events() -> AsyncIterator[GenerationEvent]:
+        for piece in ["Hello", " there", "."]:
+            yield TextDelta(piece)
+        yield done
+
+    out = [e async for e in with_tool_calls(events(), heartbeat=5.0,
+                                            clock=lambda: next(times))]
+    assert out == [TextDelta("Hello"), TextDelta(" there"), TextDelta("."), done]
