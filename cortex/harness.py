@@ -113,8 +113,10 @@ class Engine(abc.ABC):
         """Generate a text completion. Closing the iterator cancels generation."""
 
     @abc.abstractmethod
-    async def embed(self, inputs: list[str]) -> tuple[list[list[float]], int]:
-        """Return one vector per input and the number of tokens read."""
+    async def embed(self, inputs: list[str], *, truncate: bool = False
+                    ) -> tuple[list[list[float]], int]:
+        """Return one vector per input and the number of tokens read. `truncate`: an
+        input longer than the model takes is cut at its end to fit, instead of refused."""
 
     @abc.abstractmethod
     async def tokenize(self, request: TokenizeRequest) -> list[int]:

@@ -160,6 +160,8 @@ class EmbeddingRequest(Wire, kw_only=True):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
     user: str | None = None
+    # cortex's (Ollama's `truncate`): an input over the context is cut to fit, not refused.
+    truncate: bool = False
 
 
 # --- OpenAI-shaped responses --------------------------------------------------------------

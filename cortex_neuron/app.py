@@ -227,7 +227,7 @@ class _Neuron:
         async with self.registry.use(body.model) as engine:
             # A client that leaves stops the work at the next input, not after all of them.
             vectors, count = await unless_disconnected(
-                request, engine.embed([str(i) for i in inputs]))
+                request, engine.embed([str(i) for i in inputs], truncate=body.truncate))
         return MsgspecResponse(EmbeddingResponse(
             model=body.model, usage={"prompt_tokens": count, "total_tokens": count},
             data=[EmbeddingData(index=i, embedding=encode_embedding(

@@ -209,14 +209,26 @@ class SyntheticEngine(Engine):
         async for event in self._stream(prompt, request.max_tokens, request.stop_list()):
             yield event
 
-    async def embed(self, inputs: list[str]) -> tuple[list[list[float]], int]:
-        vectors = []
+    async def embed(self, inputs: list[str], *, truncate: bool = False
+                    ) -> tuple[list[list[float]], int]:
+        """A vector from each input's hash; a word is a token, and an input over the
+        context is refused or, with `truncate`, cut to its first n_ctx - 1 words."""
+        limit = self._profile.n_ctx - 1
+        vectors, count = [], 0
         for text in inputs:
+            words = text.split()
+            if len(words) > limit:
+                if not truncate:
+                    raise ContextLengthExceeded(len(words), self._profile.n_ctx,
+                                                param="input")
+                words = words[:limit]
+                text = " ".join(words)
+            count += max(1, len(words))
             digest = hashlib.sha256(text.encode()).digest()
             raw = [b / 255 - 0.5 for b in digest] * 2
             norm = math.sqrt(sum(x * x for x in raw)) or 1.0
             vectors.append([x / norm for x in raw])
-        return vectors, sum(_count(t) for t in inputs)
+        return vectors, count
 
     async def tokenize(self, request: TokenizeRequest) -> list[int]:
         if request.messages is not None:

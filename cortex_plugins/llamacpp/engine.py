@@ -26,7 +26,7 @@ from cortex import (
 )
 
 from .batch import END, Scheduler, Sequence
-from .embed import Embedder
+from .embed import Embedder, cut_tokens
 from .forced import forced_tools, tool_call_grammar
 from .grammar import Grammar, make_grammar
 from .render import Prompt, Renderer
@@ -110,7 +110,7 @@ class LlamaEngine(Engine):
                                     name=f"llama:{model_id}")
         self._embedder = Embedder(model=model, ctx=ctx, n_ctx=n_ctx,
                                   tokens=lambda text: self._tokens(text, True, param="input"),
-                                  on_thread=self._on_thread)
+                                  cut=self._cut, on_thread=self._on_thread)
 
     @property
     def in_flight(self) -> int:
@@ -169,6 +169,15 @@ class LlamaEngine(Engine):
                                             param=param)
         tokens: list[int] = self._model.tokenize(data, add_bos, True)
         return tokens
+
+    def _cut(self, text: str, limit: int) -> list[int]:
+        """At most `limit` of the text's tokens (embed.cut_tokens). Only a head of a long
+        text is tokenized: one of `_max_prompt_bytes` already holds more than n_ctx."""
+        data = text.encode("utf-8")
+        if len(data) > self._max_prompt_bytes:
+            data = data[:self._max_prompt_bytes].decode("utf-8", "ignore").encode("utf-8")
+        return cut_tokens(lambda add_special: self._model.tokenize(data, add_special, True),
+                          limit)
 
     def _check_fits(self, prompt_tokens: list[int]) -> None:
         if not prompt_tokens:
@@ -301,11 +310,12 @@ class LlamaEngine(Engine):
         self._scheduler.call(run)
         return await done
 
-    async def embed(self, inputs: list[str]) -> tuple[list[list[float]], int]:
+    async def embed(self, inputs: list[str], *, truncate: bool = False
+                    ) -> tuple[list[list[float]], int]:
         if not self.embeddings:
             raise UnsupportedFeature(
                 f"model `{self._model_id}` was not loaded with embeddings = true")
-        return await self._embedder.embed(inputs)
+        return await self._embedder.embed(inputs, truncate=truncate)
 
     async def tokenize(self, request: TokenizeRequest) -> list[int]:
         def run() -> list[int]:  # a count, asked for whatever the length: unbounded

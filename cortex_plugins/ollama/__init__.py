@@ -41,7 +41,7 @@ from cortex import (
     prefix_hashes,
 )
 
-from .errors import NotSupported, error_line, error_response
+from .errors import NotSupported, error_line, error_response, in_ollamas_words
 from .exchange import EmbedExchange, OllamaExchange, json_response, ndjson
 from .models import digest, running, show, tag
 from .reply import Reply, created_at
@@ -122,7 +122,7 @@ class OllamaDialect(Dialect):
         return error_response(exc)
 
     def upstream_error(self, status: int, body: bytes, exc: CortexError) -> Response:
-        response = error_response(exc)
+        response = error_response(in_ollamas_words(body, exc))
         response.status_code = status
         return response
 
@@ -281,16 +281,20 @@ class _Handlers:
             await self.no_input("embed", req.model, name, entry, seconds, request)
             return json_response({"model": req.model, "embeddings": []})
         return await self.embedding(name, entry, seconds, started, request,
-                                    embed_request(inputs, model=name,
-                                                  dimensions=req.dimensions),
+                                    embed_request(inputs, model=name, truncate=req.truncate),
                                     EmbedExchange(req.model, started=started,
-                                                  load_seconds=0.0))
+                                                  load_seconds=0.0,
+                                                  dimensions=req.dimensions))
 
     async def embeddings(self, request: Request) -> Response:
+        """The legacy route: one prompt, never truncated (as Ollama's)."""
         started = time.monotonic()
         req = decode_body(await request.body(), EmbeddingsRequest)
         name, entry, seconds = self.checked(req.model, req.options, req.keep_alive,
                                               request)
+        if not req.prompt:
+            await self.no_input("embed", req.model, name, entry, seconds, request)
+            return json_response({"embedding": []})
         return await self.embedding(name, entry, seconds, started, request,
                                     embed_request(req.prompt, model=name),
                                     EmbedExchange(req.model, started=started,

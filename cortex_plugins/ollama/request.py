@@ -219,9 +219,12 @@ def generate_request(req: GenerateRequest, *, model: str
 
 
 def embed_request(inputs: str | list[str], *, model: str,
-                  dimensions: int | None = None) -> EmbeddingRequest:
+                  truncate: bool = False) -> EmbeddingRequest:
+    """`truncate`: an input over the context is cut at its end (the neuron does it,
+    where the tokens are known) instead of refused. `dimensions` is not sent: Ollama
+    cuts only a vector longer than asked, which the answer does (EmbedExchange)."""
     texts: list[str | int | list[int]] = [inputs] if isinstance(inputs, str) else [*inputs]
-    return EmbeddingRequest(model=model, input=texts, dimensions=dimensions)
+    return EmbeddingRequest(model=model, input=texts, truncate=truncate)
 
 
 def embed_inputs(req: EmbedRequest) -> list[str]:

@@ -190,6 +190,34 @@ async def test_embed_and_legacy_embeddings(client: ollama.AsyncClient) -> None:
     assert list(second.embeddings[0]) == pytest.approx(list(both.embeddings[1]))
 
 
+async def test_embed_truncates_an_input_over_the_context_unless_told_not_to(
+        client: ollama.AsyncClient) -> None:
+    """Ollama cuts an over-long input to fit by default; `truncate: false` and the legacy
+    route refuse it. The synthetic model counts a word as a token (context 4,096), so
+    the cut input is known exactly: its first 4,095 words."""
+    long = "word " * 5000 + "end"
+    cut = await client.embed(model="emb", input=[long, "hello"])
+    fits = await client.embed(model="emb", input=[" ".join(["word"] * 4095), "hello"])
+    assert cut.embeddings == fits.embeddings and cut.prompt_eval_count == 4095 + 1
+    for refused in (client.embed(model="emb", input=long, truncate=False),
+                    client.embeddings(model="emb", prompt=long)):
+        with pytest.raises(ollama.ResponseError) as caught:
+            await refused
+        assert caught.value.status_code == 400
+        assert "the input length exceeds the context length" in caught.value.error
+    assert (await client.embeddings(model="emb", prompt="")).embedding == []  # a load
+
+
+async def test_embed_dimensions_cut_a_longer_vector_only(client: ollama.AsyncClient) -> None:
+    whole = (await client.embed(model="emb", input="hello")).embeddings[0]
+    short = (await client.embed(model="emb", input="hello", dimensions=8)).embeddings[0]
+    norm = sum(x * x for x in whole[:8]) ** 0.5
+    assert short == pytest.approx([x / norm for x in whole[:8]])
+    # More than the model has is the whole vector, as Ollama answers, not an error.
+    assert (await client.embed(model="emb", input="hello",
+                               dimensions=len(whole) + 1)).embeddings[0] == whole
+
+
 # --- pull, ps and keep_alive ---------------------------------------------------------------
 
 async def test_pull_streams_the_load_and_ps_shows_it(client: ollama.AsyncClient,

@@ -20,20 +20,25 @@ from cortex import (
     CatalogueEntry,
     ChatCompletionRequest,
     CompletionRequest,
+    ContextLengthExceeded,
     CortexError,
     InvalidRequest,
     decode_body,
 )
+from cortex_plugins.ollama.errors import in_ollamas_words
+from cortex_plugins.ollama.exchange import EmbedExchange
 from cortex_plugins.ollama.models import running, show, tag
 from cortex_plugins.ollama.reply import Reply
 from cortex_plugins.ollama.request import (
     FOREVER,
     chat_request,
     check_num_ctx,
+    embed_inputs,
+    embed_request,
     generate_request,
     keep_alive_seconds,
 )
-from cortex_plugins.ollama.types import ChatRequest, GenerateRequest, Options
+from cortex_plugins.ollama.types import ChatRequest, EmbedRequest, GenerateRequest, Options
 
 WHEN = "2026-01-02T03:04:05.000000Z"
 
@@ -345,6 +350,54 @@ def test_any_split_of_text_and_arguments_reassembles(text: str, cuts: list[int],
     lines += answer.feed(chunk(finish="tool_calls")) + answer.finish()
     assert "".join(line["message"]["content"] for line in lines) == text
     assert lines[-2]["message"]["tool_calls"][0]["function"]["arguments"] == {"v": value}
+
+
+# --- embeddings ----------------------------------------------------------------------------
+
+def embeddings(*vectors: list[float]) -> bytes:
+    return json.dumps({"object": "list", "model": "m", "usage": {"prompt_tokens": 5},
+                       "data": [{"index": i, "embedding": v}
+                                for i, v in enumerate(vectors)]}).encode()
+
+
+def test_embed_asks_the_neuron_to_truncate_by_default() -> None:
+    """Ollama truncates unless told not to; the cut is the neuron's (it has the tokens)."""
+    def sent(**fields: Any) -> dict[str, Any]:
+        req = decode_body(json.dumps({"model": "m", "input": "a", **fields}).encode(),
+                          EmbedRequest)
+        return wire(embed_request(embed_inputs(req), model="m", truncate=req.truncate))
+
+    assert sent()["truncate"] is True and sent(truncate=True)["truncate"] is True
+    assert sent(truncate=False)["truncate"] is False
+    assert sent(dimensions=4)["dimensions"] is None  # cut in the answer, as Ollama cuts
+
+
+def test_dimensions_cut_only_a_longer_vector_and_renormalise() -> None:
+    """As Ollama: the first N components, at unit length again; asking for more than the
+    model has is the whole vector, not an error."""
+    vector = [0.6, 0.0, 0.8, 0.0]
+    cut = json.loads(EmbedExchange("m", started=0.0, load_seconds=0.0, dimensions=1)
+                     .reply(embeddings(vector, [0.0, 0.6, 0.0, 0.8])).body)
+    assert cut["embeddings"] == [[1.0], [0.0]]
+    two = json.loads(EmbedExchange("m", started=0.0, load_seconds=0.0, dimensions=2)
+                     .reply(embeddings(vector)).body)["embeddings"][0]
+    assert two == [1.0, 0.0]
+    for dimensions in (None, 4, 4096):
+        whole = json.loads(EmbedExchange("m", started=0.0, load_seconds=0.0,
+                                         dimensions=dimensions).reply(embeddings(vector)).body)
+        assert whole["embeddings"] == [vector] and whole["prompt_eval_count"] == 5
+
+
+def test_an_input_over_the_context_is_said_in_ollamas_words() -> None:
+    over = ContextLengthExceeded(600, 512, param="input")
+    body = json.dumps(over.openai_envelope()).encode()
+    said = in_ollamas_words(body, InvalidRequest(over.message))
+    assert said.message == ("the input length exceeds the context length (prompt is too "
+                            "long: 600 tokens > 512 maximum)")
+    prompt = ContextLengthExceeded(600, 512)  # a chat prompt: the neuron's words stand
+    kept = InvalidRequest(prompt.message)
+    assert in_ollamas_words(json.dumps(prompt.openai_envelope()).encode(), kept) is kept
+    assert in_ollamas_words(b"not json", kept) is kept
 
 
 # --- the catalogue -------------------------------------------------------------------------
