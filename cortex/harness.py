@@ -22,8 +22,8 @@ from cortex.types import (
     ToolCall,
 )
 
-__all__ = ["Done", "Engine", "EngineStats", "GenerationEvent", "Harness", "ResolvedModel",
-           "TextDelta", "ToolCalls"]
+__all__ = ["Done", "Engine", "EngineStats", "GenerationEvent", "Harness", "ReasoningDelta",
+           "ResolvedModel", "TextDelta", "ToolCalls"]
 
 
 class ResolvedModel(msgspec.Struct, kw_only=True):
@@ -45,6 +45,13 @@ class TextDelta(msgspec.Struct):
     text: str
 
 
+class ReasoningDelta(msgspec.Struct):
+    """A thinking model's reasoning, before its answer: sent apart from the text (OpenAI
+    streams' `reasoning_content`), so each dialect shows or hides it as its client asked."""
+
+    text: str
+
+
 class ToolCalls(msgspec.Struct):
     calls: list[ToolCall]
 
@@ -59,7 +66,7 @@ class Done(msgspec.Struct, kw_only=True):
     stop_cause: str | None = None
 
 
-GenerationEvent = TextDelta | ToolCalls | Done
+GenerationEvent = TextDelta | ReasoningDelta | ToolCalls | Done
 
 
 class EngineStats(msgspec.Struct, kw_only=True):

@@ -180,6 +180,7 @@ class Usage(msgspec.Struct, kw_only=True):
 class ResponseMessage(msgspec.Struct, kw_only=True):
     role: str = "assistant"
     content: str | None
+    reasoning_content: str | UnsetType = UNSET  # a thinking model's, apart from content
     tool_calls: list[ToolCall] | UnsetType = UNSET
 
 
@@ -211,6 +212,7 @@ class ToolCallDelta(msgspec.Struct, kw_only=True):
 class Delta(msgspec.Struct, kw_only=True):
     role: str | UnsetType = UNSET
     content: str | UnsetType = UNSET
+    reasoning_content: str | UnsetType = UNSET  # a thinking model's (DeepSeek's name)
     tool_calls: list[ToolCallDelta] | UnsetType = UNSET
 
 

@@ -6,6 +6,10 @@ one extra last chunk whose `choices` is empty. `finish_usage` (asked by a gatewa
 `x-cortex-usage: finish`, see app.py) also puts the counts on the finish chunk, as
 every stream did before, for gateways that read them there.
 
+Reasoning (a thinking model's, apart from its answer) is `reasoning_content`, on the
+message or in deltas of its own, as DeepSeek and llama-server send it; a text completion
+has no place for it and leaves it out.
+
 A `length` finish says why in `stop_cause` on the choice, a cortex extension: OpenAI
 clients ignore it, and the gateway's Anthropic dialect tells a full context from a
 reached max_tokens by it.
@@ -20,7 +24,7 @@ from collections.abc import AsyncIterator
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from cortex import Done, GenerationEvent, TextDelta, ToolCalls
+from cortex import Done, GenerationEvent, ReasoningDelta, TextDelta, ToolCalls
 from cortex.errors import CortexError, Unavailable
 from cortex.types import (
     ChatChoice,
@@ -68,14 +72,19 @@ def _cause(done: Done, finish: str) -> str | UnsetType:
 
 async def chat_completion(model: str, events: AsyncIterator[GenerationEvent]) -> ChatCompletion:
     text: list[str] = []
+    reasoning: list[str] = []
     tool_calls = None
     async for event in events:
         if isinstance(event, TextDelta):
             text.append(event.text)
+        elif isinstance(event, ReasoningDelta):
+            reasoning.append(event.text)
         elif isinstance(event, ToolCalls):
             tool_calls = event.calls
         elif isinstance(event, Done):
             message = ResponseMessage(content="".join(text) if text or not tool_calls else None)
+            if reasoning:
+                message.reasoning_content = "".join(reasoning)
             finish = _finish(event)
             if tool_calls:
                 message.tool_calls = tool_calls
@@ -112,6 +121,8 @@ async def chat_stream(model: str, first: GenerationEvent, events: AsyncIterator[
         while event is not None:
             if isinstance(event, TextDelta):
                 yield chunk(Delta(content=event.text))
+            elif isinstance(event, ReasoningDelta):
+                yield chunk(Delta(reasoning_content=event.text))
             elif isinstance(event, ToolCalls):
                 tools_sent = True
                 yield chunk(Delta(tool_calls=[

@@ -242,7 +242,7 @@ class _Handlers:
         if not req.messages:
             return await self.no_input("chat", req.model, name, entry, seconds, request)
         return await self.infer("chat", req.model, name, entry, seconds, canonical,
-                                started, request)
+                                started, request, thinking=req.think is not False)
 
     async def generate(self, request: Request) -> Response:
         started = time.monotonic()
@@ -253,18 +253,20 @@ class _Handlers:
         if not req.prompt:
             return await self.no_input("generate", req.model, name, entry, seconds, request)
         return await self.infer("generate", req.model, name, entry, seconds, canonical,
-                                started, request)
+                                started, request, thinking=req.think is not False)
 
     async def infer(self, kind: str, model: str, name: str, entry: CatalogueEntry,
                     seconds: float | None, canonical: Any, started: float,
-                    request: Request) -> Response:
+                    request: Request, *, thinking: bool) -> Response:
+        """`thinking`: show a thinking model's reasoning (Ollama's default; `think:
+        false` hides it)."""
         load_seconds = await self.ready(name, entry, request)
         self.keep(name, seconds, request)
         chat = hasattr(canonical, "messages")
         prefixes = prefix_hashes([msgspec.Raw(_encode(m)) for m in canonical.messages]) \
             if chat else ()
         answer = Reply("chat" if kind == "chat" else "generate", model, started=started,
-                       load_seconds=load_seconds)
+                       load_seconds=load_seconds, thinking=thinking)
         call = Call(path="/v1/chat/completions" if chat else "/v1/completions", model=name,
                     body=_encode(canonical), stream=canonical.stream, prefixes=prefixes,
                     max_tokens=canonical.max_tokens, exchange=OllamaExchange(answer))

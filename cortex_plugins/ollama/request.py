@@ -4,8 +4,11 @@ Everything is checked here, before the gateway routes it: the options are typed 
 bounded (types.py) and mapped field by field, `num_ctx` is held against the model's
 context, `format` becomes a `response_format` the neuron's grammar enforces, tools and
 tool calls change shape (arguments: an object here, a JSON string there; a tool result
-is matched to its call by name, as Ollama's messages carry no ids), and what this
-gateway cannot honour (images, a per-request template, `context`) is a 400 naming it.
+is matched to its call by name, as Ollama's messages carry no ids), an assistant turn's
+`thinking` is its `reasoning_content`, and what this gateway cannot honour (images, a
+per-request template, `context`) is a 400 naming it. `think` asks nothing of the neuron:
+a thinking model's reasoning comes apart from its answer whatever is asked, and the
+reply shows it or not (reply.py); the models here take no effort level.
 """
 
 from __future__ import annotations
@@ -144,10 +147,14 @@ def _messages(messages: list[Message]) -> list[ChatMessage]:
                     name=call.function.name,
                     arguments=_encode(call.function.arguments).decode())))
             out.append(ChatMessage(role="assistant", content=message.content or None,
-                                   tool_calls=calls))
+                                   tool_calls=calls,
+                                   reasoning_content=message.thinking or None))
         elif message.role == "tool":
             out.append(ChatMessage(role="tool", content=message.content or "",
                                    tool_call_id=_answered(message, pending, made)))
+        elif message.role == "assistant":
+            out.append(ChatMessage(role="assistant", content=message.content or "",
+                                   reasoning_content=message.thinking or None))
         else:
             out.append(ChatMessage(role=message.role, content=message.content or ""))
     return out
@@ -167,14 +174,10 @@ def _answered(message: Message, pending: list[tuple[str, str]], made: int) -> st
 
 
 def _no_logprobs(req: ChatRequest | GenerateRequest) -> None:
-    """What no model here gives is refused, as Ollama refuses `think` to a model that
-    does not think."""
+    """What no model here gives is refused."""
     if req.logprobs or req.top_logprobs:
         field = "logprobs" if req.logprobs else "top_logprobs"
         raise UnsupportedFeature(f"{field}: log probabilities are not served", param=field)
-    if req.think not in (None, False):
-        raise UnsupportedFeature("think: the models of this gateway do not return their "
-                                 "thinking apart from the answer", param="think")
 
 
 def chat_request(req: ChatRequest, *, model: str) -> ChatCompletionRequest:

@@ -49,8 +49,8 @@ def scripted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NeuronProcess
 
 def synthetic(model_id: str, **fields: Any) -> ModelProfile:
     fields.setdefault("source", "synthetic:rate=0,bytes=1GiB")
-    return ModelProfile(id=model_id, harness="synthetic", n_ctx=4096, neurons=["s"],
-                        **fields)
+    fields.setdefault("neurons", ["s"])
+    return ModelProfile(id=model_id, harness="synthetic", n_ctx=4096, **fields)
 
 
 @pytest.fixture
@@ -176,6 +176,80 @@ async def test_a_tool_round_trip(client: ollama.AsyncClient) -> None:
                                                    messages=messages[:1], stream=True)]
     assert [c.function.name for p in streamed for c in p.message.tool_calls or []] == [
         "get_weather"]
+
+
+# --- thinking ------------------------------------------------------------------------------
+
+REASONING = "Two and two make four."
+
+
+@pytest.fixture(scope="module")
+def thinker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NeuronProcess]:
+    """A neuron whose synthetic model reasons before it answers. No model here returns
+    its reasoning apart from its answer (the bundled Gemma does not reason), so the
+    harness's `reasoning` option stands in for a thinking model: the point is how the
+    reasoning reaches the client, not what a model thinks."""
+    process = NeuronProcess({"name": "t", "memory_budget": "8GiB", "harness": {"synthetic": {
+        "rate": 0, "reasoning": REASONING, "script": [{"text": "It is 4."}]}}},
+        tmp_path_factory.mktemp("neuron-t"))
+    try:
+        process.wait_ready()
+        yield process
+    finally:
+        process.stop()
+
+
+async def test_thinking_is_shown_unless_think_is_false(thinker: NeuronProcess) -> None:
+    """Ollama shows a thinking model's reasoning by default, in `message.thinking` (chat)
+    or `thinking` (generate), streamed in parts of its own before the answer; `think:
+    false` hides it (its tokens still count). A level is `true` here: the models take
+    no effort level. (The script answers requests that offer tools, hence WEATHER.)"""
+    ask = {"model": "thinks", "tools": [WEATHER],
+           "messages": [{"role": "user", "content": "2+2?"}]}
+    async with running_gateway([("t", thinker)], [synthetic("thinks", neurons=["t"])]) as gw:
+        client = ollama.AsyncClient(host=gw.url, timeout=60)
+        for think in (None, True, "high"):
+            shown = await client.chat(**ask, think=think)
+            assert (shown.message.thinking, shown.message.content) == (REASONING, "It is 4.")
+        hidden = await client.chat(**ask, think=False)
+        assert (hidden.message.thinking, hidden.message.content) == (None, "It is 4.")
+        assert hidden.eval_count == shown.eval_count == 5 + 3
+
+        parts = [p async for p in await client.chat(**ask, stream=True)]
+        thought = [p.message.thinking for p in parts if p.message.thinking]
+        assert "".join(thought) == REASONING and len(thought) == 5
+        first = next(i for i, p in enumerate(parts) if p.message.content)
+        assert all(not p.message.content for p in parts[:first])
+        assert not any(p.message.thinking for p in parts[first:])
+        assert "".join(p.message.content or "" for p in parts) == "It is 4."
+        quiet = [p async for p in await client.chat(**ask, stream=True, think=False)]
+        assert not any(p.message.thinking for p in quiet)
+        assert "".join(p.message.content or "" for p in quiet) == "It is 4."
+
+        generated = await client.generate(model="thinks", prompt="2+2?",
+                                          options={"num_predict": 8})
+        assert generated.thinking == REASONING and len(generated.response.split()) == 3
+        plain = await client.generate(model="thinks", prompt="2+2?", think=False,
+                                      options={"num_predict": 8})
+        assert plain.thinking is None and plain.response == generated.response
+        streamed = [p async for p in await client.generate(
+            model="thinks", prompt="2+2?", stream=True, options={"num_predict": 8})]
+        assert "".join(p.thinking or "" for p in streamed) == REASONING
+
+
+async def test_a_model_that_does_not_reason_has_no_thinking(
+        client: ollama.AsyncClient) -> None:
+    """`think` on a model with no separate reasoning (the bundled Gemma) is not the 400
+    Ollama gives a model it knows cannot think: the gateway cannot know a profile's
+    model never reasons, so the answer simply has none."""
+    reply = await client.chat(model=MODEL, messages=HELLO, options=GREEDY, think=True)
+    assert reply.message.content and reply.message.thinking is None
+    parts = [p async for p in await client.generate(model=MODEL, prompt="Hi", think="low",
+                                                    options=GREEDY, stream=True)]
+    assert parts[-1].done and not any(p.thinking for p in parts)
+    with pytest.raises(ollama.ResponseError) as caught:
+        await client.chat(model=MODEL, messages=HELLO, think="extreme")  # type: ignore[arg-type]
+    assert caught.value.status_code == 400 and "think" in caught.value.error
 
 
 # --- embeddings ----------------------------------------------------------------------------

@@ -69,18 +69,20 @@ class Clock:
         return self.now
 
 
-def reply(kind: str = "chat", clock: Clock | None = None) -> Reply:
+def reply(kind: str = "chat", clock: Clock | None = None, thinking: bool = True) -> Reply:
     clock = clock or Clock()
     return Reply(kind, "m:latest", started=clock.now, load_seconds=0.5, clock=clock,  # type: ignore[arg-type]
-                 wall=lambda: 1767323045.0)
+                 wall=lambda: 1767323045.0, thinking=thinking)
 
 
 def chunk(content: str | None = None, *, finish: str | None = None,
-          calls: list[dict[str, Any]] | None = None, usage: dict[str, int] | None = None
-          ) -> bytes:
+          calls: list[dict[str, Any]] | None = None, usage: dict[str, int] | None = None,
+          reasoning: str | None = None) -> bytes:
     delta: dict[str, Any] = {}
     if content is not None:
         delta["content"] = content
+    if reasoning is not None:
+        delta["reasoning_content"] = reasoning
     if calls is not None:
         delta["tool_calls"] = calls
     body: dict[str, Any] = {"id": "c", "object": "chat.completion.chunk", "created": 1,
@@ -177,16 +179,35 @@ def test_messages_we_cannot_serve_are_refused_naming_the_field(
     assert caught.value.param == f"messages[0].{field}"
 
 
-@pytest.mark.parametrize("field", [{"logprobs": True}, {"top_logprobs": 2}, {"think": True},
-                                   {"think": "high"}])
-def test_chat_logprobs_and_thinking_are_refused(field: dict[str, Any]) -> None:
+@pytest.mark.parametrize("field", [{"logprobs": True}, {"top_logprobs": 2}])
+def test_chat_logprobs_are_refused(field: dict[str, Any]) -> None:
     with pytest.raises(InvalidRequest) as caught:
         chat(**field)
     assert caught.value.param == next(iter(field))
 
 
-def test_think_false_is_no_request_at_all() -> None:
-    assert wire(chat(think=False))["messages"][0]["content"] == "hi"
+@pytest.mark.parametrize("think", [True, False, "low", "medium", "high", "max"])
+def test_think_asks_nothing_of_the_neuron(think: Any) -> None:
+    """Shown or hidden is the reply's business; the models here take no effort level."""
+    assert wire(chat(think=think)) == wire(chat())
+    assert wire(generate(think=think)) == wire(generate())
+
+
+@pytest.mark.parametrize("think", ["extreme", 1, "true"])
+def test_a_think_that_is_no_level_is_400(think: Any) -> None:
+    with pytest.raises(InvalidRequest, match=r"\$\.think"):
+        chat(think=think)
+
+
+def test_an_assistant_turns_thinking_is_its_reasoning() -> None:
+    body = wire(chat(messages=[
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "4", "thinking": "two and two"},
+        {"role": "assistant", "content": "", "thinking": "now a call", "tool_calls": [
+            {"function": {"name": "f", "arguments": {}}}]},
+        {"role": "user", "content": "sure?", "thinking": "not a user's"}]))
+    assert [m["reasoning_content"] for m in body["messages"]] == [
+        None, "two and two", "now a call", None]
 
 
 def test_bad_tools_are_400() -> None:
@@ -266,6 +287,42 @@ def test_streamed_chat_lines_and_the_done_object() -> None:
          "eval_duration": 1_000_000_000}]
 
 
+def test_streamed_thinking_comes_in_lines_of_its_own() -> None:
+    clock = Clock()
+    answer = reply(clock=clock)
+    clock.now += 0.75  # the load and the prefill, to the first reasoning token
+    lines = answer.feed(chunk(reasoning="Two and"))
+    clock.now += 1.0
+    lines += answer.feed(chunk(reasoning=" two."))
+    lines += answer.feed(chunk("4", finish="stop",
+                               usage={"prompt_tokens": 9, "completion_tokens": 4}))
+    lines += answer.feed(b"[DONE]")
+    head = {"model": "m:latest", "created_at": WHEN}
+    assert lines[:3] == [
+        {**head, "message": {"role": "assistant", "content": "", "thinking": "Two and"},
+         "done": False},
+        {**head, "message": {"role": "assistant", "content": "", "thinking": " two."},
+         "done": False},
+        {**head, "message": {"role": "assistant", "content": "4"}, "done": False}]
+    assert (lines[3]["done"], lines[3]["eval_count"]) == (True, 4)
+    assert lines[3]["prompt_eval_duration"] == 250_000_000  # reasoning is generation
+
+
+@pytest.mark.parametrize("kind, field", [("chat", "message"), ("generate", "response")])
+def test_think_false_hides_the_reasoning_but_not_its_cost(kind: str, field: str) -> None:
+    shown, hidden = reply(kind), reply(kind, thinking=False)
+    feed = [chunk(reasoning="hmm"), chunk("ok", finish="stop",
+                                          usage={"prompt_tokens": 1, "completion_tokens": 2})]
+    seen = [line for data in feed for line in shown.feed(data)]
+    unseen = [line for data in feed for line in hidden.feed(data)]
+    if kind == "chat":
+        assert [line["message"].get("thinking") for line in seen] == ["hmm", None]
+    else:
+        assert [line.get("thinking") for line in seen] == ["hmm", None]
+    assert unseen == seen[1:] and "thinking" not in json.dumps(unseen)
+    assert hidden.finish()[-1]["eval_count"] == shown.finish()[-1]["eval_count"] == 2
+
+
 def test_streamed_tool_calls_arrive_whole_before_done() -> None:
     answer = reply()
     lines = answer.feed(chunk(calls=[{"index": 0, "id": "call_a", "type": "function",
@@ -318,6 +375,23 @@ def test_a_whole_chat_reply() -> None:
         {"function": {"index": 0, "name": "f", "arguments": {"a": 1}}}]}
     assert (out["done"], out["done_reason"], out["prompt_eval_count"], out["eval_count"]) \
         == (True, "stop", 3, 4)
+
+
+@pytest.mark.parametrize("thinking", [True, False])
+def test_a_whole_reply_with_reasoning(thinking: bool) -> None:
+    message = {"role": "assistant", "content": "4", "reasoning_content": "two and two"}
+    body = {"id": "c", "object": "chat.completion", "created": 1, "model": "m",
+            "choices": [{"index": 0, "finish_reason": "stop", "message": message}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}}
+    chat_reply = reply(thinking=thinking).whole(json.dumps(body).encode())
+    generated = reply("generate", thinking=thinking).whole(json.dumps(body).encode())
+    if thinking:
+        assert chat_reply["message"] == {"role": "assistant", "content": "4",
+                                         "thinking": "two and two"}
+        assert (generated["response"], generated["thinking"]) == ("4", "two and two")
+    else:
+        assert chat_reply["message"] == {"role": "assistant", "content": "4"}
+        assert "thinking" not in generated
 
 
 def test_a_whole_raw_generate_reply() -> None:
