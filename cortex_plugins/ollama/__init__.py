@@ -10,7 +10,8 @@ that is not loaded is loaded through the gateway (as Ollama does), so the final 
 object can say how long the load took. `keep_alive` maps onto the fleet: 0 unloads the
 model once the answer is sent, a negative one keeps it loaded, a duration sets its
 idle TTL in this gateway. `/api/pull` makes a model ready and streams the load's
-progress; the catalogue answers `/api/tags`, `/api/ps` and `/api/show` (`models`).
+progress; the catalogue answers `/api/tags`, `/api/ps` and `/api/show` (`models`), and
+`/` says "Ollama is running", which the `ollama` CLI asks (`HEAD /`) before any command.
 What Ollama can do to its model store (delete, create, copy, push, blobs) has no
 meaning over a fleet's profiles: 501 with a sentence that says so.
 """
@@ -25,7 +26,7 @@ from typing import Any
 import msgspec
 from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from cortex import (
@@ -86,6 +87,7 @@ class OllamaDialect(Dialect):
         api = _Handlers(self, gateway)
         store = [Route(path, api.store, methods=["POST", "DELETE"]) for path in _STORE]
         return [
+            Route("/", api.running),  # GET and HEAD
             Route("/api/version", api.version),
             Route("/api/tags", api.tags),
             Route("/api/ps", api.ps),
@@ -116,6 +118,8 @@ class OllamaDialect(Dialect):
             Operation(method="get", path="/api/tags", summary="The catalogue"),
             Operation(method="get", path="/api/ps", summary="The models loaded now"),
             Operation(method="get", path="/api/version", summary="Ollama API version"),
+            Operation(method="get", path="/", summary="\"Ollama is running\" (the ollama "
+                      "CLI's heartbeat, HEAD /)"),
         ]
 
     def error_response(self, exc: CortexError) -> Response:
@@ -156,6 +160,9 @@ class _Handlers:
             if exc.status != 404 or bare == name:
                 raise
             return bare, self.gateway.catalogue_entry(bare, request)
+
+    async def running(self, request: Request) -> Response:
+        return PlainTextResponse("Ollama is running")
 
     async def version(self, request: Request) -> Response:
         return json_response({"version": self.dialect.options.version})

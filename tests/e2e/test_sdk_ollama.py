@@ -93,6 +93,16 @@ async def test_version_tags_and_show(client: ollama.AsyncClient, gw: RunningGate
     assert (await client.show("emb")).capabilities == ["embedding"]
 
 
+async def test_the_root_says_ollama_is_running(gw: RunningGateway) -> None:
+    """The `ollama` CLI sends `HEAD /` before every command (its heartbeat) and stops
+    with "could not connect" on anything but a 2xx; tools that probe a server `GET /`
+    and read this sentence."""
+    head = await gw.client.head(f"{gw.url}/")
+    got = await gw.client.get(f"{gw.url}/")
+    assert head.status_code == got.status_code == 200
+    assert got.text == "Ollama is running"
+
+
 async def test_latest_tag_names_the_model(client: ollama.AsyncClient) -> None:
     shown = await client.show(f"{MODEL}:latest")
     assert shown.parameters == "num_ctx 2048"
