@@ -84,6 +84,9 @@ class ModelProfile(Base, kw_only=True):
     chat_template: str | None = None
     embeddings: bool = False
     max_tokens: PositiveInt | None = None
+    # The output budget of a request that sets none (Ollama's Modelfile `num_predict`):
+    # a client may ask for more, up to max_tokens. Unset: up to the context's end.
+    default_max_tokens: PositiveInt | None = None
     priority: int = 0
     pinned: bool = False
     neurons: list[str] = []

@@ -158,7 +158,8 @@ class Router:
 
         ready = [Replica(n, m) for n in allowed if (m := n.model(request.model)) and m.ready]
         if ready:
-            best = self.strategy.rank_replicas(request, ready)[0]
+            # One copy needs no ranking (the common case: spare the strategy's work).
+            best = ready[0] if len(ready) == 1 else self.strategy.rank_replicas(request, ready)[0]
             ahead = 0 if best.model.free_slot else best.model.backlog + 1
             return Decision(
                 action="serve", model=request.model, node=best.node.name, ahead=ahead,

@@ -8,7 +8,8 @@ with `harness = "synthetic"` and tunes it in its source:
 
 rate      tokens per second per stream (0 = as fast as possible)
 ttft_ms   delay before the first token (a stand-in for prefill)
-tokens    tokens generated when the request sets no max_tokens
+tokens    tokens generated when neither the request nor the profile's
+          default_max_tokens sets a budget
 bytes     the memory the model claims, so placement and eviction have work to do
 load_ms   how long a load takes
 
@@ -146,7 +147,8 @@ class SyntheticEngine(Engine):
         prompt_tokens = _count(prompt)
         if prompt_tokens >= self._profile.n_ctx:
             raise ContextLengthExceeded(prompt_tokens, self._profile.n_ctx)
-        wanted, room = max_tokens or self._settings.tokens, self._profile.n_ctx - prompt_tokens
+        wanted = max_tokens or self._profile.default_max_tokens or self._settings.tokens
+        room = self._profile.n_ctx - prompt_tokens
         budget = min(wanted, room)
         rng = random.Random(hashlib.sha256(prompt.encode()).digest())
         self._waiting += 1

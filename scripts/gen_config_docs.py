@@ -147,6 +147,9 @@ DESCRIPTIONS: dict[str, str] = {
     "ModelProfile.chat_template": "a Jinja chat template; wins over the GGUF's own",
     "ModelProfile.embeddings": "load for `/v1/embeddings` only",
     "ModelProfile.max_tokens": "cap on tokens generated per request",
+    "ModelProfile.default_max_tokens": "the output budget of a request that sets none "
+                                       "(Ollama's `num_predict`); a client may ask for "
+                                       "more, up to `max_tokens`; unset: to the context's end",
     "ModelProfile.priority": "gateway: the `priority` policy evicts lower values first",
     "ModelProfile.pinned": "gateway: load at start-up, never evict or expire",
     "ModelProfile.neurons": "gateway: the nodes that may load it; empty means any",
@@ -212,7 +215,8 @@ DESCRIPTIONS: dict[str, str] = {
                                              "generate",
     "SyntheticHarness.Options.rate": "tokens per second per stream; 0 means as fast as possible",
     "SyntheticHarness.Options.ttft_ms": "delay before the first token (a stand-in for prefill)",
-    "SyntheticHarness.Options.tokens": "tokens generated when a request sets no `max_tokens`",
+    "SyntheticHarness.Options.tokens": "tokens generated when neither the request nor the "
+                                       "profile's `default_max_tokens` sets a budget",
     "SyntheticHarness.Options.bytes": "the memory a model claims, so placement and eviction "
                                       "have work to do",
     "SyntheticHarness.Options.load_ms": "how long a load takes",

@@ -52,6 +52,7 @@ class NeuronProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = {"listen": f"127.0.0.1:{self.port}", **config}
+        self.preload = {p["id"] for p in config.get("preload", [])}
         self.config_path = tmp / f"neuron-{self.port}.toml"
         self.config_path.write_bytes(msgspec.toml.encode(config))
         self.log_path = tmp / f"neuron-{self.port}.log"
@@ -77,12 +78,12 @@ class NeuronProcess:
         raise TimeoutError(f"neuron did not start:\n{self.log()}")
 
     def wait_preloaded(self, timeout: float) -> None:
-        """Wait until a model of its [[preload]] is ready (after wait_ready)."""
+        """Wait until every model of its [[preload]] is ready (after wait_ready)."""
         import httpx
 
         deadline = time.monotonic() + timeout
-        while not any(m["state"] == "ready"
-                      for m in httpx.get(f"{self.url}/models").json()["models"]):
+        while not self.preload <= {m["id"] for m in httpx.get(f"{self.url}/models").json()
+                                   ["models"] if m["state"] == "ready"}:
             assert time.monotonic() < deadline, self.log()
             time.sleep(0.2)
 

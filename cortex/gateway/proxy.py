@@ -79,12 +79,14 @@ class _Tally:
         self.started = time.monotonic()
         # The request's ASGI state: says whether a cancel was a cut, and tells the
         # request log (cortex.gateway.requestlog) that this request has its record.
-        self.state: dict[str, object] = request.scope.setdefault("state", {})
+        scope = request.scope
+        self.state: dict[str, object] = scope.setdefault("state", {})
         self.state[RECORDED] = True
+        # From the scope itself: Request.url parses a whole URL just to give the path back.
         self.record = RequestRecord(
-            request_id=getattr(request.state, "request_id", ""), model=call.model, node=None,
-            dialect=dialect.name, status=200, stream=call.stream, method=request.method,
-            path=request.url.path)
+            request_id=str(self.state.get("request_id", "")), model=call.model, node=None,
+            dialect=dialect.name, status=200, stream=call.stream, method=scope["method"],
+            path=scope["path"])
         self.record.kind = "tokenize" if call.path in _UNGATED else "inference"
         # The load this request waits for, once it waits for one (a stream shows it).
         self.load: LoadJob | None = None

@@ -37,7 +37,7 @@ __all__ = ["LlamaEngine", "Sampling", "longest_token"]
 
 T = TypeVar("T")
 #: Profile fields a loaded model takes in place (reconfigure); any other change reloads it.
-IN_PLACE = frozenset({"chat_template", "chat_format", "max_tokens"})
+IN_PLACE = frozenset({"chat_template", "chat_format", "max_tokens", "default_max_tokens"})
 
 
 def _or(value: float | None, default: float) -> float:
@@ -45,13 +45,14 @@ def _or(value: float | None, default: float) -> float:
 
 
 class Sampling:
-    """Per-request generation settings, resolved against defaults and the profile's cap.
+    """Per-request generation settings, resolved against defaults and the profile's cap
+    (`cap`, its max_tokens) and default budget (`default`, its default_max_tokens).
 
     Absent fields take llama-server's defaults, which users of local models expect.
     """
 
     def __init__(self, request: ChatCompletionRequest | CompletionRequest, *,
-                 max_tokens: int | None, cap: int | None) -> None:
+                 max_tokens: int | None, cap: int | None, default: int | None = None) -> None:
         self.temperature = _or(request.temperature, 0.8)
         self.top_p = _or(request.top_p, 0.95)
         self.top_k = int(_or(request.top_k, 40))
@@ -61,7 +62,8 @@ class Sampling:
         self.frequency_penalty = _or(request.frequency_penalty, 0.0)
         if max_tokens is not None and max_tokens < 1:
             raise InvalidRequest("max_tokens must be at least 1", param="max_tokens")
-        limit = max_tokens if max_tokens is not None else cap
+        limit = max_tokens if max_tokens is not None else default if default is not None \
+            else cap
         self.max_tokens = min(limit, cap) if (limit is not None and cap is not None) else limit
         self.seed = request.seed
         self.ignore_eos = request.ignore_eos
@@ -99,7 +101,7 @@ class LlamaEngine(Engine):
         self._n_vocab = model.n_vocab()
         self._renderer_for = renderer_for
         self._renderer, self._no_template_reason = renderer_for(profile)
-        self._cap = profile.max_tokens
+        self._cap, self._default = profile.max_tokens, profile.default_max_tokens
         self._measured = measured_bytes
         # Text longer than this many bytes cannot fit the context, whatever it says.
         self._max_prompt_bytes = n_ctx * longest
@@ -132,7 +134,8 @@ class LlamaEngine(Engine):
         # Requests already rendered go on as they were; new ones render with this.
         self._renderer, self._no_template_reason = renderer, reason
         self.chat_supported = renderer is not None and not self.embeddings
-        self._cap, self._profile = profile.max_tokens, profile
+        self._cap, self._default = profile.max_tokens, profile.default_max_tokens
+        self._profile = profile
         return True
 
     def stats(self) -> EngineStats:
@@ -231,7 +234,8 @@ class LlamaEngine(Engine):
     async def chat(self, request: ChatCompletionRequest
                    ) -> AsyncGenerator[GenerationEvent, None]:
         self._no_generation()
-        sampling = Sampling(request, max_tokens=request.token_limit(), cap=self._cap)
+        sampling = Sampling(request, max_tokens=request.token_limit(), cap=self._cap,
+                            default=self._default)
 
         def prepare() -> tuple[list[int], list[str], Grammar | None]:
             prompt = self._render(request)
@@ -263,7 +267,8 @@ class LlamaEngine(Engine):
     async def complete(self, request: CompletionRequest
                        ) -> AsyncGenerator[GenerationEvent, None]:
         self._no_generation()
-        sampling = Sampling(request, max_tokens=request.max_tokens, cap=self._cap)
+        sampling = Sampling(request, max_tokens=request.max_tokens, cap=self._cap,
+                            default=self._default)
         prompt: str | list[str | int] = request.prompt
         if isinstance(prompt, list) and all(isinstance(p, str) for p in prompt):
             if len(prompt) != 1:

@@ -5,9 +5,13 @@ sampling) and makes the Response at each stage; `from_openai` fills one from a w
 ChatCompletion, and the StreamTranslator from a stream, with the same rules: text is a
 `message` item unless it is only whitespace, each tool call a `function_call` item
 under its own (namespace, name), calls past `parallel_tool_calls: false` or
-`max_tool_calls` dropped, `length` an `incomplete` response (`max_output_tokens`), and
-a context that filled up while generating an error, as OpenAI, which refuses such a
-request up front, would answer it.
+`max_tool_calls` dropped, `length` an `incomplete` response (`max_output_tokens`) when
+the client set that budget, and a context that filled up while generating an error, as
+OpenAI, which refuses such a request up front, would answer it.
+
+A reply cut by a budget the client did not set (the profile's `default_max_tokens` or
+`max_tokens`) is `completed`: where it ends was the server's choice, as a model's own
+stop is, and Codex, which sends no `max_output_tokens`, fails its turn on `incomplete`.
 """
 
 from __future__ import annotations
@@ -85,6 +89,10 @@ class Draft:
     def store(self) -> bool:
         return self.request.store is not False
 
+    def incomplete(self, finish: str | None) -> bool:
+        """Whether a reply that finished so ran out of the client's own budget."""
+        return finish == "length" and self.request.max_output_tokens is not None
+
     def response(self, status: str = "in_progress", output: list[OutputItem] | None = None,
                  usage: ResponseUsage | None = None, error: ResponseError | None = None,
                  incomplete: bool = False) -> ResponseObject:
@@ -129,7 +137,7 @@ def from_openai(draft: Draft, completion: ChatCompletion) -> ResponseObject:
     choice = completion.choices[0]
     if choice.finish_reason == "length" and choice.stop_cause == "context":
         raise ContextFilled
-    incomplete = choice.finish_reason == "length"
+    incomplete = draft.incomplete(choice.finish_reason)
     output: list[OutputItem] = []
     text = choice.message.content or ""
     if text.strip():

@@ -164,7 +164,7 @@ class StreamTranslator:
                                        "the backend stream ended before it finished")
         if self._finish == "length" and self._stop_cause == "context":
             return events + self.error(ContextFilled())
-        incomplete = self._finish == "length"
+        incomplete = self._draft.incomplete(self._finish)
         out: list[StreamEvent] = []
         for call in sorted(self._calls.values(), key=lambda c: c.index):
             if call.output_index is None and call.name:

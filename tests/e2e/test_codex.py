@@ -15,11 +15,10 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 
-from ..conftest import ROOT, NeuronProcess, free_port
-from ..serve_support import GatewayProcess, nodes_up
+from ..conftest import ROOT, free_port
+from ..serve_support import GatewayProcess, nodes_up, served, synthetic_neuron
 
 CODEX = ROOT / ".ci" / "node" / "node_modules" / ".bin" / "codex"
 
@@ -59,11 +58,6 @@ def requests_logged(log: str) -> list[dict[str, str]]:
 
 
 @pytest.mark.model
-@pytest.mark.skip(reason="Codex 0.171 sends no max_output_tokens (model_max_output_tokens does "
-                         "not reach the request), so the bundled base model, uncapped, writes "
-                         "on towards its 32k context: on a 2-core CPU that outlasts any bound "
-                         "(seen: the prompt accepted and streamed, still writing after 25 min)."
-                         " It needs a cap the embedded default lacks")
 def test_codex_exec_works_on_the_embedded_default(tmp_path: Path, cache_dir: Path,
                                                   gemma_path: Path) -> None:
     """No gateway configuration: `cortex serve` with the bundled profile, whose template
@@ -110,22 +104,13 @@ def test_codex_runs_a_shell_tool_round_trip_against_a_scripted_model(tmp_path: P
     workdir.mkdir()
     (workdir / "notes.txt").write_text("The secret word is periwinkle.\n")
     answer = "The notes say the secret word is periwinkle."
-    neuron = NeuronProcess({"memory_budget": "8GiB", "harness": {"synthetic": {"script": [
-        {"tool": "exec_command", "arguments": {"cmd": "cat notes.txt"}}, {"text": answer}]}}},
-        tmp_path)
+    neuron = synthetic_neuron(tmp_path, harness={"synthetic": {"script": [
+        {"tool": "exec_command", "arguments": {"cmd": "cat notes.txt"}}, {"text": answer}]}})
+    scripted = {"id": "scripted", "harness": "synthetic", "n_ctx": 200000, "slots": 4,
+                "source": "synthetic:rate=0,ttft_ms=4000"}
     try:
-        neuron.wait_ready()
-        config = tmp_path / "cortex.toml"
-        config.write_bytes(msgspec.toml.encode({
-            "gateway": {"metrics_listen": f"127.0.0.1:{free_port()}", "poll_interval": 0.25,
-                        "keepalive_interval": 0.25},
-            "neurons": [{"name": "a", "endpoint": neuron.url}],
-            "models": [{"id": "scripted", "harness": "synthetic",
-                        "source": "synthetic:rate=0,ttft_ms=4000", "n_ctx": 200000,
-                        "slots": 4}]}))
-        gateway = GatewayProcess(tmp_path, ["--config", str(config)])
-        try:
-            gateway.wait(nodes_up(1), "the gateway sees the neuron", 30)
+        with served(tmp_path, [{"name": "a", "endpoint": neuron.url}], profiles=[scripted],
+                    gateway={"keepalive_interval": 0.25}) as gateway:
             done = codex(gateway.url, tmp_path / "home", workdir,
                          "Read notes.txt and tell me the secret word.",
                          "--sandbox", "read-only", model="scripted", timeout=300,
@@ -142,7 +127,35 @@ def test_codex_runs_a_shell_tool_round_trip_against_a_scripted_model(tmp_path: P
             answered = [r for r in requests_logged(gateway.log())
                         if r["dialect"] == "responses" and r["model"] == "scripted"]
             assert [r["status"] for r in answered].count("200") >= 2, gateway.log()
-        finally:
-            assert gateway.stop() == 0, gateway.log()
+    finally:
+        neuron.stop()
+
+
+def test_a_reply_cut_by_the_profiles_default_budget_ends_codexs_turn(tmp_path: Path) -> None:
+    """Codex sends no `max_output_tokens`, so a model that does not stop would write to
+    its context's end; a profile's `default_max_tokens` (the bundled one sets 2048) cuts
+    the reply, which reaches Codex as an `incomplete` response (`max_output_tokens`):
+    Codex must end its turn with what it got, not fail or retry. The synthetic harness
+    stands in for a model that never stops (its replies here are 500 words long)."""
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    rambler = {"id": "rambler", "harness": "synthetic", "source": "synthetic:rate=0,tokens=500",
+               "n_ctx": 200000, "default_max_tokens": 7}
+    neuron = synthetic_neuron(tmp_path)
+    try:
+        with served(tmp_path, [{"name": "a", "endpoint": neuron.url}],
+                    profiles=[rambler]) as gateway:
+            done = codex(gateway.url, tmp_path / "home", workdir, "Say hello.",
+                         model="rambler", timeout=300)
+            assert done.returncode == 0, f"{done.stdout}\n{done.stderr}\n{gateway.log()}"
+            events = events_of(done)
+            assert any(e.get("type") == "turn.completed" for e in events), done.stdout
+            messages = [e["item"]["text"] for e in events if e.get("type") == "item.completed"
+                        and e["item"].get("type") == "agent_message"]
+            assert len(messages) == 1 and len(messages[0].split()) == 7, messages
+            answered = [r for r in requests_logged(gateway.log())
+                        if r["dialect"] == "responses" and r["model"] == "rambler"]
+            assert [r["status"] for r in answered] == ["200"], gateway.log()  # no retry
+            assert answered[0]["tokens_out"] == "7", answered
     finally:
         neuron.stop()

@@ -17,13 +17,12 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 
 from cortex import Plugins, build_plugin_manager
 
-from ..conftest import ROOT, NeuronProcess, free_port
-from ..serve_support import GatewayProcess, nodes_up
+from ..conftest import ROOT
+from ..serve_support import served, synthetic_neuron
 
 CODEX = ROOT / ".ci" / "node" / "node_modules" / ".bin" / "codex"
 RESPONSES = "responses" in Plugins(build_plugin_manager(entry_points=False)).dialects
@@ -62,21 +61,13 @@ def test_codex_oss_pulls_then_runs_a_tool_round_trip(tmp_path: Path) -> None:
     workdir.mkdir()
     (workdir / "notes.txt").write_text("The secret word is periwinkle.\n")
     answer = "The notes say the secret word is periwinkle."
-    neuron = NeuronProcess({"memory_budget": "8GiB", "harness": {"synthetic": {"script": [
-        {"tool": "exec_command", "arguments": {"cmd": "cat notes.txt"}}, {"text": answer}]}}},
-        tmp_path)
+    neuron = synthetic_neuron(tmp_path, harness={"synthetic": {"script": [
+        {"tool": "exec_command", "arguments": {"cmd": "cat notes.txt"}}, {"text": answer}]}})
+    scripted = {"id": "scripted", "harness": "synthetic", "n_ctx": 200000, "slots": 4,
+                "source": "synthetic:rate=0,load_ms=500"}
     try:
-        neuron.wait_ready()
-        config = tmp_path / "cortex.toml"
-        config.write_bytes(msgspec.toml.encode({
-            "gateway": {"metrics_listen": f"127.0.0.1:{free_port()}", "poll_interval": 0.25},
-            "neurons": [{"name": "a", "endpoint": neuron.url}],
-            "models": [{"id": "scripted", "harness": "synthetic",
-                        "source": "synthetic:rate=0,load_ms=500", "n_ctx": 200000,
-                        "slots": 4}]}))
-        gateway = GatewayProcess(tmp_path, ["--config", str(config)])
-        try:
-            gateway.wait(nodes_up(1), "the gateway sees the neuron", 30)
+        with served(tmp_path, [{"name": "a", "endpoint": neuron.url}],
+                    profiles=[scripted]) as gateway:
             done = codex_oss(gateway.url, tmp_path / "home", workdir,
                              "Read notes.txt and tell me the secret word.",
                              "--sandbox", "read-only", model="scripted:latest", timeout=300)
@@ -90,7 +81,5 @@ def test_codex_oss_pulls_then_runs_a_tool_round_trip(tmp_path: Path) -> None:
             assert "loaded scripted" in log
             turns = [line for line in log.splitlines() if "dialect=responses" in line]
             assert len(turns) >= 2 and all(" queue=0.0" in line for line in turns), log
-        finally:
-            assert gateway.stop() == 0, gateway.log()
     finally:
         neuron.stop()

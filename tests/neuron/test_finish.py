@@ -20,6 +20,9 @@ pytestmark = pytest.mark.model
 N_CTX = 256  # llama.cpp pads a context to 256 cells: a smaller one would not be it
 PROFILE = {"id": "tiny", "source": "bundled:gemma3-270m", "chat_format": "gemma",
            "n_ctx": N_CTX, "slots": 2}
+# The same model with a default output budget (what the bundled profile sets for clients
+# like Codex that send none).
+BUDGETED = {**PROFILE, "id": "budgeted", "default_max_tokens": 4}
 PROMPT = "one two three four five six seven eight nine ten eleven twelve thirteen"
 MESSAGES: Any = [{"role": "user", "content": PROMPT}]
 
@@ -27,7 +30,7 @@ MESSAGES: Any = [{"role": "user", "content": PROMPT}]
 @pytest.fixture(scope="module")
 def neuron(tmp_path_factory: pytest.TempPathFactory, gemma_path: Path,
            cache_dir: Path) -> Iterator[NeuronProcess]:
-    with running_neuron({"cache_dir": str(cache_dir), "preload": [PROFILE]},
+    with running_neuron({"cache_dir": str(cache_dir), "preload": [PROFILE, BUDGETED]},
                         tmp_path_factory.mktemp("neuron-finish"), preloaded_within=120) as process:
         yield process
 
@@ -152,3 +155,20 @@ def test_a_natural_stop_has_no_cause(client: openai.OpenAI) -> None:
                                            stop=["\n", " "])
     assert reply.choices[0].finish_reason == "stop"
     assert "stop_cause" not in (reply.choices[0].model_extra or {})
+
+
+@pytest.mark.parametrize("asked", [None, 7])
+def test_a_default_budget_holds_only_when_the_client_sets_none(
+        client: openai.OpenAI, asked: int | None) -> None:
+    """`default_max_tokens` is a default, not a cap: a request with no budget stops there
+    (`length`, cut by max_tokens), one that asks for more gets it (chat and text)."""
+    extra: Any = {"ignore_eos": True}  # the model may not stop on its own first
+    chat = client.chat.completions.create(model="budgeted", messages=MESSAGES,
+                                          max_tokens=asked, extra_body=extra)
+    text = client.completions.create(model="budgeted", prompt=PROMPT, max_tokens=asked,
+                                     extra_body=extra)
+    for reply, choice in ((chat, chat.choices[0]), (text, text.choices[0])):
+        assert reply.usage is not None
+        assert reply.usage.completion_tokens == (asked or 4)
+        assert choice.finish_reason == "length"
+        assert (choice.model_extra or {})["stop_cause"] == "max_tokens"

@@ -171,9 +171,26 @@ async def test_a_length_finish_is_an_incomplete_response(
     assert response.incomplete_details is not None
     assert response.incomplete_details.reason == "max_output_tokens"
     neuron.scripts.append(Script(frames=text_stream("Once", finish="length")))
-    events = await raw_events(gw, {"model": MODEL, "input": "Tell a story."})
+    events = await raw_events(gw, {"model": MODEL, "input": "Tell a story.",
+                                   "max_output_tokens": 1})
     assert events[-1]["type"] == "response.incomplete"
     assert events[-1]["response"]["incomplete_details"] == {"reason": "max_output_tokens"}
+
+
+async def test_a_budget_the_client_did_not_set_ends_a_complete_response(
+        gw: RunningGateway, neuron: FakeNeuron, sdk: openai.AsyncOpenAI) -> None:
+    """With no `max_output_tokens` (Codex sends none), a `length` finish came from the
+    profile's default budget or cap: the server's choice, so `completed` (Codex fails a
+    turn on `incomplete`)."""
+    neuron.scripts.append(Script(body=completion("Once upon", finish="length",
+                                                 stop_cause="max_tokens")))
+    response = await sdk.responses.create(model=MODEL, input="Tell a story.")
+    assert response.status == "completed" and response.incomplete_details is None
+    assert response.output_text == "Once upon"
+    neuron.scripts.append(Script(frames=text_stream("Once", finish="length")))
+    events = await raw_events(gw, {"model": MODEL, "input": "Tell a story."})
+    assert events[-1]["type"] == "response.completed"
+    assert events[-1]["response"]["status"] == "completed"
 
 
 # --- tools ---------------------------------------------------------------------------------
