@@ -119,7 +119,7 @@ class Reply:
         self._clock, self._wall = clock, wall
         self.sent = started + load_seconds
         self.first: float | None = None
-        self.calls: dict[int, list[str]] = {}  # index: [name, arguments]
+        self.calls: dict[int, list[str]] = {}  # index: [name, arguments, id]
         self.finish_reason: str | None = None
         self.usage = _Usage()
         self.done = False
@@ -156,9 +156,12 @@ class Reply:
         return "length" if self.finish_reason == "length" else "stop"
 
     def _tool_calls(self) -> list[dict[str, Any]]:
-        return [{"function": {"index": index, "name": name,
+        """Each call with its id (as Ollama sends it), which a client may give back as
+        the result's `tool_call_id`: two calls of one tool are then told apart."""
+        return [{**({"id": call_id} if call_id else {}),
+                 "function": {"index": index, "name": name,
                               "arguments": _arguments(name, arguments)}}
-                for index, (name, arguments) in sorted(self.calls.items())]
+                for index, (name, arguments, call_id) in sorted(self.calls.items())]
 
     # --- a stream ---------------------------------------------------------------------------
 
@@ -193,7 +196,9 @@ class Reply:
     def _gather(self, call: _CallDelta) -> None:
         if self.first is None:
             self.first = self._clock()
-        slot = self.calls.setdefault(call.index or 0, ["", ""])
+        slot = self.calls.setdefault(call.index or 0, ["", "", ""])
+        if call.id:
+            slot[2] = call.id
         if call.function is not None:
             if call.function.name:
                 slot[0] = call.function.name

@@ -130,13 +130,14 @@ def _messages(messages: list[Message]) -> list[ChatMessage]:
     made = 0
     for index, message in enumerate(messages):
         where = f"messages[{index}]"
-        if message.role not in _ROLES:
+        role = message.role.lower()  # as Ollama reads it ("User" is user)
+        if role not in _ROLES:
             raise InvalidRequest(f"{where}.role `{message.role[:40]}` is not system, user, "
                                  "assistant or tool", param=f"{where}.role")
         if message.images:
             raise UnsupportedFeature(f"{where}.images: the models of this gateway take "
                                      "text only", param=f"{where}.images")
-        if message.role == "assistant" and message.tool_calls:
+        if role == "assistant" and message.tool_calls:
             calls = []
             pending = []
             for call in message.tool_calls:
@@ -149,14 +150,14 @@ def _messages(messages: list[Message]) -> list[ChatMessage]:
             out.append(ChatMessage(role="assistant", content=message.content or None,
                                    tool_calls=calls,
                                    reasoning_content=message.thinking or None))
-        elif message.role == "tool":
+        elif role == "tool":
             out.append(ChatMessage(role="tool", content=message.content or "",
                                    tool_call_id=_answered(message, pending, made)))
-        elif message.role == "assistant":
+        elif role == "assistant":
             out.append(ChatMessage(role="assistant", content=message.content or "",
                                    reasoning_content=message.thinking or None))
         else:
-            out.append(ChatMessage(role=message.role, content=message.content or ""))
+            out.append(ChatMessage(role=role, content=message.content or ""))
     return out
 
 

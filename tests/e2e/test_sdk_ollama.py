@@ -188,6 +188,20 @@ async def test_a_tool_round_trip(client: ollama.AsyncClient) -> None:
         "get_weather"]
 
 
+async def test_tool_calls_carry_ids_a_client_may_answer_by(gw: RunningGateway) -> None:
+    """Ollama gives each call an `id`; Open WebUI sends it back as the result's
+    `tool_call_id` (the `ollama` Python client has no field for either, so raw HTTP)."""
+    ask: dict[str, Any] = {"model": "tools", "stream": False, "tools": [WEATHER],
+                           "messages": [{"role": "user", "content": "Weather in Paris?"}]}
+    first = (await gw.client.post(f"{gw.url}/api/chat", json=ask)).json()["message"]
+    [call] = first["tool_calls"]
+    assert call["id"].startswith("call_") and call["function"]["name"] == "get_weather"
+    ask["messages"] += [first, {"role": "tool", "tool_call_id": call["id"],
+                                "content": "sunny"}]
+    answer = await gw.client.post(f"{gw.url}/api/chat", json=ask)
+    assert answer.json()["message"]["content"] == "It is sunny in Paris."
+
+
 # --- thinking ------------------------------------------------------------------------------
 
 REASONING = "Two and two make four."

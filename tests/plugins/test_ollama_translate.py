@@ -169,6 +169,27 @@ def test_tools_and_a_tool_round_trip() -> None:
     assert (by_name["tool_call_id"], by_order["tool_call_id"]) == ("call_2", "call_1")
 
 
+def test_roles_are_read_as_ollama_reads_them() -> None:
+    body = wire(chat(messages=[{"role": "System", "content": "s"},
+                               {"role": "USER", "content": "u"}]))
+    assert [m["role"] for m in body["messages"]] == ["system", "user"]
+
+
+def test_two_calls_of_one_tool_are_answered_by_their_ids() -> None:
+    """The ids a reply gave its calls come back on the calls and on their results, in
+    any order; matched by name alone, the second result would answer the first call."""
+    body = wire(chat(messages=[
+        {"role": "user", "content": "Paris and Rome?"},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"id": "call_p", "function": {"name": "weather", "arguments": {"city": "Paris"}}},
+            {"id": "call_r", "function": {"name": "weather", "arguments": {"city": "Rome"}}}]},
+        {"role": "tool", "tool_name": "weather", "tool_call_id": "call_r", "content": "rain"},
+        {"role": "tool", "tool_name": "weather", "tool_call_id": "call_p", "content": "sun"}]))
+    assert [c["id"] for c in body["messages"][1]["tool_calls"]] == ["call_p", "call_r"]
+    assert [(m["tool_call_id"], m["content"]) for m in body["messages"][2:]] == [
+        ("call_r", "rain"), ("call_p", "sun")]
+
+
 @pytest.mark.parametrize("message, field", [
     ({"role": "user", "content": "x", "images": ["aGk="]}, "images"),
     ({"role": "robot", "content": "x"}, "role")])
@@ -332,7 +353,8 @@ def test_streamed_tool_calls_arrive_whole_before_done() -> None:
                                finish="tool_calls"))
     lines += answer.feed(b"[DONE]")
     assert [line["message"].get("tool_calls") for line in lines] == [
-        [{"function": {"index": 0, "name": "weather", "arguments": {"city": "Paris"}}}], None]
+        [{"id": "call_a", "function": {"index": 0, "name": "weather",
+                                       "arguments": {"city": "Paris"}}}], None]
     assert lines[-1]["done_reason"] == "stop"
 
 
@@ -372,7 +394,7 @@ def test_a_whole_chat_reply() -> None:
             "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}}
     out = reply().whole(json.dumps(body).encode())
     assert out["message"] == {"role": "assistant", "content": "", "tool_calls": [
-        {"function": {"index": 0, "name": "f", "arguments": {"a": 1}}}]}
+        {"id": "x", "function": {"index": 0, "name": "f", "arguments": {"a": 1}}}]}
     assert (out["done"], out["done_reason"], out["prompt_eval_count"], out["eval_count"]) \
         == (True, "stop", 3, 4)
 
