@@ -141,6 +141,8 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     parallel_tool_calls: bool | None = None
     response_format: dict[str, Any] | None = None
     top_logprobs: int | None = None
+    # cortex's (Ollama's chat `truncate`): over the context, drop the oldest turns, not 400.
+    truncate_history: bool = False
 
     def token_limit(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None \

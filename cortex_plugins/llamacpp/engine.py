@@ -11,6 +11,7 @@ import msgspec
 
 from cortex import (
     ChatCompletionRequest,
+    ChatMessage,
     CompletionRequest,
     ContextLengthExceeded,
     Done,
@@ -29,6 +30,7 @@ from .batch import END, Scheduler, Sequence
 from .embed import Embedder, cut_tokens
 from .forced import forced_tools, tool_call_grammar
 from .grammar import Grammar, make_grammar
+from .history import fitting_tail
 from .render import Prompt, Renderer
 from .schema import grammar_text
 from .tools import ToolCallParser
@@ -182,6 +184,33 @@ class LlamaEngine(Engine):
         return cut_tokens(lambda add_special: self._model.tokenize(data, add_special, True),
                           limit)
 
+    def _fitted(self, request: ChatCompletionRequest) -> tuple[Prompt, list[int]]:
+        prompt = self._render(request)
+        tokens = self._tokens(prompt.text, prompt.add_bos)
+        self._check_fits(tokens)
+        return prompt, tokens
+
+    def _prompt(self, request: ChatCompletionRequest) -> tuple[Prompt, list[int]]:
+        """The rendered prompt and its tokens; with `truncate_history`, a conversation
+        over the context loses its oldest turns (history.py) instead. Blocking."""
+        try:
+            return self._fitted(request)
+        except ContextLengthExceeded:
+            if not request.truncate_history:
+                raise
+
+            def fits(messages: list[ChatMessage]) -> bool:
+                try:
+                    self._fitted(msgspec.structs.replace(request, messages=messages))
+                except ContextLengthExceeded:
+                    return False
+                return True
+
+            kept = fitting_tail(request.messages, fits)
+            if kept is None:
+                raise
+            return self._fitted(msgspec.structs.replace(request, messages=kept))
+
     def _check_fits(self, prompt_tokens: list[int]) -> None:
         if not prompt_tokens:
             raise InvalidRequest("the prompt is empty", param="prompt")
@@ -238,9 +267,7 @@ class LlamaEngine(Engine):
                             default=self._default)
 
         def prepare() -> tuple[list[int], list[str], Grammar | None]:
-            prompt = self._render(request)
-            tokens = self._tokens(prompt.text, prompt.add_bos)
-            self._check_fits(tokens)
+            prompt, tokens = self._prompt(request)
             return tokens, prompt.stop, self._grammar(request)
 
         tokens, template_stops, sampling.grammar = await asyncio.to_thread(prepare)

@@ -4,11 +4,13 @@ Everything is checked here, before the gateway routes it: the options are typed 
 bounded (types.py) and mapped field by field, `num_ctx` is held against the model's
 context, `format` becomes a `response_format` the neuron's grammar enforces, tools and
 tool calls change shape (arguments: an object here, a JSON string there; a tool result
-is matched to its call by name, as Ollama's messages carry no ids), an assistant turn's
-`thinking` is its `reasoning_content`, and what this gateway cannot honour (images, a
-per-request template, `context`) is a 400 naming it. `think` asks nothing of the neuron:
-a thinking model's reasoning comes apart from its answer whatever is asked, and the
-reply shows it or not (reply.py); the models here take no effort level.
+is matched to its call by its id, else by name), an assistant turn's `thinking` is its
+`reasoning_content`, chat's `truncate` (a conversation over the context loses its
+oldest turns, which the neuron does) is `truncate_history`, and what this gateway
+cannot honour (images, a per-request template, `context`) is a 400 naming it. `think`
+asks nothing of the neuron: a thinking model's reasoning comes apart from its answer
+whatever is asked, and the reply shows it or not (reply.py); the models here take no
+effort level.
 """
 
 from __future__ import annotations
@@ -187,7 +189,7 @@ def chat_request(req: ChatRequest, *, model: str) -> ChatCompletionRequest:
         model=model, messages=_messages(req.messages), stream=req.stream,
         stream_options=StreamOptions(include_usage=True) if req.stream else None,
         tools=_tools(req.tools), response_format=_response_format(req.format),
-        **_sampling(req.options))
+        truncate_history=req.truncate, **_sampling(req.options))
 
 
 def generate_request(req: GenerateRequest, *, model: str

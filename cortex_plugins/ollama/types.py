@@ -90,6 +90,8 @@ class _Inference(msgspec.Struct, kw_only=True):
 class ChatRequest(_Inference, kw_only=True):
     messages: list[Message] = []
     tools: list[dict[str, Any]] | None = None
+    # A conversation over the context loses its oldest turns (false: it is refused).
+    truncate: bool = True
 
 
 class GenerateRequest(_Inference, kw_only=True):

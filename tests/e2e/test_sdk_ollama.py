@@ -163,6 +163,24 @@ async def test_num_predict_and_stop(client: ollama.AsyncClient) -> None:
     assert word not in (cut.message.content or "") and cut.done_reason == "stop"
 
 
+async def test_a_conversation_over_the_context_loses_its_oldest_turns(
+        client: ollama.AsyncClient, gw: RunningGateway) -> None:
+    """As Ollama (`truncate` defaults to true): a chat longer than the model's context
+    (2,048 tokens here) is answered from its system prompt and latest turns, not
+    refused; `truncate: false` refuses it (the client has no field for that: raw)."""
+    messages: list[dict[str, str]] = [{"role": "system", "content": "Be brief."}]
+    for turn in range(40):
+        messages += [{"role": "user", "content": f"Question {turn}: " + "why " * 30},
+                     {"role": "assistant", "content": "Because. " * 10}]
+    messages.append({"role": "user", "content": "And the sky?"})
+    reply = await client.chat(model=MODEL, messages=messages,
+                              options={"temperature": 0, "num_predict": 2})
+    assert reply.done and 2048 // 2 < (reply.prompt_eval_count or 0) < 2048
+    refused = await gw.client.post(f"{gw.url}/api/chat", json={
+        "model": MODEL, "messages": messages, "truncate": False, "stream": False})
+    assert refused.status_code == 400 and "prompt is too long" in refused.json()["error"]
+
+
 async def test_format_schema_is_enforced(client: ollama.AsyncClient) -> None:
     schema = {"type": "object", "properties": {"age": {"type": "integer"}},
               "required": ["age"]}

@@ -169,6 +169,12 @@ def test_tools_and_a_tool_round_trip() -> None:
     assert (by_name["tool_call_id"], by_order["tool_call_id"]) == ("call_2", "call_1")
 
 
+def test_chat_truncates_its_history_unless_told_not_to() -> None:
+    """Ollama's chat `truncate` (default true) is the neuron's `truncate_history`."""
+    assert wire(chat())["truncate_history"] is True
+    assert wire(chat(truncate=False))["truncate_history"] is False
+
+
 def test_roles_are_read_as_ollama_reads_them() -> None:
     body = wire(chat(messages=[{"role": "System", "content": "s"},
                                {"role": "USER", "content": "u"}]))
