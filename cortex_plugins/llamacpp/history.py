@@ -25,9 +25,9 @@ def _from(messages: Sequence[ChatMessage], cut: int) -> list[ChatMessage]:
 
 def fitting_tail(messages: Sequence[ChatMessage],
                  fits: Callable[[list[ChatMessage]], bool]) -> list[ChatMessage] | None:
-    """The messages with the fewest oldest turns left out that `fits`, never the last
-    user message; None when even that alone (with the system messages) does not fit.
-    The whole conversation is taken not to fit (the caller tried it)."""
+    """The system messages and the longest tail of the rest, from a user message on,
+    that `fits`: at least the last user message and what follows it; None when even
+    that does not fit. The whole conversation is taken not to fit (the caller tried)."""
     starts = [i for i, m in enumerate(messages) if m.role == "user"]
     starts = [i for i in starts if any(m.role not in _KEPT for m in messages[:i])]
     low, high, best = 0, len(starts) - 1, None

@@ -32,8 +32,8 @@ class NotSupported(CortexError):
 
 
 def in_ollamas_words(body: bytes, exc: CortexError) -> CortexError:
-    """A neuron's error (its OpenAI envelope `body`, rebuilt as `exc`) as Ollama words
-    it where clients may show it: an embedding input over the context (`truncate:
+    """A neuron's error (its OpenAI envelope `body`, rebuilt as `exc`) in Ollama's words
+    where a client may show them: an embedding input over the context (`truncate:
     false`, or the legacy /api/embeddings, which never truncates)."""
     try:
         detail = _envelope.decode(body).error
