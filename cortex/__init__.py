@@ -45,6 +45,7 @@ from cortex.errors import (
 )
 from cortex.evictor import EvictionPolicy, Evictor
 from cortex.harness import (
+    Admitted,
     Done,
     Engine,
     EngineStats,
@@ -89,6 +90,7 @@ __all__ = [
     "GPU",
     "MAX_LOGGED",
     "MAX_N_THREADS",
+    "Admitted",
     "Call",
     "CatalogueEntry",
     "ChatCompletion",

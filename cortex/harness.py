@@ -22,8 +22,8 @@ from cortex.types import (
     ToolCall,
 )
 
-__all__ = ["Done", "Engine", "EngineStats", "GenerationEvent", "Harness", "ReasoningDelta",
-           "ResolvedModel", "TextDelta", "ToolCalls"]
+__all__ = ["Admitted", "Done", "Engine", "EngineStats", "GenerationEvent", "Harness",
+           "ReasoningDelta", "ResolvedModel", "TextDelta", "ToolCalls"]
 
 
 class ResolvedModel(msgspec.Struct, kw_only=True):
@@ -39,6 +39,15 @@ class ResolvedModel(msgspec.Struct, kw_only=True):
     @property
     def path(self) -> str:
         return self.files[0]
+
+
+class Admitted(msgspec.Struct, kw_only=True):
+    """The prompt took its place in the batch, before any output: its size and the prefix
+    found cached (what Done reports at the end), so a stream can tell them first. A
+    harness sends it at most once, first; one that sends none is served as well."""
+
+    prompt_tokens: int
+    cached_tokens: int = 0
 
 
 class TextDelta(msgspec.Struct):
@@ -66,7 +75,7 @@ class Done(msgspec.Struct, kw_only=True):
     stop_cause: str | None = None
 
 
-GenerationEvent = TextDelta | ReasoningDelta | ToolCalls | Done
+GenerationEvent = Admitted | TextDelta | ReasoningDelta | ToolCalls | Done
 
 
 class EngineStats(msgspec.Struct, kw_only=True):

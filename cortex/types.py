@@ -100,6 +100,10 @@ class ChatMessage(Wire, kw_only=True):
 
 class StreamOptions(Wire, kw_only=True):
     include_usage: bool = False
+    # cortex's own, which only its gateway sets (the Anthropic dialect): one chunk with
+    # the prompt's usage and no choices before any content (docs/neuron.md). Unset, not
+    # false, so other requests' bodies stay as they were.
+    prompt_usage: bool | UnsetType = UNSET
 
 
 class SamplingFields(Wire, kw_only=True):

@@ -30,7 +30,7 @@ from cortex.errors import (
     NotFound,
     Unavailable,
 )
-from cortex.harness import GenerationEvent
+from cortex.harness import Admitted, GenerationEvent
 from cortex.records import log_value
 from cortex.types import (
     ChatCompletionRequest,
@@ -193,6 +193,9 @@ class _Neuron:
                 result = await unless_disconnected(request, whole(model, events))
                 return MsgspecResponse(result)
             first = await events.__anext__()
+            admitted = None
+            if isinstance(first, Admitted):  # the response waits for output (errors: 4xx)
+                admitted, first = first, await events.__anext__()
         except BaseException:
             await events.aclose()
             await hold.__aexit__(None, None, None)
@@ -200,13 +203,15 @@ class _Neuron:
         if not stream:  # pragma: no cover - returned above
             raise AssertionError
         include_usage = bool(stream_options and stream_options.include_usage)
+        if not (stream_options and stream_options.prompt_usage):
+            admitted = None
         # Transitional, for gateways that read usage off the finish chunk (responses.py).
         finish_usage = request.headers.get("x-cortex-usage") == "finish"
 
         async def body() -> AsyncIterator[bytes]:
             try:
                 async for frame in streamed(model, first, events, include_usage=include_usage,
-                                            finish_usage=finish_usage):
+                                            finish_usage=finish_usage, admitted=admitted):
                     yield frame
             finally:
                 await events.aclose()

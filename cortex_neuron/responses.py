@@ -4,7 +4,10 @@ Streams carry usage as OpenAI's spec says: only when the client asks with
 `stream_options.include_usage`, then as `usage: null` on every chunk and the counts on
 one extra last chunk whose `choices` is empty. `finish_usage` (asked by a gateway with
 `x-cortex-usage: finish`, see app.py) also puts the counts on the finish chunk, as
-every stream did before, for gateways that read them there.
+every stream did before, for gateways that read them there. `admitted` (given when the
+gateway asks with `stream_options.prompt_usage`) adds one chunk with the prompt's
+counts and no choices before any content, so its Anthropic dialect can open
+`message_start` with the prompt's size.
 
 Reasoning (a thinking model's, apart from its answer) is `reasoning_content`, on the
 message or in deltas of its own, as DeepSeek and llama-server send it; a text completion
@@ -24,7 +27,7 @@ from collections.abc import AsyncIterator
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from cortex import Done, GenerationEvent, ReasoningDelta, TextDelta, ToolCalls
+from cortex import Admitted, Done, GenerationEvent, ReasoningDelta, TextDelta, ToolCalls
 from cortex.errors import CortexError, Unavailable
 from cortex.types import (
     ChatChoice,
@@ -59,6 +62,12 @@ def _usage(done: Done) -> Usage:
     return Usage(prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens,
                  total_tokens=done.prompt_tokens + done.completion_tokens,
                  prompt_tokens_details=PromptTokensDetails(cached_tokens=done.cached_tokens))
+
+
+def _prompt_usage(admitted: Admitted) -> Usage:
+    return Usage(prompt_tokens=admitted.prompt_tokens, completion_tokens=0,
+                 total_tokens=admitted.prompt_tokens,
+                 prompt_tokens_details=PromptTokensDetails(cached_tokens=admitted.cached_tokens))
 
 
 def _finish(done: Done) -> str:
@@ -98,8 +107,8 @@ async def chat_completion(model: str, events: AsyncIterator[GenerationEvent]) ->
 
 
 async def chat_stream(model: str, first: GenerationEvent, events: AsyncIterator[GenerationEvent],
-                      *, include_usage: bool, finish_usage: bool = False
-                      ) -> AsyncIterator[bytes]:
+                      *, include_usage: bool, finish_usage: bool = False,
+                      admitted: Admitted | None = None) -> AsyncIterator[bytes]:
     """SSE frames; usage as the module's docstring says."""
     chunk_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
@@ -115,6 +124,8 @@ async def chat_stream(model: str, first: GenerationEvent, events: AsyncIterator[
         return _frame(out)
 
     yield chunk(Delta(role="assistant", content=""))
+    if admitted is not None:
+        yield chunk(Delta(), usage=_prompt_usage(admitted), choices=False)
     tools_sent = False
     event: GenerationEvent | None = first
     try:
@@ -162,8 +173,8 @@ async def completion(model: str, events: AsyncIterator[GenerationEvent]) -> Comp
 
 async def completion_stream(model: str, first: GenerationEvent,
                             events: AsyncIterator[GenerationEvent], *,
-                            include_usage: bool, finish_usage: bool = False
-                            ) -> AsyncIterator[bytes]:
+                            include_usage: bool, finish_usage: bool = False,
+                            admitted: Admitted | None = None) -> AsyncIterator[bytes]:
     chunk_id = f"cmpl-{uuid.uuid4().hex}"
     created = int(time.time())
 
@@ -177,6 +188,8 @@ async def completion_stream(model: str, first: GenerationEvent,
             out.usage = usage
         return _frame(out)
 
+    if admitted is not None:
+        yield chunk("", usage=_prompt_usage(admitted), choices=False)
     event: GenerationEvent | None = first
     try:
         while event is not None:

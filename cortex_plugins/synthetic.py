@@ -52,6 +52,7 @@ from typing import Any, ClassVar
 import msgspec
 
 from cortex import (
+    Admitted,
     ChatCompletionRequest,
     CompletionRequest,
     ConfigError,
@@ -160,6 +161,7 @@ class SyntheticEngine(Engine):
         try:
             if self._die_on and self._die_on in prompt:
                 os.kill(os.getpid(), signal.SIGKILL)  # die_on: a crash, for tests
+            yield Admitted(prompt_tokens=prompt_tokens)  # it holds a slot: prefill follows
             if self._settings.ttft_ms:
                 await asyncio.sleep(self._settings.ttft_ms / 1000)
             if step is not None and step.tool is not None:

@@ -6,7 +6,9 @@ request, then forwarded like any other, so routing, loading, retries and disconn
 are the gateway's. The neuron's answer comes back through the request's Exchange
 (MessagesExchange): a whole ChatCompletion is translated with `from_openai`, a stream
 is parsed as SSE and fed to the request's StreamTranslator, which also writes the pings
-sent while a model loads or prefills and the error event of a stream that fails.
+sent while a model loads or prefills and the error event of a stream that fails. Its
+message_start waits for the neuron's prompt counts (asked with `prompt_usage`), so
+the keep-alives before it are SSE comments, which the SDKs skip.
 Routes match on the path only, so Claude Code's `?beta=true` needs nothing. Auth
 headers are not read here: every form (Bearer, `x-api-key`) and any
 `anthropic-version`, or none, is accepted.
@@ -135,17 +137,19 @@ class MessagesExchange(AnthropicExchange):
             yield _frames(translator.error(exc))
 
     def keepalive(self) -> bytes:
-        """message_start once, then `ping` events: real events, not comments, while the
-        model loads or prefills (§3.3; pings never come before message_start)."""
-        return _frames(self.translator.ping())
+        """While the model loads or prefills: an SSE comment until message_start (which
+        waits for the prompt's counts; Anthropic allows no event before it), `ping`
+        events after it (§3.3)."""
+        return _frames(self.translator.ping()) if self.translator.started \
+            else super().keepalive()
 
     def stream_error(self, exc: CortexError) -> bytes:
         return _frames(self.translator.error(exc))
 
     def loading(self, model: str, node: str, progress: float) -> bytes:
-        """A `ping` event (what Anthropic clients expect while they wait), after the same
-        progress comment the OpenAI dialect sends, which the SDKs skip."""
-        return loading_comment(model, node, progress) + self.keepalive()
+        """The progress comment the OpenAI dialect sends, which the SDKs skip (and a
+        `ping` event after it, once message_start is out)."""
+        return loading_comment(model, node, progress) + _frames(self.translator.ping())
 
 
 class _AnthropicRoute(Route):

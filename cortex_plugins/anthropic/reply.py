@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 
 from cortex import ChatCompletion, StopMatcher, UpstreamError
+from cortex.dialect import BackendUsage
 
 from .errors import from_error_event
 from .types import (
@@ -40,8 +41,8 @@ from .types import (
     Usage,
 )
 
-__all__ = ["ToolIds", "anthropic_usage", "assemble", "from_openai", "is_object",
-           "new_message_id", "stop_reason", "tool_arguments"]
+__all__ = ["ToolIds", "anthropic_usage", "assemble", "backend_usage", "from_openai",
+           "is_object", "new_message_id", "stop_reason", "tool_arguments"]
 
 _ID_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -96,6 +97,14 @@ def anthropic_usage(prompt: int, completion: int, cached: int = 0,
     """§6.4: cached and cache-written prompt tokens are reported apart from input_tokens."""
     return Usage(input_tokens=max(0, prompt - cached - written), output_tokens=completion,
                  cache_creation_input_tokens=written, cache_read_input_tokens=cached)
+
+
+def backend_usage(usage: BackendUsage, output: int) -> Usage:
+    """A streamed backend's usage (its prompt's, or its reply's) with `output` tokens."""
+    details = usage.prompt_tokens_details
+    return anthropic_usage(usage.prompt_tokens or 0, output,
+                           (details.cached_tokens or 0) if details else 0,
+                           (details.cache_write_tokens or 0) if details else 0)
 
 
 def tool_arguments(raw: str) -> dict[str, Any] | None:
@@ -155,11 +164,14 @@ def from_openai(resp: ChatCompletion, *, model: str, stop_sequences: Sequence[st
         content.append(ToolUseBlock(id=ids.assign(call.id), name=call.function.name,
                                     input=args))
     tool_use = any(isinstance(block, ToolUseBlock) for block in content)
+    details = resp.usage.prompt_tokens_details
+    cached = details.cached_tokens if not isinstance(details, msgspec.UnsetType) else 0
     return Message(id=message_id, model=model, content=content,
                    stop_reason=stop_reason(finish, tool_use=tool_use, stop_sequence=hit,
                                            stop_cause=cause),
                    stop_sequence=hit,
-                   usage=anthropic_usage(resp.usage.prompt_tokens, resp.usage.completion_tokens))
+                   usage=anthropic_usage(resp.usage.prompt_tokens,
+                                         resp.usage.completion_tokens, cached))
 
 
 def assemble(events: Iterable[StreamEvent]) -> Message:

@@ -66,7 +66,8 @@ def to_openai(request: MessagesRequest, *, model: str,
         model=model, messages=_messages(request), max_tokens=request.max_tokens,
         temperature=request.temperature, top_p=request.top_p, top_k=request.top_k,
         stop=stops if stops and not match_stops else None, stream=stream,
-        stream_options=StreamOptions(include_usage=True) if stream else None,
+        # prompt_usage: the prompt's counts before any output, for message_start's usage.
+        stream_options=StreamOptions(include_usage=True, prompt_usage=True) if stream else None,
         user=request.metadata.user_id if request.metadata else None,
         response_format=_response_format(request.output_config))
     tools = _tools(request.tools)

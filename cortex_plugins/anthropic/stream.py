@@ -15,7 +15,7 @@ from cortex import Usage as OpenAIUsage
 from cortex.dialect import BackendChunk, BackendError, BackendUsage, ToolCallDelta
 
 from .errors import anthropic_error
-from .reply import ToolIds, anthropic_usage, is_object, new_message_id, stop_reason
+from .reply import ToolIds, anthropic_usage, backend_usage, is_object, new_message_id, stop_reason
 from .types import (
     ContentBlockDeltaEvent,
     ContentBlockStartEvent,
@@ -69,12 +69,15 @@ class _OpenBlock:
 class StreamTranslator:
     """Backend chunks in, Anthropic events out, for one streamed reply (§6.5).
 
-    Call `start()` when the response begins, `ping()` while waiting (cold load, long
-    prefill), `feed()` per backend chunk, then `finish()` at the backend's end, or as
-    soon as `stopped` turns true (after closing the upstream, which ends generation),
-    or `error()` when it fails. Each returns the events to send, in order. The first
-    event is always one message_start; block indices run 0, 1, 2 … and a block is
-    stopped before the next starts; after message_stop or an error every call returns [].
+    Call `feed()` per backend chunk, `ping()` while waiting (cold load, long prefill),
+    then `finish()` at the backend's end, or as soon as `stopped` turns true (after
+    closing the upstream, which ends generation), or `error()` when it fails. Each
+    returns the events to send, in order. The first event is always one message_start,
+    held until the backend tells the prompt's counts (the neuron's `prompt_usage` chunk)
+    or sends output, a finish or its end, so its `input_tokens` is the prompt's; until
+    then `started` is false and `ping()` returns nothing (Anthropic allows no event
+    before message_start). Block indices run 0, 1, 2 … and a block is stopped before
+    the next starts; after message_stop or an error every call returns [].
 
     Tool calls are keyed on their `index` alone, taking `id` and `name` from their first
     appearance (llama-cpp-python repeats them in every chunk, §7.2). The open call's
@@ -106,7 +109,8 @@ class StreamTranslator:
         self._finish: str | None = None
         self._cause: str | None = None  # the neuron's `stop_cause` of a `length` finish
         self._stop_sequence: str | None = None
-        self._usage: BackendUsage | None = None
+        self._usage: BackendUsage | None = None  # the reply's, on or after its finish
+        self._prompt: BackendUsage | None = None  # the prompt's, sent before any output
         self._pieces = 0  # chunks that carried output: the token count when none is reported
 
     @classmethod
@@ -127,6 +131,11 @@ class StreamTranslator:
         return self._id
 
     @property
+    def started(self) -> bool:
+        """message_start was emitted: events may follow (a ping, not an SSE comment)."""
+        return self._started
+
+    @property
     def stopped(self) -> bool:
         """A stop sequence matched: read no more, close the upstream, call `finish()`."""
         return self._stop_sequence is not None
@@ -139,28 +148,36 @@ class StreamTranslator:
     # --- the public steps ------------------------------------------------------------------
 
     def start(self) -> list[StreamEvent]:
-        """message_start, once; input_tokens is the counted prompt or 0 until message_delta."""
+        """message_start, once, now: its usage is the prompt's as the backend told it
+        (reported as message_delta's is), else the counted prompt, else 0."""
         if self._started or self._closed:
             return []
         self._started = True
+        told = self._prompt or self._usage
+        usage = backend_usage(told, 0) if told is not None else \
+            Usage(input_tokens=self._input_tokens or 0, output_tokens=0)
         return [MessageStartEvent(message=Message(
             id=self._id, model=self._model, content=[], stop_reason=None, stop_sequence=None,
-            usage=Usage(input_tokens=self._input_tokens or 0, output_tokens=0)))]
+            usage=usage))]
 
     def ping(self) -> list[StreamEvent]:
-        """A keep-alive for intermediaries (Claude Code's idle watchdog ignores pings)."""
-        if self._closed:
-            return []
-        return [*self.start(), PingEvent()]
+        """A keep-alive for intermediaries (Claude Code's idle watchdog ignores pings);
+        none before message_start, where the dialect sends an SSE comment instead."""
+        return [PingEvent()] if self._started and not self._closed else []
 
     def feed(self, chunk: BackendChunk) -> list[StreamEvent]:
         if self._closed:
             return []
         if chunk.error is not None:
             return self._backend_error(chunk.error)
-        events = self.start()
         if chunk.usage is not None:
-            self._usage = chunk.usage
+            if self._started or chunk.choices:
+                self._usage = chunk.usage
+            else:  # before any output: the prompt's counts (prompt_usage), not the reply's
+                self._prompt = chunk.usage
+        if not (self._started or self._prompt is not None or _output(chunk)):
+            return []  # message_start waits (a role chunk, an empty delta)
+        events = self.start()
         if self.stopped or not chunk.choices:
             return events
         choice = next((c for c in chunk.choices if c.index == 0), chunk.choices[0])
@@ -354,17 +371,22 @@ class StreamTranslator:
         if given is not None:
             usage = anthropic_usage(given.prompt_tokens, given.completion_tokens)
         elif self._usage is not None:
-            details = self._usage.prompt_tokens_details
-            usage = anthropic_usage(self._usage.prompt_tokens or 0,
-                                    self._usage.completion_tokens or 0,
-                                    (details.cached_tokens or 0) if details else 0,
-                                    (details.cache_write_tokens or 0) if details else 0)
+            usage = backend_usage(self._usage, self._usage.completion_tokens or 0)
+        elif self._prompt is not None:  # cut at a stop sequence: the prompt's counts still
+            usage = backend_usage(self._prompt, self._pieces)
         else:
             return MessageDeltaUsage(output_tokens=self._pieces)
         return MessageDeltaUsage(
             output_tokens=usage.output_tokens, input_tokens=usage.input_tokens,
             cache_creation_input_tokens=usage.cache_creation_input_tokens,
             cache_read_input_tokens=usage.cache_read_input_tokens)
+
+
+def _output(chunk: BackendChunk) -> bool:
+    """The chunk carries output or a finish (not a role chunk's empty delta)."""
+    return any(choice.finish_reason or (choice.delta is not None and (
+        choice.delta.content or choice.delta.reasoning_content or choice.delta.reasoning
+        or choice.delta.tool_calls)) for choice in chunk.choices or ())
 
 
 def encode_sse(event: StreamEvent) -> bytes:

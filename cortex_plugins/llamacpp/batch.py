@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy
 
-from cortex import CortexError, Done, InvalidRequest, StopMatcher, TextDelta, Unavailable
+from cortex import Admitted, CortexError, Done, InvalidRequest, StopMatcher, TextDelta, Unavailable
 
 from .sampling import Candidates, grammar_sampler, sampler_chain
 
@@ -225,6 +225,7 @@ class Scheduler:
                 self._end(seq, None, error=InvalidRequest(f"sampling settings refused: {exc}"))
                 continue
             self._slots[slot] = seq
+            self._send(seq, Admitted(prompt_tokens=len(seq.prompt), cached_tokens=keep))
 
     def _parts(self) -> list[_Part]:
         """This step's work: one token per generating sequence, then prompt chunks."""

@@ -109,7 +109,9 @@ async def test_stream_wire_format(gw: RunningGateway) -> None:
         assert "content-encoding" not in reply.headers
         await reply.aread()
     lines = sse_lines(reply.text)
-    assert not any(line.startswith(":") for line in lines)
+    while lines[0].startswith(":"):  # keep-alives, if the first token took a while
+        lines.pop(0)
+    assert not any(line.startswith(":") for line in lines)  # none after message_start
     events = list(zip(lines[::2], lines[1::2], strict=True))
     for event, data in events:
         assert event.startswith("event: ") and data.startswith("data: ")
@@ -117,6 +119,35 @@ async def test_stream_wire_format(gw: RunningGateway) -> None:
     names = [event[7:] for event, _ in events if event != "event: ping"]
     assert names[0] == "message_start" and names[-2:] == ["message_delta", "message_stop"]
     assert "data: [DONE]" not in reply.text
+
+
+async def test_message_start_tells_the_prompt_as_the_whole_reply_does(
+        sdk: SDK, gw: RunningGateway) -> None:
+    """message_start's usage is the prompt's, before any text: input_tokens the uncached
+    part, cache_read_input_tokens the part the neuron's KV cache held, as the whole reply
+    for the same request says (its prefix cached the same way: asked once before both),
+    as message_delta says at the end, and together count_tokens' count."""
+    client = sdk()
+    body: dict[str, Any] = {"model": MODEL, "max_tokens": 4, "messages": HELLO,
+                            "system": "Be brief."}
+    counted = await client.messages.count_tokens(model=MODEL, messages=HELLO,
+                                                 system="Be brief.")
+    await create(client, **body)  # from here on the prompt is in the KV cache
+    whole = (await create(client, **body)).usage
+    started: list[anthropic.types.Usage] = []
+    async with client.messages.stream(extra_body=GREEDY, **body) as stream:
+        async for event in stream:
+            if event.type == "message_start":
+                started.append(event.message.usage)
+        final = (await stream.get_final_message()).usage
+    assert len(started) == 1 and started[0].output_tokens == 0
+    usage = started[0]
+    assert (usage.input_tokens, usage.cache_read_input_tokens) == (
+        whole.input_tokens, whole.cache_read_input_tokens)
+    assert (usage.input_tokens, usage.cache_read_input_tokens) == (
+        final.input_tokens, final.cache_read_input_tokens)
+    assert usage.input_tokens + (usage.cache_read_input_tokens or 0) == counted.input_tokens
+    assert usage.input_tokens >= 1 and (usage.cache_read_input_tokens or 0) > 0
 
 
 async def test_max_tokens_reads_max_tokens(sdk: SDK, gw: RunningGateway) -> None:

@@ -1,8 +1,9 @@
 """Visible loads: a stream waiting for a cold load gets its first byte at once and the
-load's progress before its first token (an SSE comment for OpenAI clients, `ping` events
-for Anthropic ones), and GET /admin/events tells of loads, their progress, evictions, pins
-and drains. Synthetic neurons whose loads take a few seconds (in ten steps of progress,
-as llama.cpp reports them): what is tested is the gateway, not inference."""
+load's progress before its first token (an SSE comment, for Anthropic clients too: no
+event may come before their message_start, which waits for the prompt's counts), and
+GET /admin/events tells of loads, their progress, evictions, pins and drains. Synthetic
+neurons whose loads take a few seconds (in ten steps of progress, as llama.cpp reports
+them): what is tested is the gateway, not inference."""
 
 from __future__ import annotations
 
@@ -96,22 +97,31 @@ async def test_an_openai_stream_gets_a_byte_at_once_then_progress(
             await sdk.close()
 
 
-async def test_an_anthropic_stream_gets_pings_while_it_loads(node: NeuronProcess) -> None:
+async def test_an_anthropic_stream_gets_comments_while_it_loads(node: NeuronProcess) -> None:
     async with gateway(node) as gw:
         headers = {"anthropic-version": "2023-06-01", "x-api-key": "k"}
         first, lines = await _lines_until_first_token(
             gw, "/v1/messages", {**CHAT, "model": "cold2"}, headers, b"text_delta")
         assert first < 1.0, f"first byte after {first:.2f}s"
-        events = [line for line in lines if line.startswith(b"event: ")]
-        assert events[0] == b"event: message_start", events
-        assert events.count(b"event: ping") >= 2, events  # at once, and as it moved
-        # The SDK reads such a stream as usual, pings and all.
+        start = lines.index(b"event: message_start")
+        before = [line for line in lines[:start] if line]
+        assert all(line.startswith(b": ") for line in before), lines
+        progress = [line for line in before if line.startswith(b": loading cold2 on a ")]
+        assert progress and progress[0] == b": loading cold2 on a 0%", lines
+        assert any(not line.endswith(b" 0%") for line in progress), lines  # as it moved
+        assert b"event: ping" not in lines
+        # "user: hi": the synthetic harness's count of the prompt, known before output.
+        assert b'"input_tokens":2,' in lines[start + 1], lines[start + 1]
+        # The SDK reads such a stream as usual, comments and all.
         sdk = anthropic.AsyncAnthropic(base_url=gw.url, api_key="k", max_retries=0)
         try:
             await gw.client.post("/admin/models/cold2/unload")
             async with sdk.messages.stream(model="cold2", max_tokens=3,
                                            messages=[{"role": "user", "content": "hi"}]) as s:
-                assert (await s.get_final_message()).content
+                kinds = [event.type async for event in s]
+                final = await s.get_final_message()
+            assert kinds[0] == "message_start" and final.content
+            assert final.usage.input_tokens == 2
         finally:
             await sdk.close()
 

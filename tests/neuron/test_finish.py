@@ -111,6 +111,33 @@ def test_a_gateway_that_asks_gets_usage_on_the_finish_chunk(neuron: NeuronProces
     assert [f["choices"] == [] for f in frames].count(True) == int(asked)
 
 
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+def test_a_gateway_that_asks_gets_the_prompts_usage_before_any_content(
+        neuron: NeuronProcess, path: str) -> None:
+    """`stream_options.prompt_usage` (cortex's, which only its gateway sets): one chunk
+    with no choices and the prompt's counts once the prompt holds a slot, before any
+    text, and the same counts as the end's; a second run finds the prompt cached."""
+    body: dict[str, Any] = {
+        "model": "tiny", "max_tokens": 3,
+        "stream_options": {"include_usage": True, "prompt_usage": True},
+        **({"messages": MESSAGES} if "chat" in path else {"prompt": PROMPT})}
+    tokenize = {"messages": MESSAGES} if "chat" in path else {"text": PROMPT}
+    count = httpx.post(f"{neuron.url}/tokenize", json={"model": "tiny", **tokenize}).json()
+    for run in range(2):
+        frames = _frames(neuron, path, body)
+        early = [i for i, f in enumerate(frames) if f["choices"] == []]
+        assert len(early) == 2 and early[-1] == len(frames) - 1  # and the usual last one
+        first, last = frames[early[0]]["usage"], frames[-1]["usage"]
+        assert all(f["choices"][0].get("text", f["choices"][0].get("delta", {}).get(
+            "content")) in ("", None) for f in frames[:early[0]])
+        assert first["prompt_tokens"] == last["prompt_tokens"] == count["count"]
+        assert first["completion_tokens"] == 0 and last["completion_tokens"] == 3
+        cached = first["prompt_tokens_details"]["cached_tokens"]
+        assert cached == last["prompt_tokens_details"]["cached_tokens"]
+        if run == 1:  # the same prompt again: all but its last token reused
+            assert cached == count["count"] - 1
+
+
 # --- why `length` ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("max_tokens", "cause"), [(2, "max_tokens"), (400, "context"),

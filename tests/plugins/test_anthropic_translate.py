@@ -28,6 +28,7 @@ from cortex.errors import (
     Unavailable,
     UpstreamError,
 )
+from cortex.types import PromptTokensDetails
 from cortex_plugins.anthropic.errors import anthropic_error, anthropic_error_type, anthropic_status
 from cortex_plugins.anthropic.reply import assemble, from_openai, new_message_id, stop_reason
 from cortex_plugins.anthropic.request import to_openai, to_tokenize
@@ -100,11 +101,11 @@ def call(index: int, *, id: str | None = None, name: str | None = None,
 
 
 def stream(frames: list[bytes], *, finish: bool = True, **kw: Any) -> list[StreamEvent]:
-    """Run frames through a translator the way the dialect will: start, feed, finish."""
+    """Run frames through a translator the way the dialect will: feed, finish."""
     kw.setdefault("model", "claude-local")
     kw.setdefault("message_id", MSG)
     translator = StreamTranslator(**kw)
-    events = translator.start()
+    events: list[StreamEvent] = []
     for frame in frames:
         decoded = decode_chunk(frame)
         if decoded is None:
@@ -121,12 +122,21 @@ def wire(events: list[StreamEvent]) -> list[dict[str, Any]]:
     return [msgspec.to_builtins(e) for e in events]
 
 
-def start_event(input_tokens: int = 0) -> dict[str, Any]:
+def start_event(input_tokens: int = 0, cached: int = 0) -> dict[str, Any]:
     return {"type": "message_start", "message": {
         "id": MSG, "type": "message", "role": "assistant", "model": "claude-local",
         "content": [], "stop_reason": None, "stop_sequence": None,
         "usage": {"input_tokens": input_tokens, "output_tokens": 0,
-                  "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}}}
+                  "cache_creation_input_tokens": 0, "cache_read_input_tokens": cached}}}
+
+
+def prompt_chunk(prompt: int, cached: int = 0) -> bytes:
+    """The neuron's `prompt_usage` chunk: no choices, the prompt's counts, before output."""
+    return json.dumps({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1,
+                       "model": "qwen3-8b", "choices": [],
+                       "usage": {"prompt_tokens": prompt, "completion_tokens": 0,
+                                 "total_tokens": prompt,
+                                 "prompt_tokens_details": {"cached_tokens": cached}}}).encode()
 
 
 def text_start(i: int) -> dict[str, Any]:
@@ -170,6 +180,9 @@ DELTA_FOR = {"text": {"text_delta"}, "tool_use": {"input_json_delta"},
 def assert_well_formed(events: list[StreamEvent]) -> None:
     """The §11 E grammar (items 45 to 52): what Claude Code and both SDKs insist on."""
     data = wire(events)
+    if data and data[0]["type"] == "error":  # it failed before message_start
+        assert len(data) == 1
+        return
     assert data and data[0]["type"] == "message_start"
     assert [d["type"] for d in data].count("message_start") == 1
     ended_by_error = data[-1]["type"] == "error"
@@ -528,8 +541,12 @@ def test_sampling_fields_pass_through() -> None:
 
 
 def test_stream_asks_the_backend_for_usage() -> None:
+    """And for the prompt's counts before any output (cortex's `prompt_usage`), which
+    message_start waits for."""
     out = backend(request(stream=True))
-    assert (out["stream"], out["stream_options"]) == (True, {"include_usage": True})
+    assert (out["stream"], out["stream_options"]) == (
+        True, {"include_usage": True, "prompt_usage": True})
+    assert backend(request())["stream_options"] is None
 
 
 def test_stop_sequences_are_matched_here_by_default() -> None:
@@ -537,7 +554,7 @@ def test_stop_sequences_are_matched_here_by_default() -> None:
     the gateway can cut generation at the hit."""
     out = backend(request(stop_sequences=["END", ""]))
     assert (out["stop"], out["stream"], out["stream_options"]) == (
-        None, True, {"include_usage": True})
+        None, True, {"include_usage": True, "prompt_usage": True})
 
 
 def test_stop_sequences_can_go_to_the_backend() -> None:
@@ -586,6 +603,18 @@ def test_text_reply() -> None:
         "stop_reason": "end_turn", "stop_sequence": None,
         "usage": {"input_tokens": 11, "output_tokens": 5,
                   "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}}
+
+
+def test_a_whole_reply_reports_the_cached_prompt_apart_as_a_stream_does() -> None:
+    """§6.4, checklist 62: input_tokens = prompt - cached, cache_read = cached; the same
+    counts a stream's message_start and message_delta give for that prompt."""
+    whole = completion("Hi", prompt=120, completion_tokens=1)
+    whole.usage.prompt_tokens_details = PromptTokensDetails(cached_tokens=100)
+    usage = msgspec.to_builtins(from_openai(whole, model="claude-local").usage)
+    assert usage == {"input_tokens": 20, "output_tokens": 1,
+                     "cache_creation_input_tokens": 0, "cache_read_input_tokens": 100}
+    events = wire(stream([prompt_chunk(120, cached=100), chunk("Hi"), chunk(finish="stop")]))
+    assert events[0]["message"]["usage"] == {**usage, "output_tokens": 0}
 
 
 def test_generated_ids_are_msg_prefixed_and_unique() -> None:
@@ -778,9 +807,9 @@ def test_golden_sse_bytes() -> None:
 def test_every_event_names_its_type() -> None:
     """Checklist 45: the `event:` line equals data.type; `data: ` has one space."""
     translator = StreamTranslator(model="m", thinking=True)
-    events = [*translator.ping(),
-              *translator.feed(msgspec.json.decode(chunk(reasoning="hm"),
+    events = [*translator.feed(msgspec.json.decode(chunk(reasoning="hm"),
                                                    type=BackendChunk)),
+              *translator.ping(),
               *translator.error(Unavailable("busy"))]
     events += stream([chunk("a"), chunk(tool_calls=[call(0, id="c", name="t", args="{}")]),
                       chunk(finish="tool_calls")])
@@ -1091,11 +1120,77 @@ def test_truncated_streamed_arguments_are_fine_with_max_tokens() -> None:
     assert assemble(events).content == []
 
 
-def test_ping_starts_the_message_first_and_start_is_once() -> None:
+def test_no_ping_before_message_start_and_start_is_once() -> None:
+    """Anthropic allows no event before message_start: while it waits, ping() gives
+    nothing (the dialect sends an SSE comment instead)."""
     translator = StreamTranslator(model="claude-local", message_id=MSG)
-    assert wire(translator.ping()) == [start_event(), {"type": "ping"}]
+    assert translator.ping() == [] and not translator.started
+    assert wire(translator.start()) == [start_event()] and translator.started
     assert translator.start() == []
     assert wire(translator.ping()) == [{"type": "ping"}]
+
+
+# --- message_start waits for the prompt's counts ---------------------------------------------
+
+def test_message_start_waits_for_the_prompts_counts() -> None:
+    """The role chunk starts nothing; the neuron's prompt chunk opens message_start with
+    the uncached prompt as input_tokens and the cached part apart (§6.4), the same
+    counts message_delta reports at the end."""
+    translator = StreamTranslator(model="claude-local", message_id=MSG)
+    feed = lambda frame: translator.feed(decode_chunk(frame) or pytest.fail())  # noqa: E731
+    assert feed(chunk("")) == [] and translator.ping() == []
+    assert wire(feed(prompt_chunk(120, cached=100))) == [start_event(20, cached=100)]
+    assert wire(translator.ping()) == [{"type": "ping"}]
+    events = feed(chunk("Hi")) + feed(chunk(finish="stop"))
+    events += feed(b'{"choices":[],"usage":{"prompt_tokens":120,"completion_tokens":1,'
+                   b'"prompt_tokens_details":{"cached_tokens":100}}}')
+    assert wire(events + translator.finish()) == [
+        text_start(0), text_delta(0, "Hi"), stop(0),
+        *end("end_turn", 1, input_tokens=20, cache_creation_input_tokens=0,
+             cache_read_input_tokens=100)]
+
+
+@pytest.mark.parametrize("first", [
+    chunk("Hi"), chunk(reasoning="hm"), chunk(tool_calls=[call(0, id="c", name="t", args="")]),
+    chunk(finish="stop")], ids=["text", "reasoning", "tool", "finish"])
+def test_without_counts_message_start_comes_with_the_first_output(first: bytes) -> None:
+    """A backend that tells no prompt counts (not asked, or not cortex's neuron): the
+    message starts at its first output or finish, with 0 until message_delta."""
+    events = stream([chunk(""), b'{"choices":[{"index":0,"delta":{"content":null}}]}', first],
+                    finish=False, thinking=True)
+    assert wire(events)[0] == start_event(0)
+
+
+def test_usage_on_the_finish_chunk_of_a_silent_reply_counts_in_message_start() -> None:
+    events = stream([chunk(finish="stop", usage={
+        "prompt_tokens": 30, "completion_tokens": 0, "total_tokens": 30,
+        "prompt_tokens_details": {"cached_tokens": 12}})])
+    assert wire(events) == [start_event(18, cached=12),
+                            *end("end_turn", 0, input_tokens=18,
+                                 cache_creation_input_tokens=0, cache_read_input_tokens=12)]
+
+
+def test_a_stream_cut_at_a_stop_sequence_still_reports_the_prompt() -> None:
+    """No usage chunk comes after a cut; the prompt's counts and the chunks sent do."""
+    events = stream([prompt_chunk(40, cached=8), chunk("a "), chunk("b END c")],
+                    stop_sequences=["END"])
+    assert wire(events)[0] == start_event(32, cached=8)
+    assert wire(events)[-2:] == end("stop_sequence", 2, "END", input_tokens=32,
+                                    cache_creation_input_tokens=0, cache_read_input_tokens=8)
+
+
+def test_an_error_before_any_output_ends_without_message_start() -> None:
+    """The SDKs raise an `error` event wherever it comes; no message_start is made up."""
+    translator = StreamTranslator(model="claude-local", message_id=MSG)
+    assert translator.feed(decode_chunk(chunk("")) or pytest.fail()) == []
+    events = translator.feed(decode_chunk(
+        b'{"error":{"message":"grammar allows no token","type":"invalid_request_error"}}')
+        or pytest.fail())
+    assert wire(events) == [{"type": "error", "error": {
+        "type": "api_error", "message": "grammar allows no token"}}]
+    assert translator.closed and translator.ping() == [] and translator.start() == []
+    fresh = StreamTranslator(model="claude-local", message_id=MSG)
+    assert [e["type"] for e in wire(fresh.error(Unavailable("load failed")))] == ["error"]
 
 
 def test_decode_chunk() -> None:

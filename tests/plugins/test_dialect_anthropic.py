@@ -2,7 +2,7 @@
 
 The neuron here is a fake, on purpose: it is the one place one is right. A real model
 cannot be made to emit a given tool call, to repeat ids the way llama-cpp-python does,
-to hold its first token until the test has seen a ping, to die mid-stream, or to answer
+to hold its first token until the test has seen a keep-alive, to die mid-stream, or to answer
 429 or 413; a scripted server speaking the neuron's wire format (real HTTP on a real
 port, `/status` included, so the gateway polls, routes and proxies it as any neuron)
 can. It also records every body the gateway sends, so the translation is checked where
@@ -62,7 +62,7 @@ def call_delta(index: int, call_id: str, name: str, arguments: str) -> dict[str,
 
 class Script:
     """One canned answer: a status and JSON body, or SSE frames (each a payload, or a raw
-    bytes frame such as a comment). `hold` delays the first frame until it is set;
+    bytes frame such as a comment). `hold` delays the answer (the first frame) until set;
     `then_wait` keeps the stream open after the frames until the client leaves."""
 
     def __init__(self, *, status: int = 200, body: Any = None,
@@ -102,6 +102,8 @@ class FakeNeuron:
             self.bodies.append(await request.json())
             script = self.scripts.pop(0)
             if script.frames is None:
+                if script.hold is not None:
+                    await script.hold.wait()
                 return JSONResponse(script.body, status_code=script.status)
             return StreamingResponse(self._stream(script), media_type="text/event-stream")
 
@@ -165,7 +167,9 @@ async def sdk(gw: RunningGateway) -> AsyncIterator[anthropic.AsyncAnthropic]:
 
 async def raw_events(gw: RunningGateway, body: dict[str, Any],
                      on_event: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-    """POST a streamed /v1/messages and parse every frame, checking the framing (§1.4)."""
+    """POST a streamed /v1/messages and parse every frame, checking the framing (§1.4).
+    SSE comments (keep-alives) may come only before the first event; `on_event` is told
+    of each as ":"."""
     events: list[dict[str, Any]] = []
     async with gw.client.stream("POST", "/v1/messages", json={**body, "stream": True}) as reply:
         assert reply.status_code == 200
@@ -180,6 +184,10 @@ async def raw_events(gw: RunningGateway, body: dict[str, Any],
                 events.append(data)
                 if on_event is not None:
                     on_event(name)
+            elif line.startswith(":"):
+                assert not events, line  # Anthropic allows nothing before message_start
+                if on_event is not None:
+                    on_event(":")
             else:
                 assert line == "", line
     return events
@@ -336,23 +344,74 @@ async def test_a_whole_tool_reply_and_what_the_neuron_was_sent(
 
 # --- streams: pings, stop sequences, failures ----------------------------------------------
 
-async def test_pings_follow_message_start_while_the_neuron_prefills(
+async def test_comments_come_until_message_start_which_carries_the_prompts_counts(
         gw: RunningGateway, neuron: FakeNeuron) -> None:
+    """While the neuron prefills the gateway sends SSE comments (no event may come before
+    message_start, which waits for the prompt's counts); the neuron's prompt chunk opens
+    message_start with input_tokens = prompt - cached and the cached part apart."""
     first_token = asyncio.Event()
+    usage = {"prompt_tokens": 120, "completion_tokens": 0, "total_tokens": 120,
+             "prompt_tokens_details": {"cached_tokens": 100}}
     neuron.scripts.append(Script(hold=first_token, frames=[
-        chunk({"role": "assistant", "content": "Hi"}), chunk({}, "stop"),
+        chunk({"role": "assistant", "content": ""}),
+        {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1,
+         "model": MODEL, "choices": [], "usage": usage},
+        chunk({"content": "Hi"}), chunk({}, "stop"),
+        {"choices": [], "usage": {**usage, "completion_tokens": 1, "total_tokens": 121}},
         b"data: [DONE]\n\n"]))
+    seen: list[str] = []
 
     def on_event(name: str) -> None:
-        if name == "ping":  # the neuron answers only once the client has seen a ping
-            first_token.set()
+        seen.append(name)
+        first_token.set()  # the neuron answers once the client has seen a keep-alive
 
     events = await raw_events(gw, {"model": MODEL, "max_tokens": 10, "messages": ASK},
                               on_event)
     well_formed(events)
-    kinds = [e["type"] for e in events]
-    assert kinds[0] == "message_start" and kinds[1] == "ping"
-    assert kinds.index("content_block_start") > kinds.index("ping")
+    assert seen[0] == ":" and "ping" not in seen
+    assert events[0]["message"]["usage"] == {
+        "input_tokens": 20, "output_tokens": 0, "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 100}
+    delta = next(e for e in events if e["type"] == "message_delta")
+    assert delta["usage"]["input_tokens"] == 20 and delta["usage"]["output_tokens"] == 1
+    assert neuron.bodies[-1]["stream_options"] == {"include_usage": True,
+                                                   "prompt_usage": True}
+
+
+async def test_a_refusal_after_the_stream_began_is_an_error_event(
+        gw: RunningGateway, neuron: FakeNeuron) -> None:
+    """A neuron that answers 400 once the gateway has begun the stream (a cold load, a
+    long queue): comments, then the error event alone, no message_start made up, which
+    the SDK raises with the neuron's error type."""
+    body = {"error": {"message": "bad field", "type": "invalid_request_error",
+                      "param": None, "code": None}}
+    held = asyncio.Event()
+    neuron.scripts.append(Script(status=400, body=body, hold=held))
+    seen: list[str] = []
+
+    def on_event(name: str) -> None:
+        seen.append(name)
+        held.set()
+
+    events = await raw_events(gw, {"model": MODEL, "max_tokens": 10, "messages": ASK},
+                              on_event)
+    assert seen[0] == ":" and [e["type"] for e in events] == ["error"]
+    assert events[0]["error"] == {"type": "invalid_request_error", "message": "bad field"}
+
+    held = asyncio.Event()
+    neuron.scripts.append(Script(status=400, body=body, hold=held))
+
+    async def begun(response: Any) -> None:  # its headers came: the stream began
+        held.set()
+
+    async with anthropic.DefaultAsyncHttpxClient(event_hooks={"response": [begun]}) as http:
+        sdk = anthropic.AsyncAnthropic(base_url=gw.url, api_key="k", max_retries=0,
+                                       timeout=60, http_client=http)
+        with pytest.raises(anthropic.APIStatusError) as caught:
+            async with sdk.messages.stream(model=MODEL, max_tokens=10, messages=ASK) as s:
+                await s.get_final_message()
+    assert isinstance(caught.value.body, dict)
+    assert caught.value.body["error"]["type"] == "invalid_request_error"
 
 
 async def test_a_stop_sequence_ends_the_stream_and_the_generation(

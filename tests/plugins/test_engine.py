@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from cortex import Done, ModelProfile, ResolvedModel, TextDelta
+from cortex import Admitted, Done, ModelProfile, ResolvedModel, TextDelta
 from cortex.errors import InvalidRequest
 
 pytestmark = [pytest.mark.model, pytest.mark.anyio]
@@ -72,6 +72,8 @@ async def _events(engine: Any, prompt: list[int], max_tokens: int) -> AsyncItera
 async def test_a_failed_decode_ends_only_the_sequence_that_caused_it(engine: Any) -> None:
     prompt = engine._tokens("Count to twenty: one, two, three,", True)
     bystander = _events(engine, prompt, 48)
+    admitted = await anext(bystander)  # it holds a slot: its prompt's counts come first
+    assert isinstance(admitted, Admitted) and admitted.prompt_tokens == len(prompt)
     first = await anext(bystander)  # it is generating now
     assert isinstance(first, TextDelta)
     seen: list[Any] = [first]
@@ -87,14 +89,15 @@ async def test_a_failed_decode_ends_only_the_sequence_that_caused_it(engine: Any
     assert isinstance(done, Done), seen[-3:]
     assert done.finish_reason == "length" and done.completion_tokens == 48
     assert all(isinstance(e, TextDelta) for e in seen[:-1])
-    assert len(bad) == 1 and isinstance(bad[0], InvalidRequest), bad
-    assert "llama_decode" in bad[0].message and bad[0].status == 400
+    assert len(bad) == 2 and isinstance(bad[0], Admitted), bad
+    assert isinstance(bad[1], InvalidRequest), bad
+    assert "llama_decode" in bad[1].message and bad[1].status == 400
     assert engine._scheduler.isolated >= 1  # it did share a failed step
 
 
 async def test_the_context_serves_on_after_a_failed_decode(engine: Any) -> None:
     bad = [e async for e in _events(engine, [2, -1], 2)]
-    assert isinstance(bad[0], InvalidRequest)
+    assert isinstance(bad[-1], InvalidRequest)
     prompt = engine._tokens("The capital of France is", True)
     events = [e async for e in _events(engine, prompt, 4)]
     assert isinstance(events[-1], Done) and events[-1].completion_tokens == 4
