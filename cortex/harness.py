@@ -23,7 +23,7 @@ from cortex.types import (
 )
 
 __all__ = ["Admitted", "Done", "Engine", "EngineStats", "GenerationEvent", "Harness",
-           "ResolvedModel", "TextDelta", "ToolCalls"]
+           "ReasoningDelta", "ResolvedModel", "TextDelta", "ToolCalls"]
 
 
 class ResolvedModel(msgspec.Struct, kw_only=True):
@@ -54,6 +54,13 @@ class TextDelta(msgspec.Struct):
     text: str
 
 
+class ReasoningDelta(msgspec.Struct):
+    """A thinking model's reasoning, before its answer: sent apart from the text (OpenAI
+    streams' `reasoning_content`), so each dialect shows or hides it as its client asked."""
+
+    text: str
+
+
 class ToolCalls(msgspec.Struct):
     calls: list[ToolCall]
 
@@ -68,7 +75,7 @@ class Done(msgspec.Struct, kw_only=True):
     stop_cause: str | None = None
 
 
-GenerationEvent = Admitted | TextDelta | ToolCalls | Done
+GenerationEvent = Admitted | TextDelta | ReasoningDelta | ToolCalls | Done
 
 
 class EngineStats(msgspec.Struct, kw_only=True):
@@ -122,8 +129,10 @@ class Engine(abc.ABC):
         """Generate a text completion. Closing the iterator cancels generation."""
 
     @abc.abstractmethod
-    async def embed(self, inputs: list[str]) -> tuple[list[list[float]], int]:
-        """Return one vector per input and the number of tokens read."""
+    async def embed(self, inputs: list[str], *, truncate: bool = False
+                    ) -> tuple[list[list[float]], int]:
+        """Return one vector per input and the number of tokens read. `truncate`: an
+        input longer than the model takes is cut at its end to fit, instead of refused."""
 
     @abc.abstractmethod
     async def tokenize(self, request: TokenizeRequest) -> list[int]:

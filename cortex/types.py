@@ -145,6 +145,8 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     parallel_tool_calls: bool | None = None
     response_format: dict[str, Any] | None = None
     top_logprobs: int | None = None
+    # cortex's (Ollama's chat `truncate`): over the context, drop the oldest turns, not 400.
+    truncate_history: bool = False
 
     def token_limit(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None \
@@ -164,6 +166,8 @@ class EmbeddingRequest(Wire, kw_only=True):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
     user: str | None = None
+    # cortex's (Ollama's `truncate`): an input over the context is cut to fit, not refused.
+    truncate: bool = False
 
 
 # --- OpenAI-shaped responses --------------------------------------------------------------
@@ -182,6 +186,7 @@ class Usage(msgspec.Struct, kw_only=True):
 class ResponseMessage(msgspec.Struct, kw_only=True):
     role: str = "assistant"
     content: str | None
+    reasoning_content: str | UnsetType = UNSET  # a thinking model's, apart from content
     tool_calls: list[ToolCall] | UnsetType = UNSET
 
 
@@ -213,6 +218,7 @@ class ToolCallDelta(msgspec.Struct, kw_only=True):
 class Delta(msgspec.Struct, kw_only=True):
     role: str | UnsetType = UNSET
     content: str | UnsetType = UNSET
+    reasoning_content: str | UnsetType = UNSET  # a thinking model's (DeepSeek's name)
     tool_calls: list[ToolCallDelta] | UnsetType = UNSET
 
 

@@ -231,8 +231,11 @@ class _Neuron:
             raise InvalidRequest("dimensions must be at least 1", param="dimensions")
         async with self.registry.use(body.model) as engine:
             # A client that leaves stops the work at the next input, not after all of them.
+            texts = [str(i) for i in inputs]
+            # Asked only when wanted, so an Engine written before `truncate` still serves.
             vectors, count = await unless_disconnected(
-                request, engine.embed([str(i) for i in inputs]))
+                request, engine.embed(texts, truncate=True) if body.truncate
+                else engine.embed(texts))
         return MsgspecResponse(EmbeddingResponse(
             model=body.model, usage={"prompt_tokens": count, "total_tokens": count},
             data=[EmbeddingData(index=i, embedding=encode_embedding(

@@ -9,6 +9,10 @@ gateway asks with `stream_options.prompt_usage`) adds one chunk with the prompt'
 counts and no choices before any content, so its Anthropic dialect can open
 `message_start` with the prompt's size.
 
+Reasoning (a thinking model's, apart from its answer) is `reasoning_content`, on the
+message or in deltas of its own, as DeepSeek and llama-server send it; a text completion
+has no place for it and leaves it out.
+
 A `length` finish says why in `stop_cause` on the choice, a cortex extension: OpenAI
 clients ignore it, and the gateway's Anthropic dialect tells a full context from a
 reached max_tokens by it.
@@ -23,7 +27,7 @@ from collections.abc import AsyncIterator
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from cortex import Admitted, Done, GenerationEvent, TextDelta, ToolCalls
+from cortex import Admitted, Done, GenerationEvent, ReasoningDelta, TextDelta, ToolCalls
 from cortex.errors import CortexError, Unavailable
 from cortex.types import (
     ChatChoice,
@@ -77,14 +81,19 @@ def _cause(done: Done, finish: str) -> str | UnsetType:
 
 async def chat_completion(model: str, events: AsyncIterator[GenerationEvent]) -> ChatCompletion:
     text: list[str] = []
+    reasoning: list[str] = []
     tool_calls = None
     async for event in events:
         if isinstance(event, TextDelta):
             text.append(event.text)
+        elif isinstance(event, ReasoningDelta):
+            reasoning.append(event.text)
         elif isinstance(event, ToolCalls):
             tool_calls = event.calls
         elif isinstance(event, Done):
             message = ResponseMessage(content="".join(text) if text or not tool_calls else None)
+            if reasoning:
+                message.reasoning_content = "".join(reasoning)
             finish = _finish(event)
             if tool_calls:
                 message.tool_calls = tool_calls
@@ -123,6 +132,8 @@ async def chat_stream(model: str, first: GenerationEvent, events: AsyncIterator[
         while event is not None:
             if isinstance(event, TextDelta):
                 yield chunk(Delta(content=event.text))
+            elif isinstance(event, ReasoningDelta):
+                yield chunk(Delta(reasoning_content=event.text))
             elif isinstance(event, ToolCalls):
                 tools_sent = True
                 yield chunk(Delta(tool_calls=[

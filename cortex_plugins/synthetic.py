@@ -27,6 +27,12 @@ assistant turns so far is step N (the last step once past the end), either a too
 (`tool`, `arguments`) when the request offers that tool, or the words of `text`. A real
 client then runs a real round trip (tool call, its result, a final answer) on cue,
 which no model that small does.
+
+For tests of thinking only, `[harness.synthetic] reasoning` (neuron.toml only) makes
+every chat reply begin with those words as reasoning (ReasoningDelta, the neuron's
+`reasoning_content`), as a thinking model's trace comes before its answer; they count
+as generated tokens. No bundled model reasons apart from its answer, so this is what
+shows a dialect's thinking fields end to end.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ import random
 import signal
 import time
 import uuid
-from collections.abc import AsyncGenerator, Callable, Iterable
+from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from typing import Any, ClassVar
 
 import msgspec
@@ -58,6 +64,7 @@ from cortex import (
     InvalidRequest,
     MemoryEstimate,
     ModelProfile,
+    ReasoningDelta,
     ResolvedModel,
     TextDelta,
     TokenizeRequest,
@@ -113,11 +120,13 @@ def _count(text: str) -> int:
 
 class SyntheticEngine(Engine):
     def __init__(self, profile: ModelProfile, settings: SyntheticSettings, *,
-                 die_on: str | None = None, script: list[ScriptStep] | None = None) -> None:
+                 die_on: str | None = None, script: list[ScriptStep] | None = None,
+                 reasoning: str = "") -> None:
         self._profile = profile
         self._settings = settings
         self._die_on = die_on
         self._script = script or []
+        self._reasoning = reasoning.split()
         self._slots = asyncio.Semaphore(profile.slots)
         self._active = 0
         self._waiting = 0
@@ -133,7 +142,9 @@ class SyntheticEngine(Engine):
         return self._waiting
 
     async def _stream(self, prompt: str, max_tokens: int | None, stop: list[str],
-                      step: ScriptStep | None = None) -> AsyncGenerator[GenerationEvent, None]:
+                      step: ScriptStep | None = None, thought: Sequence[str] = ()
+                      ) -> AsyncGenerator[GenerationEvent, None]:
+        """`thought`: words of reasoning sent before the answer, within the same budget."""
         prompt_tokens = _count(prompt)
         if prompt_tokens >= self._profile.n_ctx:
             raise ContextLengthExceeded(prompt_tokens, self._profile.n_ctx)
@@ -168,18 +179,22 @@ class SyntheticEngine(Engine):
             for n in range(budget):
                 if self._aborted is not None:
                     raise Unavailable(self._aborted)
-                if words is not None and n == len(words):
-                    yield Done(finish_reason="stop", prompt_tokens=prompt_tokens,
-                               completion_tokens=n)
-                    return
-                piece = ("" if n == 0 else " ") + (rng.choice(_WORDS) if words is None
-                                                   else words[n])
-                text += piece
-                if any(s in text for s in stop):
-                    yield Done(finish_reason="stop", prompt_tokens=prompt_tokens,
-                               completion_tokens=n)
-                    return
-                yield TextDelta(piece)
+                k = n - len(thought)  # the answer's own word: the reasoning comes first
+                if k < 0:
+                    yield ReasoningDelta(("" if n == 0 else " ") + thought[n])
+                else:
+                    if words is not None and k == len(words):
+                        yield Done(finish_reason="stop", prompt_tokens=prompt_tokens,
+                                   completion_tokens=n)
+                        return
+                    piece = ("" if k == 0 else " ") + (rng.choice(_WORDS) if words is None
+                                                       else words[k])
+                    text += piece
+                    if any(s in text for s in stop):
+                        yield Done(finish_reason="stop", prompt_tokens=prompt_tokens,
+                                   completion_tokens=n)
+                        return
+                    yield TextDelta(piece)
                 # Sleep to the schedule rather than by a fixed step, so the rate holds.
                 delay = start + (n + 1) * interval - time.monotonic()
                 await asyncio.sleep(max(0.0, delay))
@@ -203,7 +218,7 @@ class SyntheticEngine(Engine):
                    ) -> AsyncGenerator[GenerationEvent, None]:
         prompt = "\n".join(f"{m.role}: {m.text()}" for m in request.messages)
         async for event in self._stream(prompt, request.token_limit(), request.stop_list(),
-                                        self._step(request)):
+                                        self._step(request), self._reasoning):
             yield event
 
     async def complete(self, request: CompletionRequest
@@ -213,14 +228,26 @@ class SyntheticEngine(Engine):
         async for event in self._stream(prompt, request.max_tokens, request.stop_list()):
             yield event
 
-    async def embed(self, inputs: list[str]) -> tuple[list[list[float]], int]:
-        vectors = []
+    async def embed(self, inputs: list[str], *, truncate: bool = False
+                    ) -> tuple[list[list[float]], int]:
+        """A vector from each input's hash; a word is a token, and an input over the
+        context is refused or, with `truncate`, cut to its first n_ctx - 1 words."""
+        limit = self._profile.n_ctx - 1
+        vectors, count = [], 0
         for text in inputs:
+            words = text.split()
+            if len(words) > limit:
+                if not truncate:
+                    raise ContextLengthExceeded(len(words), self._profile.n_ctx,
+                                                param="input")
+                words = words[:limit]
+                text = " ".join(words)
+            count += max(1, len(words))
             digest = hashlib.sha256(text.encode()).digest()
             raw = [b / 255 - 0.5 for b in digest] * 2
             norm = math.sqrt(sum(x * x for x in raw)) or 1.0
             vectors.append([x / norm for x in raw])
-        return vectors, sum(_count(t) for t in inputs)
+        return vectors, count
 
     async def tokenize(self, request: TokenizeRequest) -> list[int]:
         if request.messages is not None:
@@ -250,6 +277,8 @@ class SyntheticHarness(Harness):
         die_on: str | None = None
         # Tests only: scripted replies to requests that offer tools (the module's doc).
         script: list[ScriptStep] = []
+        # Tests only: words of reasoning that begin every chat reply (the module's doc).
+        reasoning: str = ""
 
     options: Options
 
@@ -266,6 +295,7 @@ class SyntheticHarness(Harness):
         defaults = msgspec.structs.asdict(self.options)
         defaults.pop("die_on")
         defaults.pop("script")
+        defaults.pop("reasoning")
         return parse_source(source, SyntheticSettings(**defaults))
 
     def estimate(self, profile: ModelProfile, model: ResolvedModel,
@@ -285,7 +315,7 @@ class SyntheticHarness(Harness):
                 time.sleep(settings.load_ms / 1000 / steps)  # load() runs on a worker thread
             progress(step / steps)
         return SyntheticEngine(profile, settings, die_on=self.options.die_on,
-                               script=self.options.script)
+                               script=self.options.script, reasoning=self.options.reasoning)
 
 
 @hookimpl

@@ -226,6 +226,9 @@ DESCRIPTIONS: dict[str, str] = {
     "SyntheticHarness.Options.script": "tests of agent clients only: scripted replies to "
                                        "requests that offer tools, the Nth assistant turn "
                                        "gets step N (the last repeats); empty by default",
+    "SyntheticHarness.Options.reasoning": "tests of thinking only: words every chat reply "
+                                          "begins with as reasoning (`reasoning_content`), "
+                                          "apart from its answer; empty by default",
     "ScriptStep.text": "the words of a plain reply",
     "ScriptStep.tool": "the tool a scripted reply calls (instead of text)",
     "ScriptStep.arguments": "the arguments of that call",

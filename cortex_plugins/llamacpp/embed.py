@@ -3,6 +3,9 @@ one input at a time on the context's thread, so a client that leaves or a forced
 ends the work within one input instead of holding the model for minutes.
 
 The caps are OpenAI's: 2,048 inputs, 8,192 tokens an input, 300,000 tokens a request.
+An input over the context (or the per-input cap) is refused, unless the request asks for
+it to be truncated (Ollama's default): then its end is cut off, the special tokens the
+tokenizer puts around a text kept.
 """
 
 from __future__ import annotations
@@ -15,11 +18,28 @@ from typing import Any
 
 from cortex import ContextLengthExceeded, InvalidRequest, Unavailable
 
-__all__ = ["MAX_INPUTS", "MAX_INPUT_TOKENS", "MAX_REQUEST_TOKENS", "Embedder"]
+__all__ = ["MAX_INPUTS", "MAX_INPUT_TOKENS", "MAX_REQUEST_TOKENS", "Embedder", "cut_tokens"]
 
 MAX_INPUTS = 2048
 MAX_INPUT_TOKENS = 8192
 MAX_REQUEST_TOKENS = 300_000
+
+
+def cut_tokens(tokenize: Callable[[bool], list[int]], limit: int) -> list[int]:
+    """A text's tokens cut at the end to at most `limit`. `tokenize(add_special)`
+    tokenizes the text with or without the special tokens the model adds around it
+    (BOS; EOS or SEP for some embedding models, whose pooling reads the last token):
+    those are kept, and only the text's own tokens are cut."""
+    tokens = tokenize(True)
+    if len(tokens) <= limit:
+        return tokens
+    plain = tokenize(False)
+    extra = len(tokens) - len(plain)
+    if 0 <= extra < limit:
+        for lead in range(extra + 1):
+            if tokens[lead:lead + len(plain)] == plain:
+                return tokens[:lead] + plain[:limit - extra] + tokens[lead + len(plain):]
+    return tokens[:limit]  # the specials are not around the text: keep the head
 
 
 class _Run:
@@ -35,13 +55,16 @@ class Embedder:
     """Embeds for one engine. `on_thread` runs a function on the context's own thread."""
 
     def __init__(self, *, model: Any, ctx: Any, n_ctx: int,
-                 tokens: Callable[[str], list[int]],
+                 tokens: Callable[[str], list[int]], cut: Callable[[str, int], list[int]],
                  on_thread: Callable[[Callable[[], list[float]]], Awaitable[list[float]]]
                  ) -> None:
+        """`tokens(text)`: its tokens, refusing a text that cannot fit the context;
+        `cut(text, limit)`: at most `limit` of them (cut_tokens over a head of it)."""
         self._model = model
         self._ctx = ctx
         self._n_ctx = n_ctx
         self._tokens = tokens
+        self._cut = cut
         self._on_thread = on_thread
         self._runs: set[_Run] = set()
         self.embedded = 0  # tokens decoded, for the prefill counter
@@ -55,14 +78,15 @@ class Embedder:
         for run in self._runs:
             run.aborted = message
 
-    async def embed(self, inputs: list[str]) -> tuple[list[list[float]], int]:
+    async def embed(self, inputs: list[str], *, truncate: bool = False
+                    ) -> tuple[list[list[float]], int]:
         if len(inputs) > MAX_INPUTS:
             raise InvalidRequest(f"{len(inputs)} inputs; give at most {MAX_INPUTS} a request",
                                  param="input")
         run = _Run()
         self._runs.add(run)
         try:
-            batches = await self._tokenized(inputs, run)
+            batches = await self._tokenized(inputs, run, truncate)
             vectors = []
             for tokens in batches:
                 self._check(run)
@@ -76,12 +100,16 @@ class Embedder:
         if run.aborted is not None:
             raise Unavailable(run.aborted)
 
-    async def _tokenized(self, inputs: list[str], run: _Run) -> list[list[int]]:
+    async def _tokenized(self, inputs: list[str], run: _Run, truncate: bool
+                         ) -> list[list[int]]:
         batches: list[list[int]] = []
         total = 0
+        # What fits: the context with room to spare, as for a prompt, and the input cap.
+        limit = min(self._n_ctx - 1, MAX_INPUT_TOKENS)
         for i, text in enumerate(inputs):
             self._check(run)
-            tokens = await asyncio.to_thread(self._tokens, text)
+            tokens = await (asyncio.to_thread(self._cut, text, limit) if truncate
+                            else asyncio.to_thread(self._tokens, text))
             if not tokens:
                 raise InvalidRequest(f"input[{i}] is empty", param="input")
             if len(tokens) >= self._n_ctx:

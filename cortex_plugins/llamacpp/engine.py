@@ -11,6 +11,7 @@ import msgspec
 
 from cortex import (
     ChatCompletionRequest,
+    ChatMessage,
     CompletionRequest,
     ContextLengthExceeded,
     Engine,
@@ -24,9 +25,10 @@ from cortex import (
 )
 
 from .batch import END, Scheduler, Sequence
-from .embed import Embedder
+from .embed import Embedder, cut_tokens
 from .forced import forced_tools, tool_call_grammar
 from .grammar import Grammar, make_grammar
+from .history import fitting_tail
 from .render import Prompt, Renderer
 from .schema import grammar_text
 from .tools import with_tool_calls
@@ -110,7 +112,7 @@ class LlamaEngine(Engine):
                                     name=f"llama:{model_id}")
         self._embedder = Embedder(model=model, ctx=ctx, n_ctx=n_ctx,
                                   tokens=lambda text: self._tokens(text, True, param="input"),
-                                  on_thread=self._on_thread)
+                                  cut=self._cut, on_thread=self._on_thread)
 
     @property
     def in_flight(self) -> int:
@@ -171,6 +173,42 @@ class LlamaEngine(Engine):
         tokens: list[int] = self._model.tokenize(data, add_bos, True)
         return tokens
 
+    def _cut(self, text: str, limit: int) -> list[int]:
+        """At most `limit` of the text's tokens (embed.cut_tokens). Only a head of a long
+        text is tokenized: one of `_max_prompt_bytes` already holds more than n_ctx."""
+        data = text.encode("utf-8")
+        if len(data) > self._max_prompt_bytes:
+            data = data[:self._max_prompt_bytes].decode("utf-8", "ignore").encode("utf-8")
+        return cut_tokens(lambda add_special: self._model.tokenize(data, add_special, True),
+                          limit)
+
+    def _fitted(self, request: ChatCompletionRequest) -> tuple[Prompt, list[int]]:
+        prompt = self._render(request)
+        tokens = self._tokens(prompt.text, prompt.add_bos)
+        self._check_fits(tokens)
+        return prompt, tokens
+
+    def _prompt(self, request: ChatCompletionRequest) -> tuple[Prompt, list[int]]:
+        """The rendered prompt and its tokens; with `truncate_history`, a conversation
+        over the context loses its oldest turns (history.py) instead. Blocking."""
+        try:
+            return self._fitted(request)
+        except ContextLengthExceeded:
+            if not request.truncate_history:
+                raise
+
+            def fits(messages: list[ChatMessage]) -> bool:
+                try:
+                    self._fitted(msgspec.structs.replace(request, messages=messages))
+                except ContextLengthExceeded:
+                    return False
+                return True
+
+            kept = fitting_tail(request.messages, fits)
+            if kept is None:
+                raise
+            return self._fitted(msgspec.structs.replace(request, messages=kept))
+
     def _check_fits(self, prompt_tokens: list[int]) -> None:
         if not prompt_tokens:
             raise InvalidRequest("the prompt is empty", param="prompt")
@@ -227,9 +265,7 @@ class LlamaEngine(Engine):
                             default=self._default)
 
         def prepare() -> tuple[list[int], list[str], Grammar | None]:
-            prompt = self._render(request)
-            tokens = self._tokens(prompt.text, prompt.add_bos)
-            self._check_fits(tokens)
+            prompt, tokens = self._prompt(request)
             return tokens, prompt.stop, self._grammar(request)
 
         tokens, template_stops, sampling.grammar = await asyncio.to_thread(prepare)
@@ -293,11 +329,12 @@ class LlamaEngine(Engine):
         self._scheduler.call(run)
         return await done
 
-    async def embed(self, inputs: list[str]) -> tuple[list[list[float]], int]:
+    async def embed(self, inputs: list[str], *, truncate: bool = False
+                    ) -> tuple[list[list[float]], int]:
         if not self.embeddings:
             raise UnsupportedFeature(
                 f"model `{self._model_id}` was not loaded with embeddings = true")
-        return await self._embedder.embed(inputs)
+        return await self._embedder.embed(inputs, truncate=truncate)
 
     async def tokenize(self, request: TokenizeRequest) -> list[int]:
         def run() -> list[int]:  # a count, asked for whatever the length: unbounded

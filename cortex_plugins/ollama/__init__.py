@@ -10,7 +10,8 @@ that is not loaded is loaded through the gateway (as Ollama does), so the final 
 object can say how long the load took. `keep_alive` maps onto the fleet: 0 unloads the
 model once the answer is sent, a negative one keeps it loaded, a duration sets its
 idle TTL in this gateway. `/api/pull` makes a model ready and streams the load's
-progress; the catalogue answers `/api/tags`, `/api/ps` and `/api/show` (`models`).
+progress; the catalogue answers `/api/tags`, `/api/ps` and `/api/show` (`models`), and
+`/` says "Ollama is running", which the `ollama` CLI asks (`HEAD /`) before any command.
 What Ollama can do to its model store (delete, create, copy, push, blobs) has no
 meaning over a fleet's profiles: 501 with a sentence that says so.
 """
@@ -25,7 +26,7 @@ from typing import Any
 import msgspec
 from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from cortex import (
@@ -41,7 +42,7 @@ from cortex import (
     prefix_hashes,
 )
 
-from .errors import NotSupported, error_line, error_response
+from .errors import NotSupported, error_line, error_response, in_ollamas_words
 from .exchange import EmbedExchange, OllamaExchange, json_response, ndjson
 from .models import digest, running, show, tag
 from .reply import Reply, created_at
@@ -86,6 +87,7 @@ class OllamaDialect(Dialect):
         api = _Handlers(self, gateway)
         store = [Route(path, api.store, methods=["POST", "DELETE"]) for path in _STORE]
         return [
+            Route("/", api.running),  # GET and HEAD
             Route("/api/version", api.version),
             Route("/api/tags", api.tags),
             Route("/api/ps", api.ps),
@@ -116,13 +118,15 @@ class OllamaDialect(Dialect):
             Operation(method="get", path="/api/tags", summary="The catalogue"),
             Operation(method="get", path="/api/ps", summary="The models loaded now"),
             Operation(method="get", path="/api/version", summary="Ollama API version"),
+            Operation(method="get", path="/", summary="\"Ollama is running\" (the ollama "
+                      "CLI's heartbeat, HEAD /)"),
         ]
 
     def error_response(self, exc: CortexError) -> Response:
         return error_response(exc)
 
     def upstream_error(self, status: int, body: bytes, exc: CortexError) -> Response:
-        response = error_response(exc)
+        response = error_response(in_ollamas_words(body, exc))
         response.status_code = status
         return response
 
@@ -156,6 +160,9 @@ class _Handlers:
             if exc.status != 404 or bare == name:
                 raise
             return bare, self.gateway.catalogue_entry(bare, request)
+
+    async def running(self, request: Request) -> Response:
+        return PlainTextResponse("Ollama is running")
 
     async def version(self, request: Request) -> Response:
         return json_response({"version": self.dialect.options.version})
@@ -242,7 +249,7 @@ class _Handlers:
         if not req.messages:
             return await self.no_input("chat", req.model, name, entry, seconds, request)
         return await self.infer("chat", req.model, name, entry, seconds, canonical,
-                                started, request)
+                                started, request, thinking=req.think is not False)
 
     async def generate(self, request: Request) -> Response:
         started = time.monotonic()
@@ -253,18 +260,20 @@ class _Handlers:
         if not req.prompt:
             return await self.no_input("generate", req.model, name, entry, seconds, request)
         return await self.infer("generate", req.model, name, entry, seconds, canonical,
-                                started, request)
+                                started, request, thinking=req.think is not False)
 
     async def infer(self, kind: str, model: str, name: str, entry: CatalogueEntry,
                     seconds: float | None, canonical: Any, started: float,
-                    request: Request) -> Response:
+                    request: Request, *, thinking: bool) -> Response:
+        """`thinking`: show a thinking model's reasoning (Ollama's default; `think:
+        false` hides it)."""
         load_seconds = await self.ready(name, entry, request)
         self.keep(name, seconds, request)
         chat = hasattr(canonical, "messages")
         prefixes = prefix_hashes([msgspec.Raw(_encode(m)) for m in canonical.messages]) \
             if chat else ()
         answer = Reply("chat" if kind == "chat" else "generate", model, started=started,
-                       load_seconds=load_seconds)
+                       load_seconds=load_seconds, thinking=thinking)
         call = Call(path="/v1/chat/completions" if chat else "/v1/completions", model=name,
                     body=_encode(canonical), stream=canonical.stream, prefixes=prefixes,
                     max_tokens=canonical.max_tokens, exchange=OllamaExchange(answer))
@@ -281,16 +290,20 @@ class _Handlers:
             await self.no_input("embed", req.model, name, entry, seconds, request)
             return json_response({"model": req.model, "embeddings": []})
         return await self.embedding(name, entry, seconds, started, request,
-                                    embed_request(inputs, model=name,
-                                                  dimensions=req.dimensions),
+                                    embed_request(inputs, model=name, truncate=req.truncate),
                                     EmbedExchange(req.model, started=started,
-                                                  load_seconds=0.0))
+                                                  load_seconds=0.0,
+                                                  dimensions=req.dimensions))
 
     async def embeddings(self, request: Request) -> Response:
+        """The legacy route: one prompt, never truncated (as Ollama's)."""
         started = time.monotonic()
         req = decode_body(await request.body(), EmbeddingsRequest)
         name, entry, seconds = self.checked(req.model, req.options, req.keep_alive,
                                               request)
+        if not req.prompt:
+            await self.no_input("embed", req.model, name, entry, seconds, request)
+            return json_response({"embedding": []})
         return await self.embedding(name, entry, seconds, started, request,
                                     embed_request(req.prompt, model=name),
                                     EmbedExchange(req.model, started=started,

@@ -3,6 +3,7 @@ stream (NDJSON, one object a line) and its errors."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
@@ -81,13 +82,24 @@ class _Embeddings(msgspec.Struct):
 _embeddings = msgspec.json.Decoder(_Embeddings)
 
 
+def _shortened(vector: list[float], dimensions: int | None) -> list[float]:
+    """Ollama's `dimensions`: a longer vector's first N components, renormalised; a
+    shorter one as it is."""
+    if dimensions is None or dimensions >= len(vector):
+        return vector
+    head = vector[:dimensions]
+    norm = math.sqrt(sum(x * x for x in head)) or 1.0
+    return [x / norm for x in head]
+
+
 class EmbedExchange(Exchange):
     """`/api/embed` (every input's vector) or the legacy `/api/embeddings` (one)."""
 
     def __init__(self, model: str, *, started: float, load_seconds: float,
-                 legacy: bool = False) -> None:
+                 legacy: bool = False, dimensions: int | None = None) -> None:
         self.model, self.started = model, started
         self.load_seconds, self.legacy = load_seconds, legacy
+        self.dimensions = dimensions
 
     def reply(self, body: bytes) -> Response:
         try:
@@ -95,7 +107,8 @@ class EmbedExchange(Exchange):
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             return error_response(UpstreamError(f"the neuron's answer could not be read: "
                                                 f"{exc}"))
-        vectors = [item.embedding for item in sorted(answer.data, key=lambda d: d.index)]
+        vectors = [_shortened(item.embedding, self.dimensions)
+                   for item in sorted(answer.data, key=lambda d: d.index)]
         if self.legacy:
             return json_response({"embedding": vectors[0] if vectors else []})
         return json_response({

@@ -8,6 +8,11 @@ arguments as an object). The counts are the neuron's usage; the durations, in
 nanoseconds, are what this gateway measured: the load it waited for, the prefill up to
 the first token, and the generation after it. A whole (non-streamed) answer only shows
 its end, so its generation time is all of it after the load.
+
+A thinking model's reasoning (the neuron's `reasoning_content`, or `reasoning`) is
+Ollama's `thinking`, beside `content` (chat) or `response` (generate), in lines of its
+own while streamed; with `think: false` it is left out, and a model that does not
+reason has none.
 """
 
 from __future__ import annotations
@@ -45,7 +50,12 @@ class _CallDelta(msgspec.Struct):
 
 class _Message(msgspec.Struct):
     content: str | None = None
+    reasoning_content: str | None = None
+    reasoning: str | None = None  # another server's name for it
     tool_calls: list[_CallDelta] | None = None
+
+    def thought(self) -> str:
+        return self.reasoning_content or self.reasoning or ""
 
 
 class _Choice(msgspec.Struct):
@@ -98,32 +108,35 @@ def _arguments(name: str, text: str) -> dict[str, Any]:
 class Reply:
     """One answer in Ollama's shape: `model` is the name the client asked for,
     `started` when the request arrived (time.monotonic), `load_seconds` the load it
-    waited for before it was sent on."""
+    waited for before it was sent on, `thinking` whether reasoning is shown."""
 
     def __init__(self, kind: Kind, model: str, *, started: float,
-                 load_seconds: float = 0.0, clock: Callable[[], float] = time.monotonic,
+                 load_seconds: float = 0.0, thinking: bool = True,
+                 clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time) -> None:
-        self.kind, self.model = kind, model
+        self.kind, self.model, self.thinking = kind, model, thinking
         self.started, self.load_seconds = started, load_seconds
         self._clock, self._wall = clock, wall
         self.sent = started + load_seconds
         self.first: float | None = None
-        self.calls: dict[int, list[str]] = {}  # index: [name, arguments]
+        self.calls: dict[int, list[str]] = {}  # index: [name, arguments, id]
         self.finish_reason: str | None = None
         self.usage = _Usage()
         self.done = False
 
     # --- lines ----------------------------------------------------------------------------
 
-    def _line(self, text: str, *, tool_calls: list[dict[str, Any]] | None = None,
-              **extra: Any) -> dict[str, Any]:
+    def _line(self, text: str, *, thought: str = "",
+              tool_calls: list[dict[str, Any]] | None = None, **extra: Any) -> dict[str, Any]:
+        """One object; `thinking` only when there is some to show (as Ollama omits it)."""
         head = {"model": self.model, "created_at": created_at(self._wall)}
+        thinking = {"thinking": thought} if thought and self.thinking else {}
         if self.kind == "chat":
-            message: dict[str, Any] = {"role": "assistant", "content": text}
+            message: dict[str, Any] = {"role": "assistant", "content": text, **thinking}
             if tool_calls:
                 message["tool_calls"] = tool_calls
             return {**head, "message": message, **extra}
-        return {**head, "response": text, **extra}
+        return {**head, "response": text, **thinking, **extra}
 
     def empty(self) -> dict[str, Any]:
         """A line with nothing in it: sent while the answer has not begun."""
@@ -143,9 +156,12 @@ class Reply:
         return "length" if self.finish_reason == "length" else "stop"
 
     def _tool_calls(self) -> list[dict[str, Any]]:
-        return [{"function": {"index": index, "name": name,
+        """Each call with its id (as Ollama sends it), which a client may give back as
+        the result's `tool_call_id`: two calls of one tool are then told apart."""
+        return [{**({"id": call_id} if call_id else {}),
+                 "function": {"index": index, "name": name,
                               "arguments": _arguments(name, arguments)}}
-                for index, (name, arguments) in sorted(self.calls.items())]
+                for index, (name, arguments, call_id) in sorted(self.calls.items())]
 
     # --- a stream ---------------------------------------------------------------------------
 
@@ -161,15 +177,16 @@ class Reply:
             self.usage = answer.usage
         lines: list[dict[str, Any]] = []
         for choice in answer.choices or ():
-            text = choice.text
+            text, thought = choice.text, ""
             if choice.delta is not None:
-                text = choice.delta.content
+                text, thought = choice.delta.content, choice.delta.thought()
                 for call in choice.delta.tool_calls or ():
                     self._gather(call)
-            if text:
+            if text or thought:
                 if self.first is None:
                     self.first = self._clock()
-                lines.append(self._line(text, done=False))
+                if text or self.thinking:
+                    lines.append(self._line(text or "", thought=thought, done=False))
             if choice.finish_reason:
                 self.finish_reason = choice.finish_reason
                 if self.first is None:
@@ -179,7 +196,9 @@ class Reply:
     def _gather(self, call: _CallDelta) -> None:
         if self.first is None:
             self.first = self._clock()
-        slot = self.calls.setdefault(call.index or 0, ["", ""])
+        slot = self.calls.setdefault(call.index or 0, ["", "", ""])
+        if call.id:
+            slot[2] = call.id
         if call.function is not None:
             if call.function.name:
                 slot[0] = call.function.name
@@ -207,13 +226,13 @@ class Reply:
         choice = answer.choices[0]
         self.usage = answer.usage or _Usage()
         self.finish_reason = choice.finish_reason or "stop"
-        text = choice.text or ""
+        text, thought = choice.text or "", ""
         if choice.message is not None:
-            text = choice.message.content or ""
+            text, thought = choice.message.content or "", choice.message.thought()
             for index, call in enumerate(choice.message.tool_calls or ()):
                 self._gather(msgspec.structs.replace(call, index=index))
         self.first = self.sent  # only the end was seen: all of it counts as generation
         self.done = True
         calls = self._tool_calls() if self.kind == "chat" else None
-        return self._line(text, tool_calls=calls, done=True, done_reason=self._reason(),
-                          **self._stats())
+        return self._line(text, thought=thought, tool_calls=calls, done=True,
+                          done_reason=self._reason(), **self._stats())

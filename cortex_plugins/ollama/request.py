@@ -4,8 +4,13 @@ Everything is checked here, before the gateway routes it: the options are typed 
 bounded (types.py) and mapped field by field, `num_ctx` is held against the model's
 context, `format` becomes a `response_format` the neuron's grammar enforces, tools and
 tool calls change shape (arguments: an object here, a JSON string there; a tool result
-is matched to its call by name, as Ollama's messages carry no ids), and what this
-gateway cannot honour (images, a per-request template, `context`) is a 400 naming it.
+is matched to its call by its id, else by name), an assistant turn's `thinking` is its
+`reasoning_content`, chat's `truncate` (a conversation over the context loses its
+oldest turns, which the neuron does) is `truncate_history`, and what this gateway
+cannot honour (images, a per-request template, `context`) is a 400 naming it. `think`
+asks nothing of the neuron: a thinking model's reasoning comes apart from its answer
+whatever is asked, and the reply shows it or not (reply.py); the models here take no
+effort level.
 """
 
 from __future__ import annotations
@@ -127,13 +132,14 @@ def _messages(messages: list[Message]) -> list[ChatMessage]:
     made = 0
     for index, message in enumerate(messages):
         where = f"messages[{index}]"
-        if message.role not in _ROLES:
+        role = message.role.lower()  # as Ollama reads it ("User" is user)
+        if role not in _ROLES:
             raise InvalidRequest(f"{where}.role `{message.role[:40]}` is not system, user, "
                                  "assistant or tool", param=f"{where}.role")
         if message.images:
             raise UnsupportedFeature(f"{where}.images: the models of this gateway take "
                                      "text only", param=f"{where}.images")
-        if message.role == "assistant" and message.tool_calls:
+        if role == "assistant" and message.tool_calls:
             calls = []
             pending = []
             for call in message.tool_calls:
@@ -144,12 +150,16 @@ def _messages(messages: list[Message]) -> list[ChatMessage]:
                     name=call.function.name,
                     arguments=_encode(call.function.arguments).decode())))
             out.append(ChatMessage(role="assistant", content=message.content or None,
-                                   tool_calls=calls))
-        elif message.role == "tool":
+                                   tool_calls=calls,
+                                   reasoning_content=message.thinking or None))
+        elif role == "tool":
             out.append(ChatMessage(role="tool", content=message.content or "",
                                    tool_call_id=_answered(message, pending, made)))
+        elif role == "assistant":
+            out.append(ChatMessage(role="assistant", content=message.content or "",
+                                   reasoning_content=message.thinking or None))
         else:
-            out.append(ChatMessage(role=message.role, content=message.content or ""))
+            out.append(ChatMessage(role=role, content=message.content or ""))
     return out
 
 
@@ -167,14 +177,10 @@ def _answered(message: Message, pending: list[tuple[str, str]], made: int) -> st
 
 
 def _no_logprobs(req: ChatRequest | GenerateRequest) -> None:
-    """What no model here gives is refused, as Ollama refuses `think` to a model that
-    does not think."""
+    """What no model here gives is refused."""
     if req.logprobs or req.top_logprobs:
         field = "logprobs" if req.logprobs else "top_logprobs"
         raise UnsupportedFeature(f"{field}: log probabilities are not served", param=field)
-    if req.think not in (None, False):
-        raise UnsupportedFeature("think: the models of this gateway do not return their "
-                                 "thinking apart from the answer", param="think")
 
 
 def chat_request(req: ChatRequest, *, model: str) -> ChatCompletionRequest:
@@ -183,7 +189,7 @@ def chat_request(req: ChatRequest, *, model: str) -> ChatCompletionRequest:
         model=model, messages=_messages(req.messages), stream=req.stream,
         stream_options=StreamOptions(include_usage=True) if req.stream else None,
         tools=_tools(req.tools), response_format=_response_format(req.format),
-        **_sampling(req.options))
+        truncate_history=req.truncate, **_sampling(req.options))
 
 
 def generate_request(req: GenerateRequest, *, model: str
@@ -219,9 +225,12 @@ def generate_request(req: GenerateRequest, *, model: str
 
 
 def embed_request(inputs: str | list[str], *, model: str,
-                  dimensions: int | None = None) -> EmbeddingRequest:
+                  truncate: bool = False) -> EmbeddingRequest:
+    """`truncate`: an input over the context is cut at its end (the neuron does it,
+    where the tokens are known) instead of refused. `dimensions` is not sent: Ollama
+    cuts only a vector longer than asked, which the answer does (EmbedExchange)."""
     texts: list[str | int | list[int]] = [inputs] if isinstance(inputs, str) else [*inputs]
-    return EmbeddingRequest(model=model, input=texts, dimensions=dimensions)
+    return EmbeddingRequest(model=model, input=texts, truncate=truncate)
 
 
 def embed_inputs(req: EmbedRequest) -> list[str]:

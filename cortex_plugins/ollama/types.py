@@ -8,7 +8,7 @@ them silently; fields Ollama itself ignores are ignored here as well.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -29,6 +29,8 @@ __all__ = [
 
 #: A keep_alive: seconds as a number, or a Go duration ("5m", "1h30m", "-1", "0").
 KeepAlive = float | str | None
+#: `think`: a thinking model's reasoning shown (true, or a level) or hidden (false).
+Think = bool | Literal["low", "medium", "high", "max"] | None
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
 Probability = Annotated[float, msgspec.Meta(ge=0, le=1)]
 
@@ -80,7 +82,7 @@ class _Inference(msgspec.Struct, kw_only=True):
     format: str | dict[str, Any] | None = None
     options: Options | None = None
     keep_alive: KeepAlive = None
-    think: bool | str | None = None
+    think: Think = None
     logprobs: bool | None = None
     top_logprobs: int | None = None
 
@@ -88,6 +90,8 @@ class _Inference(msgspec.Struct, kw_only=True):
 class ChatRequest(_Inference, kw_only=True):
     messages: list[Message] = []
     tools: list[dict[str, Any]] | None = None
+    # A conversation over the context loses its oldest turns (false: it is refused).
+    truncate: bool = True
 
 
 class GenerateRequest(_Inference, kw_only=True):

@@ -49,8 +49,8 @@ def scripted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NeuronProcess
 
 def synthetic(model_id: str, **fields: Any) -> ModelProfile:
     fields.setdefault("source", "synthetic:rate=0,bytes=1GiB")
-    return ModelProfile(id=model_id, harness="synthetic", n_ctx=4096, neurons=["s"],
-                        **fields)
+    fields.setdefault("neurons", ["s"])
+    return ModelProfile(id=model_id, harness="synthetic", n_ctx=4096, **fields)
 
 
 @pytest.fixture
@@ -91,6 +91,16 @@ async def test_version_tags_and_show(client: ollama.AsyncClient, gw: RunningGate
     assert shown.capabilities == ["completion", "tools"]
     assert shown.modelinfo is not None and shown.modelinfo["cortex.context_length"] == 2048
     assert (await client.show("emb")).capabilities == ["embedding"]
+
+
+async def test_the_root_says_ollama_is_running(gw: RunningGateway) -> None:
+    """The `ollama` CLI sends `HEAD /` before every command (its heartbeat) and stops
+    with "could not connect" on anything but a 2xx; tools that probe a server `GET /`
+    and read this sentence."""
+    head = await gw.client.head(f"{gw.url}/")
+    got = await gw.client.get(f"{gw.url}/")
+    assert head.status_code == got.status_code == 200
+    assert got.text == "Ollama is running"
 
 
 async def test_latest_tag_names_the_model(client: ollama.AsyncClient) -> None:
@@ -153,6 +163,24 @@ async def test_num_predict_and_stop(client: ollama.AsyncClient) -> None:
     assert word not in (cut.message.content or "") and cut.done_reason == "stop"
 
 
+async def test_a_conversation_over_the_context_loses_its_oldest_turns(
+        client: ollama.AsyncClient, gw: RunningGateway) -> None:
+    """As Ollama (`truncate` defaults to true): a chat longer than the model's context
+    (2,048 tokens here) is answered from its system prompt and latest turns, not
+    refused; `truncate: false` refuses it (the client has no field for that: raw)."""
+    messages: list[dict[str, str]] = [{"role": "system", "content": "Be brief."}]
+    for turn in range(40):
+        messages += [{"role": "user", "content": f"Question {turn}: " + "why " * 30},
+                     {"role": "assistant", "content": "Because. " * 10}]
+    messages.append({"role": "user", "content": "And the sky?"})
+    reply = await client.chat(model=MODEL, messages=messages,
+                              options={"temperature": 0, "num_predict": 2})
+    assert reply.done and 2048 // 2 < (reply.prompt_eval_count or 0) < 2048
+    refused = await gw.client.post(f"{gw.url}/api/chat", json={
+        "model": MODEL, "messages": messages, "truncate": False, "stream": False})
+    assert refused.status_code == 400 and "prompt is too long" in refused.json()["error"]
+
+
 async def test_format_schema_is_enforced(client: ollama.AsyncClient) -> None:
     schema = {"type": "object", "properties": {"age": {"type": "integer"}},
               "required": ["age"]}
@@ -178,6 +206,94 @@ async def test_a_tool_round_trip(client: ollama.AsyncClient) -> None:
         "get_weather"]
 
 
+async def test_tool_calls_carry_ids_a_client_may_answer_by(gw: RunningGateway) -> None:
+    """Ollama gives each call an `id`; Open WebUI sends it back as the result's
+    `tool_call_id` (the `ollama` Python client has no field for either, so raw HTTP)."""
+    ask: dict[str, Any] = {"model": "tools", "stream": False, "tools": [WEATHER],
+                           "messages": [{"role": "user", "content": "Weather in Paris?"}]}
+    first = (await gw.client.post(f"{gw.url}/api/chat", json=ask)).json()["message"]
+    [call] = first["tool_calls"]
+    assert call["id"].startswith("call_") and call["function"]["name"] == "get_weather"
+    ask["messages"] += [first, {"role": "tool", "tool_call_id": call["id"],
+                                "content": "sunny"}]
+    answer = await gw.client.post(f"{gw.url}/api/chat", json=ask)
+    assert answer.json()["message"]["content"] == "It is sunny in Paris."
+
+
+# --- thinking ------------------------------------------------------------------------------
+
+REASONING = "Two and two make four."
+
+
+@pytest.fixture(scope="module")
+def thinker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NeuronProcess]:
+    """A neuron whose synthetic model reasons before it answers. No model here returns
+    its reasoning apart from its answer (the bundled Gemma does not reason), so the
+    harness's `reasoning` option stands in for a thinking model: the point is how the
+    reasoning reaches the client, not what a model thinks."""
+    process = NeuronProcess({"name": "t", "memory_budget": "8GiB", "harness": {"synthetic": {
+        "rate": 0, "reasoning": REASONING, "script": [{"text": "It is 4."}]}}},
+        tmp_path_factory.mktemp("neuron-t"))
+    try:
+        process.wait_ready()
+        yield process
+    finally:
+        process.stop()
+
+
+async def test_thinking_is_shown_unless_think_is_false(thinker: NeuronProcess) -> None:
+    """Ollama shows a thinking model's reasoning by default, in `message.thinking` (chat)
+    or `thinking` (generate), streamed in parts of its own before the answer; `think:
+    false` hides it (its tokens still count). A level is `true` here: the models take
+    no effort level. (The script answers requests that offer tools, hence WEATHER.)"""
+    ask = {"model": "thinks", "tools": [WEATHER],
+           "messages": [{"role": "user", "content": "2+2?"}]}
+    async with running_gateway([("t", thinker)], [synthetic("thinks", neurons=["t"])]) as gw:
+        client = ollama.AsyncClient(host=gw.url, timeout=60)
+        for think in (None, True, "high"):
+            shown = await client.chat(**ask, think=think)
+            assert (shown.message.thinking, shown.message.content) == (REASONING, "It is 4.")
+        hidden = await client.chat(**ask, think=False)
+        assert (hidden.message.thinking, hidden.message.content) == (None, "It is 4.")
+        assert hidden.eval_count == shown.eval_count == 5 + 3
+
+        parts = [p async for p in await client.chat(**ask, stream=True)]
+        thought = [p.message.thinking for p in parts if p.message.thinking]
+        assert "".join(thought) == REASONING and len(thought) == 5
+        first = next(i for i, p in enumerate(parts) if p.message.content)
+        assert all(not p.message.content for p in parts[:first])
+        assert not any(p.message.thinking for p in parts[first:])
+        assert "".join(p.message.content or "" for p in parts) == "It is 4."
+        quiet = [p async for p in await client.chat(**ask, stream=True, think=False)]
+        assert not any(p.message.thinking for p in quiet)
+        assert "".join(p.message.content or "" for p in quiet) == "It is 4."
+
+        generated = await client.generate(model="thinks", prompt="2+2?",
+                                          options={"num_predict": 8})
+        assert generated.thinking == REASONING and len(generated.response.split()) == 3
+        plain = await client.generate(model="thinks", prompt="2+2?", think=False,
+                                      options={"num_predict": 8})
+        assert plain.thinking is None and plain.response == generated.response
+        streamed = [p async for p in await client.generate(
+            model="thinks", prompt="2+2?", stream=True, options={"num_predict": 8})]
+        assert "".join(p.thinking or "" for p in streamed) == REASONING
+
+
+async def test_a_model_that_does_not_reason_has_no_thinking(
+        client: ollama.AsyncClient) -> None:
+    """`think` on a model with no separate reasoning (the bundled Gemma) is not the 400
+    Ollama gives a model it knows cannot think: the gateway cannot know a profile's
+    model never reasons, so the answer simply has none."""
+    reply = await client.chat(model=MODEL, messages=HELLO, options=GREEDY, think=True)
+    assert reply.message.content and reply.message.thinking is None
+    parts = [p async for p in await client.generate(model=MODEL, prompt="Hi", think="low",
+                                                    options=GREEDY, stream=True)]
+    assert parts[-1].done and not any(p.thinking for p in parts)
+    with pytest.raises(ollama.ResponseError) as caught:
+        await client.chat(model=MODEL, messages=HELLO, think="extreme")  # type: ignore[arg-type]
+    assert caught.value.status_code == 400 and "think" in caught.value.error
+
+
 # --- embeddings ----------------------------------------------------------------------------
 
 async def test_embed_and_legacy_embeddings(client: ollama.AsyncClient) -> None:
@@ -188,6 +304,34 @@ async def test_embed_and_legacy_embeddings(client: ollama.AsyncClient) -> None:
     assert list(one.embedding) == pytest.approx(list(both.embeddings[0]))
     second = await client.embed(model="emb", input="world")
     assert list(second.embeddings[0]) == pytest.approx(list(both.embeddings[1]))
+
+
+async def test_embed_truncates_an_input_over_the_context_unless_told_not_to(
+        client: ollama.AsyncClient) -> None:
+    """Ollama cuts an over-long input to fit by default; `truncate: false` and the legacy
+    route refuse it. The synthetic model counts a word as a token (context 4,096), so
+    the cut input is known exactly: its first 4,095 words."""
+    long = "word " * 5000 + "end"
+    cut = await client.embed(model="emb", input=[long, "hello"])
+    fits = await client.embed(model="emb", input=[" ".join(["word"] * 4095), "hello"])
+    assert cut.embeddings == fits.embeddings and cut.prompt_eval_count == 4095 + 1
+    for refused in (client.embed(model="emb", input=long, truncate=False),
+                    client.embeddings(model="emb", prompt=long)):
+        with pytest.raises(ollama.ResponseError) as caught:
+            await refused
+        assert caught.value.status_code == 400
+        assert "the input length exceeds the context length" in caught.value.error
+    assert (await client.embeddings(model="emb", prompt="")).embedding == []  # a load
+
+
+async def test_embed_dimensions_cut_a_longer_vector_only(client: ollama.AsyncClient) -> None:
+    whole = (await client.embed(model="emb", input="hello")).embeddings[0]
+    short = (await client.embed(model="emb", input="hello", dimensions=8)).embeddings[0]
+    norm = sum(x * x for x in whole[:8]) ** 0.5
+    assert short == pytest.approx([x / norm for x in whole[:8]])
+    # More than the model has is the whole vector, as Ollama answers, not an error.
+    assert (await client.embed(model="emb", input="hello",
+                               dimensions=len(whole) + 1)).embeddings[0] == whole
 
 
 # --- pull, ps and keep_alive ---------------------------------------------------------------

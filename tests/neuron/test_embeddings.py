@@ -129,10 +129,74 @@ def test_the_per_input_cap_holds_for_long_contexts(gemma_path: Path) -> None:
         raise AssertionError("nothing is decoded past a cap")
 
     embedder = Embedder(model=model, ctx=None, n_ctx=32768, on_thread=never,
-                        tokens=lambda text: model.tokenize(text.encode(), True, True))
+                        tokens=lambda text: model.tokenize(text.encode(), True, True),
+                        cut=lambda text, limit: [])
     with pytest.raises(InvalidRequest, match=r"input\[1\] has \d+ tokens; at most 8192"):
         asyncio.run(embedder.embed(["fine", SENTENCE * 700]))
     model.close()
+
+
+def test_truncation_keeps_the_specials_around_the_text() -> None:
+    """A tokenizer that puts BOS before a text and SEP after it (BERT-style embedding
+    models, some of which pool the last token): the text's own tokens are cut, the
+    specials kept. One that adds only BOS, or nothing, is cut at the end."""
+    from cortex_plugins.llamacpp.embed import cut_tokens
+
+    text = list(range(10, 30))
+    around = [1, *text, 2]
+    assert cut_tokens(lambda special: around if special else text, 8) == [
+        1, 10, 11, 12, 13, 14, 15, 2]
+    assert cut_tokens(lambda special: around if special else text, 22) == around
+    assert cut_tokens(lambda special: [1, *text] if special else text, 5) == [
+        1, 10, 11, 12, 13]
+    assert cut_tokens(lambda special: text, 3) == [10, 11, 12]
+
+
+def test_truncate_cuts_an_input_to_the_per_input_cap(gemma_path: Path) -> None:
+    """With truncate, an input over the 8,192-token cap is cut to it at its end (BOS
+    kept) instead of refused; the real tokenizer, no context (as the test above)."""
+    import asyncio
+
+    import llama_cpp
+    from llama_cpp._internals import LlamaModel
+
+    from cortex_plugins.llamacpp.embed import Embedder, cut_tokens
+
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    model = LlamaModel(path_model=str(gemma_path), params=params, verbose=False)
+    decoded: list[list[int]] = []
+
+    async def record(fn: Any) -> list[float]:
+        decoded.append(fn.args[0])  # functools.partial(_embed_one, tokens)
+        return [1.0]
+
+    text = SENTENCE * 700
+    embedder = Embedder(
+        model=model, ctx=None, n_ctx=32768, on_thread=record,
+        tokens=lambda text: model.tokenize(text.encode(), True, True),
+        cut=lambda text, limit: cut_tokens(
+            lambda special: model.tokenize(text.encode(), special, True), limit))
+    vectors, count = asyncio.run(embedder.embed(["fine", text], truncate=True))
+    whole = model.tokenize(text.encode(), True, True)
+    assert len(whole) > 8192 and len(vectors) == 2
+    assert decoded[1] == whole[:8192] and count == len(decoded[0]) + 8192
+    model.close()
+
+
+def test_truncate_cuts_an_input_over_the_context_at_its_end(neuron: NeuronProcess) -> None:
+    """Two inputs over the 512-token context that differ only past it embed the same,
+    to n_ctx - 1 tokens each; a short one is untouched. `truncate` is cortex's extension
+    (what the Ollama dialect asks for), so the SDK sends it as an extra field."""
+    sdk = openai.OpenAI(base_url=f"{neuron.url}/v1", api_key="k", max_retries=0, timeout=300)
+    inputs = [SENTENCE * 100, SENTENCE * 60 + "And then it rained for a week.", "hello"]
+    reply = sdk.embeddings.create(model="emb", input=inputs, encoding_format="float",
+                                  extra_body={"truncate": True})
+    first, second, short = (item.embedding for item in reply.data)
+    assert first == second and first != short
+    alone = sdk.embeddings.create(model="emb", input="hello", encoding_format="float")
+    assert reply.usage.prompt_tokens == 2 * 511 + alone.usage.prompt_tokens
+    assert short == alone.data[0].embedding
 
 
 class _Abandoned:

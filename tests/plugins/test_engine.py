@@ -128,3 +128,40 @@ def test_a_prompt_far_over_the_context_is_not_tokenized_whole(engine: Any) -> No
         assert given == [len("lorem ipsum " * 10)]
     finally:
         del engine._model.tokenize
+
+
+async def test_truncate_history_keeps_the_latest_turns_that_fit(engine: Any) -> None:
+    """A conversation over the 256-token context is refused, unless the request says
+    `truncate_history` (what the Ollama dialect asks): then it keeps the system prompt
+    and the most recent turns that fit, found here independently, one tail at a time,
+    by tokenizing each as the /tokenize route would."""
+    import msgspec
+
+    from cortex import ChatCompletionRequest, ChatMessage, TokenizeRequest
+    from cortex.errors import ContextLengthExceeded
+
+    messages = [ChatMessage(role="system", content="Answer in one word.")]
+    for turn in range(8):
+        messages += [ChatMessage(role="user", content=f"Question {turn}: " + "why " * 12),
+                     ChatMessage(role="assistant", content=f"Because {turn}. " * 4)]
+    messages.append(ChatMessage(role="user", content="And the sky?"))
+    request = ChatCompletionRequest(model="sched", messages=messages, max_tokens=2,
+                                    temperature=0.0)
+    with pytest.raises(ContextLengthExceeded):
+        [event async for event in engine.chat(request)]
+    events = [event async for event in engine.chat(
+        msgspec.structs.replace(request, truncate_history=True))]
+    done = events[-1]
+    assert isinstance(done, Done)
+
+    async def count(kept: list[ChatMessage]) -> int:
+        return len(await engine.tokenize(TokenizeRequest(model="sched", messages=kept)))
+
+    starts = [i for i, m in enumerate(messages) if m.role == "user"][1:]
+    tails = [[messages[0], *messages[i:]] for i in starts]
+    fitting = [n for n in [await count(tail) for tail in tails] if n < 256]
+    assert done.prompt_tokens == fitting[0] and fitting[0] > 256 // 2
+    alone = [messages[0], ChatMessage(role="user", content="why " * 400)]
+    with pytest.raises(ContextLengthExceeded):  # the last turn alone cannot fit
+        [event async for event in engine.chat(msgspec.structs.replace(
+            request, messages=alone, truncate_history=True))]

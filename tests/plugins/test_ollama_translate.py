@@ -20,20 +20,25 @@ from cortex import (
     CatalogueEntry,
     ChatCompletionRequest,
     CompletionRequest,
+    ContextLengthExceeded,
     CortexError,
     InvalidRequest,
     decode_body,
 )
+from cortex_plugins.ollama.errors import in_ollamas_words
+from cortex_plugins.ollama.exchange import EmbedExchange
 from cortex_plugins.ollama.models import running, show, tag
 from cortex_plugins.ollama.reply import Reply
 from cortex_plugins.ollama.request import (
     FOREVER,
     chat_request,
     check_num_ctx,
+    embed_inputs,
+    embed_request,
     generate_request,
     keep_alive_seconds,
 )
-from cortex_plugins.ollama.types import ChatRequest, GenerateRequest, Options
+from cortex_plugins.ollama.types import ChatRequest, EmbedRequest, GenerateRequest, Options
 
 WHEN = "2026-01-02T03:04:05.000000Z"
 
@@ -64,18 +69,20 @@ class Clock:
         return self.now
 
 
-def reply(kind: str = "chat", clock: Clock | None = None) -> Reply:
+def reply(kind: str = "chat", clock: Clock | None = None, thinking: bool = True) -> Reply:
     clock = clock or Clock()
     return Reply(kind, "m:latest", started=clock.now, load_seconds=0.5, clock=clock,  # type: ignore[arg-type]
-                 wall=lambda: 1767323045.0)
+                 wall=lambda: 1767323045.0, thinking=thinking)
 
 
 def chunk(content: str | None = None, *, finish: str | None = None,
-          calls: list[dict[str, Any]] | None = None, usage: dict[str, int] | None = None
-          ) -> bytes:
+          calls: list[dict[str, Any]] | None = None, usage: dict[str, int] | None = None,
+          reasoning: str | None = None) -> bytes:
     delta: dict[str, Any] = {}
     if content is not None:
         delta["content"] = content
+    if reasoning is not None:
+        delta["reasoning_content"] = reasoning
     if calls is not None:
         delta["tool_calls"] = calls
     body: dict[str, Any] = {"id": "c", "object": "chat.completion.chunk", "created": 1,
@@ -162,6 +169,33 @@ def test_tools_and_a_tool_round_trip() -> None:
     assert (by_name["tool_call_id"], by_order["tool_call_id"]) == ("call_2", "call_1")
 
 
+def test_chat_truncates_its_history_unless_told_not_to() -> None:
+    """Ollama's chat `truncate` (default true) is the neuron's `truncate_history`."""
+    assert wire(chat())["truncate_history"] is True
+    assert wire(chat(truncate=False))["truncate_history"] is False
+
+
+def test_roles_are_read_as_ollama_reads_them() -> None:
+    body = wire(chat(messages=[{"role": "System", "content": "s"},
+                               {"role": "USER", "content": "u"}]))
+    assert [m["role"] for m in body["messages"]] == ["system", "user"]
+
+
+def test_two_calls_of_one_tool_are_answered_by_their_ids() -> None:
+    """The ids a reply gave its calls come back on the calls and on their results, in
+    any order; matched by name alone, the second result would answer the first call."""
+    body = wire(chat(messages=[
+        {"role": "user", "content": "Paris and Rome?"},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"id": "call_p", "function": {"name": "weather", "arguments": {"city": "Paris"}}},
+            {"id": "call_r", "function": {"name": "weather", "arguments": {"city": "Rome"}}}]},
+        {"role": "tool", "tool_name": "weather", "tool_call_id": "call_r", "content": "rain"},
+        {"role": "tool", "tool_name": "weather", "tool_call_id": "call_p", "content": "sun"}]))
+    assert [c["id"] for c in body["messages"][1]["tool_calls"]] == ["call_p", "call_r"]
+    assert [(m["tool_call_id"], m["content"]) for m in body["messages"][2:]] == [
+        ("call_r", "rain"), ("call_p", "sun")]
+
+
 @pytest.mark.parametrize("message, field", [
     ({"role": "user", "content": "x", "images": ["aGk="]}, "images"),
     ({"role": "robot", "content": "x"}, "role")])
@@ -172,16 +206,35 @@ def test_messages_we_cannot_serve_are_refused_naming_the_field(
     assert caught.value.param == f"messages[0].{field}"
 
 
-@pytest.mark.parametrize("field", [{"logprobs": True}, {"top_logprobs": 2}, {"think": True},
-                                   {"think": "high"}])
-def test_chat_logprobs_and_thinking_are_refused(field: dict[str, Any]) -> None:
+@pytest.mark.parametrize("field", [{"logprobs": True}, {"top_logprobs": 2}])
+def test_chat_logprobs_are_refused(field: dict[str, Any]) -> None:
     with pytest.raises(InvalidRequest) as caught:
         chat(**field)
     assert caught.value.param == next(iter(field))
 
 
-def test_think_false_is_no_request_at_all() -> None:
-    assert wire(chat(think=False))["messages"][0]["content"] == "hi"
+@pytest.mark.parametrize("think", [True, False, "low", "medium", "high", "max"])
+def test_think_asks_nothing_of_the_neuron(think: Any) -> None:
+    """Shown or hidden is the reply's business; the models here take no effort level."""
+    assert wire(chat(think=think)) == wire(chat())
+    assert wire(generate(think=think)) == wire(generate())
+
+
+@pytest.mark.parametrize("think", ["extreme", 1, "true"])
+def test_a_think_that_is_no_level_is_400(think: Any) -> None:
+    with pytest.raises(InvalidRequest, match=r"\$\.think"):
+        chat(think=think)
+
+
+def test_an_assistant_turns_thinking_is_its_reasoning() -> None:
+    body = wire(chat(messages=[
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "4", "thinking": "two and two"},
+        {"role": "assistant", "content": "", "thinking": "now a call", "tool_calls": [
+            {"function": {"name": "f", "arguments": {}}}]},
+        {"role": "user", "content": "sure?", "thinking": "not a user's"}]))
+    assert [m["reasoning_content"] for m in body["messages"]] == [
+        None, "two and two", "now a call", None]
 
 
 def test_bad_tools_are_400() -> None:
@@ -261,6 +314,42 @@ def test_streamed_chat_lines_and_the_done_object() -> None:
          "eval_duration": 1_000_000_000}]
 
 
+def test_streamed_thinking_comes_in_lines_of_its_own() -> None:
+    clock = Clock()
+    answer = reply(clock=clock)
+    clock.now += 0.75  # the load and the prefill, to the first reasoning token
+    lines = answer.feed(chunk(reasoning="Two and"))
+    clock.now += 1.0
+    lines += answer.feed(chunk(reasoning=" two."))
+    lines += answer.feed(chunk("4", finish="stop",
+                               usage={"prompt_tokens": 9, "completion_tokens": 4}))
+    lines += answer.feed(b"[DONE]")
+    head = {"model": "m:latest", "created_at": WHEN}
+    assert lines[:3] == [
+        {**head, "message": {"role": "assistant", "content": "", "thinking": "Two and"},
+         "done": False},
+        {**head, "message": {"role": "assistant", "content": "", "thinking": " two."},
+         "done": False},
+        {**head, "message": {"role": "assistant", "content": "4"}, "done": False}]
+    assert (lines[3]["done"], lines[3]["eval_count"]) == (True, 4)
+    assert lines[3]["prompt_eval_duration"] == 250_000_000  # reasoning is generation
+
+
+@pytest.mark.parametrize("kind, field", [("chat", "message"), ("generate", "response")])
+def test_think_false_hides_the_reasoning_but_not_its_cost(kind: str, field: str) -> None:
+    shown, hidden = reply(kind), reply(kind, thinking=False)
+    feed = [chunk(reasoning="hmm"), chunk("ok", finish="stop",
+                                          usage={"prompt_tokens": 1, "completion_tokens": 2})]
+    seen = [line for data in feed for line in shown.feed(data)]
+    unseen = [line for data in feed for line in hidden.feed(data)]
+    if kind == "chat":
+        assert [line["message"].get("thinking") for line in seen] == ["hmm", None]
+    else:
+        assert [line.get("thinking") for line in seen] == ["hmm", None]
+    assert unseen == seen[1:] and "thinking" not in json.dumps(unseen)
+    assert hidden.finish()[-1]["eval_count"] == shown.finish()[-1]["eval_count"] == 2
+
+
 def test_streamed_tool_calls_arrive_whole_before_done() -> None:
     answer = reply()
     lines = answer.feed(chunk(calls=[{"index": 0, "id": "call_a", "type": "function",
@@ -270,7 +359,8 @@ def test_streamed_tool_calls_arrive_whole_before_done() -> None:
                                finish="tool_calls"))
     lines += answer.feed(b"[DONE]")
     assert [line["message"].get("tool_calls") for line in lines] == [
-        [{"function": {"index": 0, "name": "weather", "arguments": {"city": "Paris"}}}], None]
+        [{"id": "call_a", "function": {"index": 0, "name": "weather",
+                                       "arguments": {"city": "Paris"}}}], None]
     assert lines[-1]["done_reason"] == "stop"
 
 
@@ -310,9 +400,26 @@ def test_a_whole_chat_reply() -> None:
             "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}}
     out = reply().whole(json.dumps(body).encode())
     assert out["message"] == {"role": "assistant", "content": "", "tool_calls": [
-        {"function": {"index": 0, "name": "f", "arguments": {"a": 1}}}]}
+        {"id": "x", "function": {"index": 0, "name": "f", "arguments": {"a": 1}}}]}
     assert (out["done"], out["done_reason"], out["prompt_eval_count"], out["eval_count"]) \
         == (True, "stop", 3, 4)
+
+
+@pytest.mark.parametrize("thinking", [True, False])
+def test_a_whole_reply_with_reasoning(thinking: bool) -> None:
+    message = {"role": "assistant", "content": "4", "reasoning_content": "two and two"}
+    body = {"id": "c", "object": "chat.completion", "created": 1, "model": "m",
+            "choices": [{"index": 0, "finish_reason": "stop", "message": message}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}}
+    chat_reply = reply(thinking=thinking).whole(json.dumps(body).encode())
+    generated = reply("generate", thinking=thinking).whole(json.dumps(body).encode())
+    if thinking:
+        assert chat_reply["message"] == {"role": "assistant", "content": "4",
+                                         "thinking": "two and two"}
+        assert (generated["response"], generated["thinking"]) == ("4", "two and two")
+    else:
+        assert chat_reply["message"] == {"role": "assistant", "content": "4"}
+        assert "thinking" not in generated
 
 
 def test_a_whole_raw_generate_reply() -> None:
@@ -345,6 +452,54 @@ def test_any_split_of_text_and_arguments_reassembles(text: str, cuts: list[int],
     lines += answer.feed(chunk(finish="tool_calls")) + answer.finish()
     assert "".join(line["message"]["content"] for line in lines) == text
     assert lines[-2]["message"]["tool_calls"][0]["function"]["arguments"] == {"v": value}
+
+
+# --- embeddings ----------------------------------------------------------------------------
+
+def embeddings(*vectors: list[float]) -> bytes:
+    return json.dumps({"object": "list", "model": "m", "usage": {"prompt_tokens": 5},
+                       "data": [{"index": i, "embedding": v}
+                                for i, v in enumerate(vectors)]}).encode()
+
+
+def test_embed_asks_the_neuron_to_truncate_by_default() -> None:
+    """Ollama truncates unless told not to; the cut is the neuron's (it has the tokens)."""
+    def sent(**fields: Any) -> dict[str, Any]:
+        req = decode_body(json.dumps({"model": "m", "input": "a", **fields}).encode(),
+                          EmbedRequest)
+        return wire(embed_request(embed_inputs(req), model="m", truncate=req.truncate))
+
+    assert sent()["truncate"] is True and sent(truncate=True)["truncate"] is True
+    assert sent(truncate=False)["truncate"] is False
+    assert sent(dimensions=4)["dimensions"] is None  # cut in the answer, as Ollama cuts
+
+
+def test_dimensions_cut_only_a_longer_vector_and_renormalise() -> None:
+    """As Ollama: the first N components, at unit length again; asking for more than the
+    model has is the whole vector, not an error."""
+    vector = [0.6, 0.0, 0.8, 0.0]
+    cut = json.loads(EmbedExchange("m", started=0.0, load_seconds=0.0, dimensions=1)
+                     .reply(embeddings(vector, [0.0, 0.6, 0.0, 0.8])).body)
+    assert cut["embeddings"] == [[1.0], [0.0]]
+    two = json.loads(EmbedExchange("m", started=0.0, load_seconds=0.0, dimensions=2)
+                     .reply(embeddings(vector)).body)["embeddings"][0]
+    assert two == [1.0, 0.0]
+    for dimensions in (None, 4, 4096):
+        whole = json.loads(EmbedExchange("m", started=0.0, load_seconds=0.0,
+                                         dimensions=dimensions).reply(embeddings(vector)).body)
+        assert whole["embeddings"] == [vector] and whole["prompt_eval_count"] == 5
+
+
+def test_an_input_over_the_context_is_said_in_ollamas_words() -> None:
+    over = ContextLengthExceeded(600, 512, param="input")
+    body = json.dumps(over.openai_envelope()).encode()
+    said = in_ollamas_words(body, InvalidRequest(over.message))
+    assert said.message == ("the input length exceeds the context length (prompt is too "
+                            "long: 600 tokens > 512 maximum)")
+    prompt = ContextLengthExceeded(600, 512)  # a chat prompt: the neuron's words stand
+    kept = InvalidRequest(prompt.message)
+    assert in_ollamas_words(json.dumps(prompt.openai_envelope()).encode(), kept) is kept
+    assert in_ollamas_words(b"not json", kept) is kept
 
 
 # --- the catalogue -------------------------------------------------------------------------

@@ -122,3 +122,39 @@ def test_a_script_answers_requests_with_tools_turn_by_turn(start_neuron: Any) ->
         for extra in ({}, {"tools": [{"type": "function", "function": {"name": "other"}}]}):
             plain = chat(ask, max_tokens=5, **extra)
             assert plain["finish_reason"] == "length" and "tool_calls" not in plain["message"]
+
+
+def test_reasoning_comes_apart_before_the_answer(start_neuron: Any) -> None:
+    """[harness.synthetic] reasoning (neuron.toml only): every chat reply begins with
+    those words as reasoning, which the neuron sends as `reasoning_content` (deltas of
+    their own, or on the message) and counts as generated tokens. A text completion is
+    not a chat reply: no reasoning there."""
+    neuron = start_neuron({"harness": {"synthetic": {
+        "rate": 0, "reasoning": "Two and two make four.",
+        "script": [{"text": "It is 4."}]}}})
+    tools = [{"type": "function", "function": {"name": "unused", "parameters": {}}}]
+    ask = {"model": "s", "tools": tools, "messages": [{"role": "user", "content": "2+2?"}]}
+    with httpx.Client(base_url=neuron.url, timeout=30) as client:
+        assert client.post("/models/load", json={"profile": {
+            "id": "s", "source": "synthetic:", "harness": "synthetic"}}).status_code == 200
+        whole = client.post("/v1/chat/completions", json=ask).json()
+        assert whole["choices"][0]["message"] == {
+            "role": "assistant", "content": "It is 4.",
+            "reasoning_content": "Two and two make four."}
+        assert whole["usage"]["completion_tokens"] == 5 + 3
+        with client.stream("POST", "/v1/chat/completions",
+                           json={**ask, "stream": True}) as reply:
+            deltas = [f["choices"][0]["delta"] for f in _frames(reply) if f["choices"]]
+        thought = [d["reasoning_content"] for d in deltas if "reasoning_content" in d]
+        said = [d["content"] for d in deltas if d.get("content")]
+        assert "".join(thought) == "Two and two make four." and "".join(said) == "It is 4."
+        first_word = next(i for i, d in enumerate(deltas) if d.get("content"))
+        assert all("reasoning_content" in d for d in deltas[1:first_word])
+        # Within the budget: a short one ends in the middle of the reasoning.
+        cut = client.post("/v1/chat/completions", json={**ask, "max_tokens": 2}).json()
+        assert cut["choices"][0]["message"]["reasoning_content"] == "Two and"
+        assert cut["choices"][0]["finish_reason"] == "length"
+        text = client.post("/v1/completions", json={"model": "s", "prompt": "x",
+                                                    "max_tokens": 7}).json()
+        assert "reasoning_content" not in text["choices"][0]
+        assert len(text["choices"][0]["text"].split()) == 7
