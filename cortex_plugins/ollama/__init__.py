@@ -49,7 +49,6 @@ from .reply import Reply, created_at
 from .request import (
     FOREVER,
     chat_request,
-    check_num_ctx,
     embed_inputs,
     embed_request,
     generate_request,
@@ -235,7 +234,6 @@ class _Handlers:
                 request: Request) -> tuple[str, CatalogueEntry, float | None]:
         seconds = keep_alive_seconds(keep_alive)
         name, entry = self.entry(model, request)
-        check_num_ctx(options, model=model, n_ctx=entry.n_ctx)
         if options is not None:
             self.gateway.check_stops(options.stop, "options.stop")
         return name, entry, seconds

@@ -1,16 +1,17 @@
 """Ollama requests into the canonical OpenAI ones the neurons speak.
 
 Everything is checked here, before the gateway routes it: the options are typed and
-bounded (types.py) and mapped field by field, `num_ctx` is held against the model's
-context, `format` becomes a `response_format` the neuron's grammar enforces, tools and
-tool calls change shape (arguments: an object here, a JSON string there; a tool result
-is matched to its call by its id, else by name), an assistant turn's `thinking` is its
-`reasoning_content`, chat's `truncate` (a conversation over the context loses its
-oldest turns, which the neuron does) is `truncate_history`, and what this gateway
-cannot honour (images, a per-request template, `context`) is a 400 naming it. `think`
-asks nothing of the neuron: a thinking model's reasoning comes apart from its answer
-whatever is asked, and the reply shows it or not (reply.py); the models here take no
-effort level.
+bounded (types.py) and mapped field by field (`num_ctx` asks nothing: the profile's
+context is the model's, as Ollama caps one over the model's own length and Continue and
+LlamaIndex send one with every request), `format` becomes a `response_format` the
+neuron's grammar enforces, tools and tool calls change shape (arguments: an object here,
+a JSON string there; a tool result is matched to its call by its id, else by name), an
+assistant turn's `thinking` is its `reasoning_content`, chat's `truncate` (a
+conversation over the context loses its oldest turns, which the neuron does) is
+`truncate_history`, and what this gateway cannot honour (images, a per-request template,
+`context`) is a 400 naming it. `think` asks nothing of the neuron: a thinking model's
+reasoning comes apart from its answer whatever is asked, and the reply shows it or not
+(reply.py); the models here take no effort level.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from cortex import (
 
 from .types import ChatRequest, EmbedRequest, GenerateRequest, KeepAlive, Message, Options
 
-__all__ = ["FOREVER", "chat_request", "check_num_ctx", "embed_inputs", "embed_request",
+__all__ = ["FOREVER", "chat_request", "embed_inputs", "embed_request",
            "generate_request", "keep_alive_seconds"]
 
 _encode = msgspec.json.Encoder().encode
@@ -72,16 +73,6 @@ def keep_alive_seconds(value: KeepAlive) -> float | None:
     if math.isnan(seconds) or seconds > _MAX_KEEP_ALIVE:
         raise InvalidRequest("keep_alive is out of range", param="keep_alive")
     return FOREVER if seconds < 0 else seconds
-
-
-def check_num_ctx(options: Options | None, *, model: str, n_ctx: int) -> None:
-    """A context larger than the profile's cannot be had per request: refuse it (a
-    smaller one is served by the larger context)."""
-    if options is not None and options.num_ctx is not None and n_ctx \
-            and options.num_ctx > n_ctx:
-        raise InvalidRequest(f"options.num_ctx {options.num_ctx} is more than model "
-                             f"`{model}` holds: its context is {n_ctx} tokens (the "
-                             "profile's n_ctx)", param="options.num_ctx")
 
 
 def _sampling(options: Options | None) -> dict[str, Any]:

@@ -439,7 +439,7 @@ async def test_a_neurons_own_preload_is_served_where_it_is_loaded(
 
 # --- errors --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("options, words", [({"num_ctx": 100_000}, "num_ctx"),
+@pytest.mark.parametrize("options, words", [({"num_ctx": 0}, "num_ctx"),
                                             ({"top_p": 2}, "top_p")])
 async def test_bad_options_are_400_in_ollamas_shape(client: ollama.AsyncClient,
                                                     options: dict[str, Any],
@@ -447,6 +447,16 @@ async def test_bad_options_are_400_in_ollamas_shape(client: ollama.AsyncClient,
     with pytest.raises(ollama.ResponseError) as caught:
         await client.chat(model=MODEL, messages=HELLO, options=options)
     assert caught.value.status_code == 400 and words in caught.value.error
+
+
+async def test_a_num_ctx_over_the_profiles_context_is_served(
+        client: ollama.AsyncClient) -> None:
+    """Continue sends its own context length with every request: a num_ctx over the
+    profile's n_ctx is served by the profile's context, as Ollama caps one over a
+    model's length (it answered 400 before)."""
+    reply = await client.chat(model=MODEL, messages=HELLO,
+                              options={**GREEDY, "num_ctx": 100_000})
+    assert reply.done and reply.message.content
 
 
 async def test_model_store_routes_say_they_are_not_supported(

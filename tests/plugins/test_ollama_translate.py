@@ -32,13 +32,12 @@ from cortex_plugins.ollama.reply import Reply
 from cortex_plugins.ollama.request import (
     FOREVER,
     chat_request,
-    check_num_ctx,
     embed_inputs,
     embed_request,
     generate_request,
     keep_alive_seconds,
 )
-from cortex_plugins.ollama.types import ChatRequest, EmbedRequest, GenerateRequest, Options
+from cortex_plugins.ollama.types import ChatRequest, EmbedRequest, GenerateRequest
 
 WHEN = "2026-01-02T03:04:05.000000Z"
 
@@ -131,11 +130,10 @@ def test_a_random_seed_is_no_seed() -> None:
     assert wire(chat(options={"seed": -1}))["seed"] is None
 
 
-def test_num_ctx_is_held_against_the_profile() -> None:
-    check_num_ctx(Options(num_ctx=4096), model="m", n_ctx=4096)
-    check_num_ctx(Options(num_ctx=512), model="m", n_ctx=4096)
-    with pytest.raises(InvalidRequest, match=r"num_ctx 8192 .* 4096 tokens"):
-        check_num_ctx(Options(num_ctx=8192), model="m", n_ctx=4096)
+def test_num_ctx_is_validated_and_not_sent() -> None:
+    """The context is the profile's: any valid num_ctx is served by it, none reaches
+    the neuron (an invalid one is refused in test_bad_options_are_400)."""
+    assert "num_ctx" not in wire(chat(options={"num_ctx": 1_000_000}))
 
 
 def test_format_json_and_schema() -> None:
