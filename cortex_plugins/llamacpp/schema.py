@@ -224,14 +224,32 @@ def _gbnf_nesting(text: str) -> int:
     return deepest
 
 
+# A character inside a JSON string: llama-cpp-python's converter lets control characters
+# through raw (a newline, a NUL), which no JSON parser accepts; llama.cpp's own
+# converter excludes them, as does this.
+_JSON_CHAR = (r'[^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | '
+              r'"u" [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F])')
+
+
 def _convert(schema: dict[str, Any], rule: str) -> str:
-    from llama_cpp.llama_grammar import SchemaConverter
+    from llama_cpp.llama_grammar import DOT, PRIMITIVE_RULES, BuiltinRule, SchemaConverter
+
+    json_char = BuiltinRule(_JSON_CHAR, [])
 
     class Converter(SchemaConverter):
         def _format_literal(self, literal: str) -> str:
             escaped = (literal.replace("\\", "\\\\").replace('"', '\\"')
                        .replace("\n", "\\n").replace("\r", "\\r"))
             return f'"{escaped}"'
+
+        def _add_primitive(self, name: str, rule: Any) -> str:
+            strict = json_char if rule is PRIMITIVE_RULES["char"] else rule
+            return str(super()._add_primitive(name, strict))
+
+        def _add_rule(self, name: str, rule: str) -> str:
+            # A pattern's `.` is written into a JSON string too.
+            strict = _JSON_CHAR if name == "dot" and rule == DOT else rule
+            return str(super()._add_rule(name, strict))
 
     converter = Converter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
     resolved = converter.resolve_refs(schema, "stdin")
