@@ -180,3 +180,15 @@ class Harness(abc.ABC):
     def load(self, profile: ModelProfile, model: ResolvedModel,
              progress: Callable[[float], None]) -> Engine:
         """Load the weights and return an Engine. Blocking; called in a worker thread."""
+
+    def kept_bytes(self) -> int:
+        """Memory held by models kept after their unload, to be loaded again without
+        reading their files. The neuron counts it as free (a gateway plans with it) and
+        takes it back with release_kept before a load that needs the room."""
+        return 0
+
+    def release_kept(self, needed: int, spare: tuple[ModelProfile, ResolvedModel] | None = None
+                     ) -> int:
+        """Free kept models, the longest kept first, until `needed` bytes are freed; the
+        one `spare` would load again goes last. The bytes freed. Blocking."""
+        return 0

@@ -332,6 +332,9 @@ class NodeStatus(Wire, kw_only=True):
     budget_bytes: int
     reserved_bytes: int
     free_bytes: int
+    # Unloaded models' weights kept to load them again fast: in free_bytes, given back
+    # when a load needs the room.
+    kept_bytes: int = 0
     models: list[ModelStatus] = []
     uptime_seconds: float = 0.0
     # Set by POST /drain: the node finishes what it has and takes nothing new.

@@ -108,7 +108,8 @@ class _Neuron:
             cpu_only=self.hardware.cpu_only, gpus=gpus,
             budget_bytes=self.registry.budget_bytes, reserved_bytes=reserved,
             free_bytes=max(0, self.registry.budget_bytes - reserved),
-            models=self.registry.statuses(), uptime_seconds=time.monotonic() - self.started,
+            kept_bytes=self.registry.kept_bytes, models=self.registry.statuses(),
+            uptime_seconds=time.monotonic() - self.started,
             draining=self.draining))
 
     async def drain(self, request: Request) -> Response:

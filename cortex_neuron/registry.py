@@ -96,6 +96,19 @@ class ModelRegistry:
         return sum(s.estimate.total for s in [*self._slots.values(), *self._retiring]
                    if s.estimate is not None)
 
+    @property
+    def kept_bytes(self) -> int:
+        """Memory of unloaded models' kept weights (Harness.kept_bytes): free to a gateway."""
+        return sum(h.kept_bytes() for h in self._harnesses.values())
+
+    def _release_kept(self, needed: int, own: Harness,
+                      spare: tuple[ModelProfile, ResolvedModel] | None) -> None:
+        """Free `needed` bytes of kept weights, `own`'s first. Blocking."""
+        needed -= own.release_kept(needed, spare)
+        for harness in self._harnesses.values():
+            if needed > 0 and harness is not own:
+                needed -= harness.release_kept(needed)
+
     def statuses(self) -> list[ModelStatus]:
         return [slot.status() for slot in self._slots.values()]
 
@@ -218,6 +231,11 @@ class ModelRegistry:
                         f"{_gib(estimate.overhead)}) but this node has {_gib(free)} "
                         f"free of its {_gib(self.budget_bytes)} budget")
                 slot.estimate = estimate
+                # Weights kept from earlier loads count as free; take back what this needs.
+                short = estimate.total - (free - self.kept_bytes)
+                if short > 0:
+                    await asyncio.to_thread(self._release_kept, short, harness,
+                                            (profile, slot.resolved))
 
             def progress(fraction: float) -> None:
                 slot.progress = fraction
@@ -293,3 +311,5 @@ class ModelRegistry:
         for model_id in list(self._slots):
             with contextlib.suppress(CortexError):
                 await self.unload(model_id, force=True)
+        for harness in self._harnesses.values():
+            await asyncio.to_thread(harness.release_kept, harness.kept_bytes())

@@ -7,6 +7,7 @@ them in memory.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -27,12 +28,15 @@ from cortex import (
 
 from .gguf import MetadataCache, estimate_memory, kv_bytes_per_token
 from .grammar import llama_log
+from .kept import KeptModels, WeightsKey
 from .render import BuiltinRenderer, JinjaRenderer, Renderer, unknown_format
 
 if TYPE_CHECKING:
     from .engine import LlamaEngine
 
 __all__ = ["LlamaCppHarness", "physical_cores"]
+
+log = logging.getLogger("cortex.neuron.llamacpp")
 
 
 def physical_cores() -> int:
@@ -49,6 +53,12 @@ def physical_cores() -> int:
 
 def _slots(profile: ModelProfile) -> int:
     return 1 if profile.embeddings else profile.slots
+
+
+def _weights_key(profile: ModelProfile, model: ResolvedModel) -> WeightsKey:
+    stat = os.stat(model.path)
+    return (os.path.realpath(model.path), stat.st_size, stat.st_mtime_ns,
+            profile.n_gpu_layers)
 
 
 def _n_batch(profile: ModelProfile) -> int:
@@ -68,12 +78,22 @@ class LlamaCppHarness(Harness):
         use_mmap: bool = True
         verbose: bool = False
         prefill_chunk: int = 128
+        # Keep an unloaded model's weights while the budget has room (kept.py).
+        keep_weights: bool = True
 
     options: Options
 
     def __init__(self, options: Options) -> None:
         super().__init__(options)
         self.metadata = MetadataCache()
+        self.kept = KeptModels()
+
+    def kept_bytes(self) -> int:
+        return self.kept.total()
+
+    def release_kept(self, needed: int, spare: tuple[ModelProfile, ResolvedModel] | None = None
+                     ) -> int:
+        return self.kept.release(needed, _weights_key(*spare) if spare else None)
 
     @classmethod
     def check_profile(cls, profile: ModelProfile) -> list[tuple[str, str]]:
@@ -111,10 +131,37 @@ class LlamaCppHarness(Harness):
         return None, ("none in the GGUF metadata or the profile; tokenizer_config.json "
                       f"repos tried: {tried}")
 
+    def _read(self, model: ResolvedModel, model_params: Any,
+              progress: Callable[[float], None]) -> Any:
+        """A llama_model read from the model's file."""
+        import llama_cpp
+        from llama_cpp._internals import LlamaModel
+
+        @llama_cpp.llama_progress_callback
+        def on_progress(fraction: float, user_data: Any) -> bool:
+            progress(float(fraction))
+            return True
+
+        model_params.progress_callback = on_progress
+        try:
+            return LlamaModel(path_model=model.path, params=model_params,
+                              verbose=self.options.verbose)
+        except ValueError as exc:
+            raise InvalidRequest(f"llama.cpp could not load {model.path}: {exc}") from None
+
+    def _release(self, key: WeightsKey, llama_model: Any) -> None:
+        """What an engine does with its llama_model once its context is freed."""
+        if not self.options.keep_weights:
+            llama_model.close()
+            return
+        import llama_cpp
+
+        self.kept.keep(key, llama_model, int(llama_cpp.llama_model_size(llama_model.model)))
+
     def load(self, profile: ModelProfile, model: ResolvedModel,
              progress: Callable[[float], None]) -> LlamaEngine:
         import llama_cpp
-        from llama_cpp._internals import LlamaContext, LlamaModel
+        from llama_cpp._internals import LlamaContext
         from llama_cpp._logger import set_verbose
 
         llama_cpp.llama_backend_init()
@@ -128,17 +175,13 @@ class LlamaCppHarness(Harness):
             # llama.cpp replaced use_mmap with load_mode; ctypes took the old name silently.
             model_params.load_mode = llama_cpp.LLAMA_LOAD_MODE_NONE
 
-        @llama_cpp.llama_progress_callback
-        def on_progress(fraction: float, user_data: Any) -> bool:
-            progress(float(fraction))
-            return True
-
-        model_params.progress_callback = on_progress
-        try:
-            llama_model = LlamaModel(path_model=model.path, params=model_params,
-                                     verbose=self.options.verbose)
-        except ValueError as exc:
-            raise InvalidRequest(f"llama.cpp could not load {model.path}: {exc}") from None
+        key = _weights_key(profile, model)
+        llama_model = self.kept.take(key)
+        if llama_model is None:
+            llama_model = self._read(model, model_params, progress)
+        else:
+            log.info("%s: weights kept from its last load: %s not read again", profile.id,
+                     model.path)
         meta = llama_model.metadata()
         self.metadata.put(model.path, (meta, int(llama_model.n_vocab())))
         slots = _slots(profile)
@@ -177,7 +220,7 @@ class LlamaCppHarness(Harness):
                 model=llama_model, ctx=ctx, profile=profile, slots=slots,
                 n_ctx=ctx.n_ctx() // slots, n_batch=n_batch,
                 prefill_chunk=self.options.prefill_chunk, measured_bytes=measured,
-                longest=longest,
+                longest=longest, release=lambda m: self._release(key, m),
                 renderer_for=lambda p: self._renderer(p, model, llama_model, meta))
         except UnsupportedFeature:  # a chat_format llama.cpp does not know, a broken template
             ctx.close()

@@ -90,10 +90,13 @@ class LlamaEngine(Engine):
     def __init__(self, *, model: Any, ctx: Any, profile: ModelProfile, slots: int, n_ctx: int,
                  n_batch: int, prefill_chunk: int,
                  renderer_for: Callable[[ModelProfile], tuple[Renderer | None, str]],
-                 measured_bytes: int | None, longest: int) -> None:
+                 measured_bytes: int | None, longest: int,
+                 release: Callable[[Any], None] | None = None) -> None:
         """`renderer_for`: the profile's chat template renderer, or None and why not;
-        `longest`: bytes in the vocabulary's longest token text (longest_token)."""
+        `longest`: bytes in the vocabulary's longest token text (longest_token);
+        `release`: takes the model once its context is freed (default: free it)."""
         self._model = model
+        self._release = release or (lambda m: m.close())
         self._ctx = ctx
         self._profile = profile
         self._model_id = model_id = profile.id
@@ -356,8 +359,10 @@ class LlamaEngine(Engine):
 
         def free() -> None:
             self._ctx.close()
-            self._model.close()
-            loop.call_soon_threadsafe(done.set_result, None)
+            try:
+                self._release(self._model)
+            finally:
+                loop.call_soon_threadsafe(done.set_result, None)
 
         self._scheduler.call(free)
         self._scheduler.stop()
