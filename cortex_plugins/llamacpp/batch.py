@@ -7,7 +7,8 @@ free slots between steps and finished ones leave, so a long prompt never stalls 
 streams already running for more than one chunk.
 
 Each slot keeps the tokens its KV cells hold after a request ends; a new request takes
-the free slot sharing the longest prefix with its prompt and prefills only the rest.
+the free slot that costs it the fewest tokens to decode, maybe starting from another
+slot's copied cache (slots.py), and prefills only the rest.
 
 A failed llama_decode belongs to the request that caused it: the step is decoded again
 one sequence at a time, and only those whose own part fails end (with a 400), so the
@@ -32,6 +33,7 @@ import numpy
 from cortex import Admitted, CortexError, Done, InvalidRequest, StopMatcher, TextDelta, Unavailable
 
 from .sampling import Candidates, grammar_sampler, sampler_chain
+from .slots import place
 
 __all__ = ["END", "Scheduler", "Sequence"]
 
@@ -207,9 +209,10 @@ class Scheduler:
                 self._end(seq, None)
                 continue
             free = [i for i, s in enumerate(self._slots) if s is None]
-            slot = max(free, key=lambda i: _common_prefix(self._cached[i], seq.prompt))
-            keep = min(_common_prefix(self._cached[slot], seq.prompt), len(seq.prompt) - 1)
+            slot, source, keep = place(seq.prompt, self._cached, free)
             mem = self._ctx.memory
+            if source is not None:  # whole streams only; done at the next llama_decode
+                self._lib.llama_memory_seq_cp(mem, source, slot, -1, -1)
             if not self._lib.llama_memory_seq_rm(mem, slot, keep, -1):
                 self._lib.llama_memory_seq_rm(mem, slot, -1, -1)
                 keep = 0
@@ -388,13 +391,3 @@ class Scheduler:
 def _deliver(items: list[tuple[asyncio.Queue[Any], Any]]) -> None:
     for events, event in items:
         events.put_nowait(event)
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
