@@ -71,7 +71,8 @@ async def test_text_whole_and_streamed(client: openai.AsyncOpenAI) -> None:
 
 async def test_json_schema_is_what_the_reply_is(client: openai.AsyncOpenAI) -> None:
     async with client.responses.stream(model=MODEL, input="Name a city in France.",
-                                       text={"format": CITY}, max_output_tokens=40) as stream:
+                                       text={"format": CITY}, max_output_tokens=40,
+                                       temperature=0) as stream:
         final = await stream.get_final_response()
     assert final.status == "completed"
     value = json.loads(final.output_text)
@@ -82,7 +83,8 @@ async def test_json_schema_is_what_the_reply_is(client: openai.AsyncOpenAI) -> N
 async def test_a_forced_function_call_whole_and_streamed(client: openai.AsyncOpenAI) -> None:
     whole = await client.responses.create(model=MODEL, input="What is the weather in Paris?",
                                           tools=[WEATHER, {"type": "web_search"}],
-                                          tool_choice=FORCED, max_output_tokens=60)
+                                          tool_choice=FORCED, max_output_tokens=60,
+                                          temperature=0)
     calls = [item for item in whole.output if item.type == "function_call"]
     assert len(calls) >= 1 and calls[0].name == "get_weather"
     assert set(json.loads(calls[0].arguments)) == {"city"}
@@ -93,7 +95,7 @@ async def test_a_forced_function_call_whole_and_streamed(client: openai.AsyncOpe
     async with client.responses.stream(model=MODEL, input="What is the weather in Rome?",
                                        tools=[WEATHER], tool_choice=FORCED,
                                        parallel_tool_calls=False,
-                                       max_output_tokens=60) as stream:
+                                       max_output_tokens=60, temperature=0) as stream:
         async for event in stream:
             if event.type == "response.function_call_arguments.delta":
                 arguments.append(event.delta)
