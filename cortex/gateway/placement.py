@@ -210,9 +210,10 @@ class Placer:
                                              conversation=conversation, exclude=exclude,
                                              only=only)
                 job = _usable(self._loader.job(profile.id), exclude, only)
-                unloading = self._unloading(profile.id)
-                if job is None and decision.action == "none" and not decision.unservable \
-                        and (refusals or unloading):
+                waitable = job is None and decision.action == "none" \
+                    and not decision.unservable
+                unloading = self._unloading(profile.id) if waitable else []
+                if waitable and (refusals or unloading):
                     # A neuron refused our load because another gateway took the room (its
                     # model becomes evictable once ready and idle), or the model is on its
                     # way out of a node (keep_alive 0, an unload, a TTL): both pass, so
