@@ -11,9 +11,11 @@ greedy, a few tokens), the time to its first token and to its end:
   3. llama-cpp-python by itself: free the last `Llama`, construct `Llama(model_path=...,
      n_ctx=...)` for the other file, stream the same completion (no HTTP): the floor.
 
-The two "models" are two names for the bundled Gemma 3 270M file (two profiles for
-cortex, two symlinks in the models dir for llama-server and llama-cpp-python); the
-page cache holds the file for every side alike. Requests interleave the targets, so
+The two "models" are two copies of the bundled Gemma 3 270M file (two files, so
+nothing loaded for one serves the other: cortex keeps an unloaded model's weights, by
+file), used by every side alike; the page cache holds both. cortex runs twice, as it
+ships and with `[harness.llamacpp] keep_weights = false`, to show what keeping weights
+does. Requests interleave the targets, so
 drift on a noisy machine hits all of them; each target's figure is a median (and p90)
 over --swaps alternations, and the ratios are of those medians.
 
@@ -30,6 +32,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import signal
 import statistics
 import subprocess
@@ -181,30 +184,36 @@ def wait_http(url: str, what: str, proc: subprocess.Popen[bytes], log: Path,
 
 
 @contextlib.contextmanager
-def cortex(tmp: Path, model: Path, n_ctx: int, threads: int) -> Iterator[HttpTarget]:
+def cortex(tmp: Path, files: dict[str, Path], n_ctx: int, threads: int,
+           keep_weights: bool = True) -> Iterator[HttpTarget]:
     """A gateway with default settings over one neuron that holds one profile at a time."""
     import msgspec
 
     from cortex_plugins.llamacpp.gguf import estimate_memory, read_metadata
 
+    model = files[NAMES[0]]
     meta, n_vocab = read_metadata(str(model))
     one = estimate_memory([str(model)], meta, n_vocab=n_vocab, n_ctx=n_ctx, slots=1,
                           n_batch=min(512, n_ctx), overhead=256 * 2**20).total
+    label = "cortex" if keep_weights else "cortex, keep_weights off"
+    tmp = tmp / ("kept" if keep_weights else "not-kept")
+    tmp.mkdir(exist_ok=True)
     neuron = NeuronProcess({"name": "swap", "model_dirs": [str(model.parent)],
                             "memory_budget": one * 3 // 2,
-                            "harness": {"llamacpp": {"n_threads": threads}}}, tmp)
+                            "harness": {"llamacpp": {"n_threads": threads,
+                                                     "keep_weights": keep_weights}}}, tmp)
     config = tmp / "cortex.toml"
     config.write_bytes(msgspec.toml.encode({
         "gateway": {"metrics_listen": f"127.0.0.1:{free_port()}"},
         "neurons": [{"name": "swap", "endpoint": neuron.url}],
-        "models": [{"id": name, "source": str(model), "n_ctx": n_ctx, "slots": 1}
+        "models": [{"id": name, "source": str(files[name]), "n_ctx": n_ctx, "slots": 1}
                    for name in NAMES]}))
     gateway = GatewayProcess(tmp, ["--config", str(config)])
     try:
         neuron.wait_ready()
         gateway.wait(lambda c: bool(c.get("/health").json()["nodes_up"] == 1),
                      "the neuron is up")
-        yield HttpTarget("cortex", gateway.url, {
+        yield HttpTarget(label, gateway.url, {
             "prompt": PROMPT, "max_tokens": MAX_TOKENS, "temperature": 0, "stream": True})
     finally:
         gateway.stop()
@@ -324,10 +333,12 @@ def main() -> None:
         files = {}
         for name in NAMES:
             files[name] = models_dir / f"{name}.gguf"
-            files[name].unlink(missing_ok=True)
-            files[name].symlink_to(model)
-        targets: list[Target] = [stack.enter_context(cortex(tmp, model, args.n_ctx,
-                                                            args.threads))]
+            if not files[name].exists() or files[name].is_symlink():
+                files[name].unlink(missing_ok=True)
+                shutil.copyfile(model, files[name])
+        targets: list[Target] = [
+            stack.enter_context(cortex(tmp, files, args.n_ctx, args.threads, keep))
+            for keep in (True, False)]
         if not args.quick:
             targets.append(stack.enter_context(router(tmp, models_dir, args.n_ctx,
                                                       args.threads)))
