@@ -213,6 +213,10 @@ DESCRIPTIONS: dict[str, str] = {
     "LlamaCppHarness.Options.verbose": "llama.cpp's own logging",
     "LlamaCppHarness.Options.prefill_chunk": "prompt tokens per step while other streams "
                                              "generate",
+    "LlamaCppHarness.Options.keep_weights": "keep an unloaded model's weights while the "
+                                            "budget has room, so loading it again makes "
+                                            "only a context ([neuron.md](neuron.md"
+                                            "#kept-weights-a-model-swapped-back-in))",
     "SyntheticHarness.Options.rate": "tokens per second per stream; 0 means as fast as possible",
     "SyntheticHarness.Options.ttft_ms": "delay before the first token (a stand-in for prefill)",
     "SyntheticHarness.Options.tokens": "tokens generated when neither the request nor the "
