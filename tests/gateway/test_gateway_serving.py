@@ -137,7 +137,9 @@ async def test_ten_concurrent_requests_for_a_cold_model_cause_one_load(
 
 async def test_load_deadline_answers_504_then_the_abandoned_load_is_undone(
         fleet: dict[str, NeuronProcess]) -> None:
-    async with running_gateway(nodes(fleet), [profile("slow", neurons=["a"])],
+    # Weights no other test loads (kept weights are by file and n_gpu_layers; this CPU
+    # build offloads nothing either way), so the load reads the file and outlasts 0.3 s.
+    async with running_gateway(nodes(fleet), [profile("slow", neurons=["a"], n_gpu_layers=7)],
                                load_timeout=0.3) as gw:
         # Explaining first caches the memory estimate, so the request starts its load at once.
         assert (await gw.client.get("/admin/route?model=slow")).json()["action"] == "load"
