@@ -15,9 +15,9 @@ The two "models" are two copies of the bundled Gemma 3 270M file (two files, so
 nothing loaded for one serves the other: cortex keeps an unloaded model's weights, by
 file), used by every side alike; the page cache holds both. cortex runs twice, as it
 ships and with `[harness.llamacpp] keep_weights = false`, to show what keeping weights
-does. Requests interleave the targets, so
-drift on a noisy machine hits all of them; each target's figure is a median (and p90)
-over --swaps alternations, and the ratios are of those medians.
+does. Requests interleave the targets, so drift on a noisy machine hits all of them;
+each target's figure is a median (and p90) over --swaps alternations, and the ratios
+are of the per-swap pairs.
 
     .venv/bin/python bench/swap.py                # builds llama-server once (~10 min)
     .venv/bin/python bench/swap.py --quick        # seconds; cortex and llama-cpp-python only

@@ -189,6 +189,7 @@ class Harness(abc.ABC):
 
     def release_kept(self, needed: int, spare: tuple[ModelProfile, ResolvedModel] | None = None
                      ) -> int:
-        """Free kept models, the longest kept first, until `needed` bytes are freed; the
-        one `spare` would load again goes last. The bytes freed. Blocking."""
+        """Free kept models, the longest kept first, until `needed` bytes are freed. The
+        one `spare` would load again is never freed: its bytes count as freed, since that
+        load takes them into its own estimate. The bytes freed. Blocking."""
         return 0

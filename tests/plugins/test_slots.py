@@ -4,7 +4,7 @@ conversation it was copied from keeps its own) is tests/neuron/test_slot_fork.py
 
 from __future__ import annotations
 
-from cortex_plugins.llamacpp.slots import FORK_COST, Placement, place
+from cortex_plugins.llamacpp.slots import FORK_COST, Placement, common_prefix, place
 
 SYSTEM = list(range(1000, 1000 + 2 * FORK_COST))  # an agent's system prompt and tools
 X = SYSTEM + list(range(5000, 5000 + 2 * FORK_COST))  # a conversation's turns so far
@@ -49,3 +49,12 @@ def test_with_every_slot_taken_the_one_losing_least_goes() -> None:
 def test_at_least_one_prompt_token_is_left_to_decode() -> None:
     assert place(X, [X, []], [0, 1]) == Placement(0, None, len(X) - 1)
     assert place(X, [X, []], [1]) == Placement(1, 0, len(X) - 1)
+
+
+def test_common_prefix_finds_the_first_difference_wherever_it_is() -> None:
+    base = list(range(3000))
+    for at in (0, 1, 511, 512, 513, 1024, 2999):
+        other = [*base[:at], -1, *base[at + 1:]]
+        assert common_prefix(base, other) == at
+    assert common_prefix(base, base[:1700]) == 1700
+    assert common_prefix([], base) == 0
